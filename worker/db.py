@@ -1,0 +1,61 @@
+"""Connections to Postgres: one engine per process, transactions owned by the caller."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.settings import DatabaseSettings
+
+
+class Database:
+    """A lazily created engine, safe to carry across ``fork()`` (Celery's prefork pool)."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self._settings = settings
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            self._open()
+        assert self._engine is not None
+        return self._engine
+
+    def _open(self) -> None:
+        if self._engine is not None:
+            # Inherited from a parent process: forget its connections without closing
+            # them, as SQLAlchemy's pooling guide says for multiprocessing.
+            self._engine.dispose(close=False)
+        s = self._settings
+        self._engine = create_engine(
+            s.database_url,
+            pool_size=s.db_pool_size,
+            max_overflow=s.db_pool_size,
+            pool_pre_ping=True,
+            pool_timeout=10,
+            pool_recycle=1800,
+            connect_args={"connect_timeout": s.db_connect_timeout_s},
+        )
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._pid = os.getpid()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Yield a session inside one transaction: committed on success, rolled back on error."""
+        _ = self.engine
+        assert self._sessions is not None
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        """Drop the pool; its connections are closed only if this process opened them."""
+        if self._engine is not None:
+            self._engine.dispose(close=self._pid == os.getpid())
+        self._engine = None

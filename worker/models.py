@@ -1,0 +1,212 @@
+"""The tables: Postgres is the single source of truth for every run and everything about it."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """Return an opaque id that sorts by creation time: 48 bits of ms, 80 random bits."""
+    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands in its lifecycle."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD_LETTERED = "dead_lettered"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD_LETTERED}
+)
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt of a run ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"
+
+
+def _values(kind: type[enum.StrEnum]) -> str:
+    return ", ".join(f"'{member.value}'" for member in kind)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONB,
+        Any: JSONB,
+    }
+
+
+class Tenant(Base):
+    """An isolated customer: every other row belongs to exactly one tenant."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ApiKey(Base):
+    """A tenant's API key; only its SHA-256 hash and a display prefix are stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), server_default="")
+    prefix: Mapped[str] = mapped_column(String(24))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Run(Base):
+    """One request to run an agent, from submission to its terminal state."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_values(RunStatus)})", name="status"),
+        Index("ix_runs_tenant_id_id", "tenant_id", text("id DESC")),
+        Index("ix_runs_tenant_id_status_id", "tenant_id", "status", text("id DESC")),
+        Index(
+            "ix_runs_undispatched",
+            "created_at",
+            postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    agent: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    input: Mapped[Any]
+    result: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    attempt: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int]
+    timeout_s: Mapped[int]
+    session_id: Mapped[str | None] = mapped_column(String(200))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(100))
+    # The lease: a claim bumps the epoch; every later write of that attempt names it.
+    lease_epoch: Mapped[int] = mapped_column(Integer, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    # The dispatch outbox: NULL until the message reached the broker.
+    dispatched_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+    # The run's event log sequence: the seq of its newest event.
+    last_seq: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+
+
+class RunAttempt(Base):
+    """One execution of a run by one worker under one lease epoch."""
+
+    __tablename__ = "run_attempts"
+    __table_args__ = (
+        CheckConstraint(
+            f"outcome IS NULL OR outcome IN ({_values(AttemptOutcome)})", name="outcome"
+        ),
+    )
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lease_epoch: Mapped[int]
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+
+
+class RunEvent(Base):
+    """One entry of a run's event log; ``seq`` is gap-free per run."""
+
+    __tablename__ = "run_events"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]]
+    at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp())
+
+
+class AgentSession(Base):
+    """A conversation's state, isolated by tenant and session id."""
+
+    __tablename__ = "sessions"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    version: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -1,0 +1,178 @@
+"""The one settings object, read from the environment once and validated at start.
+
+Nothing else in agentq reads ``os.environ``: processes build a ``Settings`` with
+``load_settings()`` (the API in its factory, Celery in ``worker.celery``) and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.errors import ConfigurationError
+
+_POSTGRES_SCHEMES = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept ``postgres://`` and ``postgresql://`` as managed services hand them out."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in _POSTGRES_SCHEMES:
+        raise ValueError(
+            "must be a PostgreSQL URL such as postgresql://user:password@host:5432/dbname"
+        )
+    return f"{_POSTGRES_SCHEMES[scheme]}://{rest}"
+
+
+def _check_redis_url(url: str) -> str:
+    scheme = url.partition("://")[0]
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a Redis URL such as redis://localhost:6379/0")
+    return url
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class DatabaseSettings(BaseSettings):
+    """What reaching Postgres takes (all that ``alembic upgrade head`` needs)."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTQ_", extra="ignore", frozen=True)
+
+    database_url: str = Field(validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    db_pool_size: int = Field(default=10, ge=1)
+    db_connect_timeout_s: int = Field(default=3, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+
+class Settings(DatabaseSettings):
+    """Everything agentq reads from its environment; required fields have no default."""
+
+    redis_url: str = Field(validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    broker_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("BROKER_URL", "broker_url")
+    )
+    agents: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    default_timeout_s: int = Field(default=300, ge=1)
+    max_timeout_s: int = Field(default=3600, ge=1)
+    default_max_attempts: int = Field(default=3, ge=1, le=100)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    dispatch_grace_s: float = Field(default=5.0, ge=0)
+    log_level: str = "INFO"
+    beat_schedule_file: str = "celerybeat-schedule"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _check_redis_url(value)
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agents(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> Settings:
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError(
+                "AGENTQ_DEFAULT_TIMEOUT_S must not exceed AGENTQ_MAX_TIMEOUT_S "
+                f"({self.default_timeout_s} > {self.max_timeout_s})"
+            )
+        return self
+
+    @property
+    def celery_broker_url(self) -> str:
+        """The broker Celery talks to: ``BROKER_URL`` if set (e.g. RabbitMQ), else Redis."""
+        return self.broker_url or self.redis_url
+
+
+class DevSettings(BaseSettings):
+    """What ``agentq dev`` reads: the servers to use, if any, and where to listen."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTQ_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url")
+    )
+    port: int = Field(default=8000, validation_alias=AliasChoices("PORT", "port"), gt=0, lt=65536)
+    flower_port: int = Field(
+        default=5555, validation_alias=AliasChoices("FLOWER_PORT", "flower_port"), gt=0, lt=65536
+    )
+    data_dir: Path = Path(".agentq")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_database_url(value)
+
+
+_ENV_NAMES = {
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "broker_url": "BROKER_URL",
+    "port": "PORT",
+    "flower_port": "FLOWER_PORT",
+}
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        name = _ENV_NAMES.get(field, f"AGENTQ_{field.upper()}") if field else "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required but not set"
+        problems.append(f"{name} {message}")
+    return "; ".join(problems)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def _load(kind: type[S], overrides: dict[str, Any]) -> S:
+    try:
+        return kind(**overrides)
+    except ValidationError as error:
+        raise ConfigurationError(f"invalid configuration: {_describe(error)}") from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment (and overrides); fail naming the variable."""
+    return _load(Settings, overrides)
+
+
+def load_database_settings(**overrides: Any) -> DatabaseSettings:
+    """Build only what reaching Postgres takes; fail naming the variable."""
+    return _load(DatabaseSettings, overrides)
+
+
+def load_dev_settings(**overrides: Any) -> DevSettings:
+    """Build what ``agentq dev`` needs; fail naming the variable."""
+    return _load(DevSettings, overrides)
