@@ -1,0 +1,97 @@
+"""``demo.research``: a research agent's shape (parse, query, evaluate) without an LLM.
+
+It answers from a small built-in library of notes, takes a few seconds and reports each
+phase, so a demo shows what a real agent run looks like from the outside.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.agents import agent
+from worker.context import RunContext
+
+LIBRARY = (
+    {
+        "title": "Rayleigh scattering",
+        "url": "https://en.wikipedia.org/wiki/Rayleigh_scattering",
+        "text": "Air molecules scatter short (blue) wavelengths of sunlight much more than long "
+        "(red) ones, roughly as the inverse fourth power of wavelength, so the sky looks blue.",
+    },
+    {
+        "title": "Diffuse sky radiation",
+        "url": "https://en.wikipedia.org/wiki/Diffuse_sky_radiation",
+        "text": "Sunsets look red because light crosses more atmosphere near the horizon and "
+        "the blue part is scattered away before it reaches the eye.",
+    },
+    {
+        "title": "Photosynthesis",
+        "url": "https://en.wikipedia.org/wiki/Photosynthesis",
+        "text": "Plants are green because chlorophyll absorbs red and blue light for "
+        "photosynthesis and reflects green light.",
+    },
+    {
+        "title": "Tide",
+        "url": "https://en.wikipedia.org/wiki/Tide",
+        "text": "Tides are caused by the Moon's and the Sun's gravity pulling unevenly on the "
+        "oceans as the Earth rotates.",
+    },
+    {
+        "title": "Season",
+        "url": "https://en.wikipedia.org/wiki/Season",
+        "text": "Seasons happen because the Earth's axis is tilted, so each hemisphere gets "
+        "more direct sunlight for part of the year.",
+    },
+)
+
+_STOPWORDS = frozenset(
+    ["a", "an", "and", "are", "do", "does", "how", "is", "of", "the", "to", "what", "when",
+     "where", "which", "who", "why"]
+)
+
+
+class ResearchInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=2000)
+    phase_s: float = Field(default=1.0, ge=0, le=30, description="Seconds spent per phase.")
+
+
+def _terms(text: str) -> set[str]:
+    return {word for word in re.findall(r"[a-z]+", text.lower()) if word not in _STOPWORDS}
+
+
+def _rank(question: str) -> list[tuple[int, dict[str, str]]]:
+    terms = _terms(question)
+    scored = [(len(terms & _terms(note["title"] + " " + note["text"])), note) for note in LIBRARY]
+    return sorted((item for item in scored if item[0] > 0), key=lambda item: -item[0])
+
+
+@agent("demo.research", input_model=ResearchInput, timeout_s=120)
+def research(ctx: RunContext, input: ResearchInput) -> dict[str, object]:
+    """Answer a question from a small library, reporting each phase as it goes."""
+    terms = sorted(_terms(input.question))
+    ctx.emit("parsing", "Analyzing your question…", terms=terms)
+    time.sleep(input.phase_s)
+    ctx.check_cancelled()
+
+    ctx.emit("querying", f"Searching the library ({len(LIBRARY)} notes)…", sub_questions=1)
+    ranked = _rank(input.question)
+    time.sleep(input.phase_s)
+    ctx.check_cancelled()
+
+    ctx.emit("evaluating", "Evaluating evidence (round 1)…", candidates=len(ranked))
+    time.sleep(input.phase_s)
+    best = [note for _, note in ranked[:2]]
+    if best:
+        answer = " ".join(note["text"] for note in best)
+    else:
+        answer = "The library has nothing on that question yet."
+    ctx.emit("done", "Answer ready.", citations=len(best))
+    return {
+        "answer": answer,
+        "citations": [{"title": note["title"], "url": note["url"]} for note in best],
+    }

@@ -1,0 +1,35 @@
+"""The Celery app of ``celery -A worker worker|beat|flower``, built from the environment.
+
+Importing this module validates the settings: a worker with a missing or malformed
+``DATABASE_URL`` / ``REDIS_URL`` stops at once with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery import signals
+
+from worker.errors import ConfigurationError
+from worker.logs import configure_logging
+from worker.runtime import build_runtime
+from worker.settings import load_settings
+
+try:
+    runtime = build_runtime(load_settings())
+except ConfigurationError as error:
+    sys.exit(f"agentq: {error}")
+
+app = runtime.celery
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging(runtime.settings.log_level, service="celery")
+
+
+@signals.worker_process_init.connect
+def _reset_connections(**_: Any) -> None:
+    # Each pool child opens its own connections; never share sockets across fork().
+    runtime.db.dispose()

@@ -1,0 +1,88 @@
+"""The Celery side: configuration, queues and the (thin) tasks.
+
+Tasks take ids, never objects, and hand over to domain functions at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from celery import Celery, Task
+from kombu.entity import Exchange, Queue
+
+from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+
+RUN_TASK = "agentq.run"
+SWEEP_TASK = "agentq.sweep"
+RUNS_QUEUE = "runs"
+MAINTENANCE_QUEUE = "maintenance"
+
+# Publishing must not hang a request: a few quick tries, then the outbox takes over.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                        "interval_max": 0.5}
+
+
+def _queue(name: str) -> Queue:
+    # One direct exchange per queue: a message routed to one queue never lands in another.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from the settings (JSON only, late acks, prefetch 1)."""
+    app = Celery("agentq", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.celery_broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=4,
+        broker_transport_options={
+            # Longer than the longest run allowed, so Redis never hands a running run's
+            # message to a second worker (issue: redelivery after visibility timeout).
+            "visibility_timeout": max(3600, 2 * settings.max_timeout_s),
+            "socket_connect_timeout": 5,
+        },
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=RUNS_QUEUE,
+        task_default_exchange=RUNS_QUEUE,
+        task_default_routing_key=RUNS_QUEUE,
+        task_queues=tuple(_queue(name) for name in (RUNS_QUEUE, MAINTENANCE_QUEUE)),
+        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        enable_utc=True,
+        timezone="UTC",
+        beat_schedule_filename=settings.beat_schedule_file,
+        beat_schedule={
+            "sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweep_interval_s,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.sweep_interval_s * 3},
+            },
+        },
+    )
+    return app
+
+
+def register_tasks(rt: Runtime) -> None:
+    """Attach agentq's tasks to the runtime's Celery app."""
+    from worker import execution, sweeper
+
+    @rt.celery.task(name=RUN_TASK, bind=True)
+    def run(task: Task, run_id: str) -> None:
+        """Execute one attempt of run ``run_id`` (a no-op if it is not claimable)."""
+        execution.execute(rt, run_id=run_id, worker=task.request.hostname or "unknown")
+
+    @rt.celery.task(name=SWEEP_TASK)
+    def sweep() -> None:
+        """Publish runs whose dispatch was lost between commit and broker."""
+        sweeper.sweep(rt)

@@ -1,0 +1,54 @@
+"""The public JSON shape of stored objects, shared by the API and the notifier."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.models import Run, RunAttempt, RunEvent
+
+
+def iso(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with milliseconds, e.g. ``2026-11-24T10:00:00.123Z``."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "agent": run.agent,
+        "status": run.status,
+        "input": run.input,
+        "result": run.result,
+        "error": run.error,
+        "attempt": run.attempt,
+        "max_attempts": run.max_attempts,
+        "timeout_s": run.timeout_s,
+        "session_id": run.session_id,
+        "metadata": run.meta,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "next_attempt_at": iso(run.next_attempt_at),
+    }
+
+
+def event_view(event: RunEvent) -> dict[str, Any]:
+    return {"seq": event.seq, "type": event.type, "data": event.data, "at": iso(event.at)}
+
+
+def attempt_view(attempt: RunAttempt) -> dict[str, Any]:
+    error = None
+    if attempt.error_type is not None:
+        error = {"type": attempt.error_type, "message": attempt.error_message,
+                 "traceback": attempt.traceback}
+    return {
+        "attempt": attempt.attempt,
+        "worker": attempt.worker,
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "outcome": attempt.outcome,
+        "error": error,
+    }
