@@ -1,0 +1,26 @@
+"""agentq's HTTP face: ``create_app()`` for ``flask --app api run`` and gunicorn."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api import errors, health, openapi, requestlog, runs
+from worker.logs import configure_logging
+from worker.runtime import Runtime, build_runtime
+from worker.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """Build the API from ``settings`` (default: the environment), failing fast if invalid."""
+    if runtime is None:
+        runtime = build_runtime(settings or load_settings())
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["agentq"] = runtime
+    configure_logging(runtime.settings.log_level, service="api")
+    requestlog.init_app(app)
+    errors.init_app(app)
+    for blueprint in (health.bp, runs.bp, openapi.bp):
+        app.register_blueprint(blueprint)
+    return app

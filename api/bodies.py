@@ -1,0 +1,43 @@
+"""Reading request bodies and query strings into validated models, or a clear 4xx."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from api.errors import Problem
+from worker.errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_body(model: type[M]) -> M:
+    """Validate the raw JSON body (size-limited) against ``model``."""
+    if not request.is_json:
+        raise Problem(415, "Unsupported media type",
+                      "send a JSON body with 'Content-Type: application/json'", slug="media-type")
+    raw = request.get_data(cache=False)  # over AGENTQ_MAX_BODY_BYTES with a length: 413
+    if request.content_length is None and len(raw) >= (request.max_content_length or len(raw) + 1):
+        # A chunked body is cut at the limit rather than refused (werkzeug's LimitedStream
+        # raises only on the read after); reaching the limit means it was longer.
+        raise RequestEntityTooLarge()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        malformed = [e for e in error.errors() if e["type"] == "json_invalid"]
+        if malformed:
+            raise Problem(400, "Malformed JSON", f"the body is not valid JSON: "
+                          f"{malformed[0]['ctx'].get('error', 'parse error')}",
+                          slug="malformed-json") from None
+        raise InvalidRequest.from_validation(error) from None
+
+
+def query(model: type[M]) -> M:
+    """Validate the query string against ``model``."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as error:
+        raise InvalidRequest.from_validation(error) from None

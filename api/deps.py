@@ -1,0 +1,18 @@
+"""What views reach for: the runtime and the authenticated caller."""
+
+from __future__ import annotations
+
+from flask import current_app, g
+
+from worker.keys import Principal
+from worker.runtime import Runtime
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["agentq"]
+    return rt
+
+
+def principal() -> Principal:
+    caller: Principal = g.principal
+    return caller

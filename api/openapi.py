@@ -1,0 +1,136 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 document, its schemas generated from the models."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.metadata import version
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from api import schemas
+
+bp = Blueprint("openapi", __name__)
+
+_INPUT_MODELS: tuple[type[BaseModel], ...] = (schemas.RunCreate,)
+_OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
+    schemas.RunOut, schemas.RunPage, schemas.AttemptList, schemas.EventList,
+    schemas.ProblemOut, schemas.HealthOut,
+)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    schema = _ref(schemas.ProblemOut)
+    return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str,
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "schema": schema,
+            "description": description}
+
+
+_RUN_ID = _param("run_id", "path", {"type": "string"}, "The run's id.", required=True)
+_AUTH_ERRORS = {"401": _problem("Missing, unknown or revoked API key.")}
+_NOT_FOUND = {"404": _problem("No such run for this tenant.")}
+
+
+def _paths() -> dict[str, Any]:
+    run = _json(schemas.RunOut, "The run.")
+    return {
+        "/health": {"get": {
+            "summary": "Check the database, the broker and the workers.", "security": [],
+            "responses": {"200": _json(schemas.HealthOut, "Every check passed."),
+                          "503": _json(schemas.HealthOut, "At least one check failed.")},
+        }},
+        "/openapi.json": {"get": {
+            "summary": "This document.", "security": [],
+            "responses": {"200": {"description": "The OpenAPI document."}},
+        }},
+        "/v1/runs": {
+            "post": {
+                "summary": "Submit a run.",
+                "parameters": [_param("wait", "query", {"type": "number", "minimum": 0,
+                                                        "maximum": 30},
+                                      "Seconds to wait for the run to finish (200 if it did).")],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref(schemas.RunCreate)}}},
+                "responses": {
+                    "200": _json(schemas.RunOut, "The run finished within ?wait."),
+                    "202": _json(schemas.RunOut, "The run is queued (or still going)."),
+                    "400": _problem("The body is not valid JSON."),
+                    **_AUTH_ERRORS,
+                    "413": _problem("The body is over the size limit."),
+                    "415": _problem("The body is not JSON."),
+                    "422": _problem("Unknown agent, bad or unknown field; errors lists each."),
+                },
+            },
+            "get": {
+                "summary": "List the tenant's runs, newest first.",
+                "parameters": [
+                    _param("status", "query", {"type": "string"}, "Only runs in this status."),
+                    _param("agent", "query", {"type": "string"}, "Only runs of this agent."),
+                    _param("session_id", "query", {"type": "string"}, "Only this session."),
+                    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100},
+                           "Page size (default 20)."),
+                    _param("cursor", "query", {"type": "string"}, "next_cursor of the last page."),
+                ],
+                "responses": {"200": _json(schemas.RunPage, "A page of runs."), **_AUTH_ERRORS,
+                              "422": _problem("A bad filter or cursor.")},
+            },
+        },
+        "/v1/runs/{run_id}": {"get": {
+            "summary": "Read a run (Retry-After: 2 while it is not finished).",
+            "parameters": [_RUN_ID],
+            "responses": {"200": run, **_AUTH_ERRORS, **_NOT_FOUND},
+        }},
+        "/v1/runs/{run_id}/attempts": {"get": {
+            "summary": "Every attempt of a run, oldest first.",
+            "parameters": [_RUN_ID],
+            "responses": {"200": _json(schemas.AttemptList, "The attempts."), **_AUTH_ERRORS,
+                          **_NOT_FOUND},
+        }},
+        "/v1/runs/{run_id}/events": {"get": {
+            "summary": "The run's event log after a sequence number.",
+            "parameters": [_RUN_ID, _param("after", "query", {"type": "integer", "minimum": 0},
+                                           "Only events with a greater seq.")],
+            "responses": {"200": _json(schemas.EventList, "The events, oldest first."),
+                          **_AUTH_ERRORS, **_NOT_FOUND},
+        }},
+    }
+
+
+@cache
+def document() -> dict[str, Any]:
+    """Build the document once per process."""
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((model, "validation") for model in _INPUT_MODELS),
+        *((model, "serialization") for model in _OUTPUT_MODELS),
+    ]
+    _, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "agentq", "version": version("agentq"),
+                 "description": "Run slow LLM agents behind an HTTP API, reliably."},
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(document())

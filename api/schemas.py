@@ -1,0 +1,141 @@
+"""Request and response shapes: validated with pydantic, published in ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, JsonValue
+
+from worker.models import AttemptOutcome, RunStatus
+
+_ID = r"^[A-Za-z0-9._:@/-]+$"
+
+
+class RunCreate(BaseModel):
+    """Body of ``POST /v1/runs``. Unknown fields are refused (no mass assignment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(min_length=1, max_length=200, description="A registered agent's name.")
+    input: JsonValue = Field(default_factory=dict, description="JSON given to the agent.")
+    session_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=_ID)
+    webhook_url: HttpUrl | None = None
+    timeout_s: int | None = Field(default=None, ge=1, description="Per-attempt time limit.")
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, max_length=64)
+
+
+class RunListQuery(BaseModel):
+    """Query of ``GET /v1/runs``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: RunStatus | None = None
+    agent: str | None = Field(default=None, max_length=200)
+    session_id: str | None = Field(default=None, max_length=200)
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class WaitQuery(BaseModel):
+    """``?wait=N`` on ``POST /v1/runs``: seconds to hold the request for the run to end."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    wait: float = Field(default=0, ge=0, le=30)
+
+
+class EventsQuery(BaseModel):
+    """``?after=SEQ`` on a run's events: only events after that seq."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    after: int = Field(default=0, ge=0)
+
+
+class RunError(BaseModel):
+    type: str
+    message: str
+
+
+class RunOut(BaseModel):
+    """A run as every endpoint (and every webhook) shows it."""
+
+    id: str
+    agent: str
+    status: RunStatus
+    input: JsonValue
+    result: JsonValue
+    error: RunError | None
+    attempt: int
+    max_attempts: int
+    timeout_s: int
+    session_id: str | None
+    metadata: dict[str, JsonValue]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    next_attempt_at: str | None
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: str | None
+
+
+class AttemptError(BaseModel):
+    type: str
+    message: str | None
+    traceback: str | None
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    worker: str
+    started_at: str
+    finished_at: str | None
+    outcome: AttemptOutcome | None
+    error: AttemptError | None
+
+
+class AttemptList(BaseModel):
+    items: list[AttemptOut]
+
+
+class EventOut(BaseModel):
+    seq: int
+    type: Literal["status", "progress"]
+    data: dict[str, Any]
+    at: str
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    version: str
+    checks: dict[str, CheckOut]
