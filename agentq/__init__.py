@@ -1,0 +1,1 @@
+"""The ``agentq`` command: ``agentq dev``, ``agentq keys``, ``agentq migrate``."""
