@@ -1,0 +1,183 @@
+"""Fixtures on real parts: Postgres, Redis, Celery worker processes, the Flask app.
+
+The harness owns its servers: an embedded PostgreSQL and Redis in a temporary directory,
+unless ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` name others. Each test works in a tenant
+of its own, so tests never see each other's runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from agentq import migrate
+from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
+from api import create_app
+from tests.harness import ROOT, ApiServer, Worker, wait_for
+from worker import keys
+from worker.models import TERMINAL_STATUSES, new_id
+from worker.runtime import Runtime, build_runtime
+from worker.settings import Settings, load_settings
+
+TEST_AGENTS = "tests.agents"
+# Short intervals so the sweeper's repairs show up within a test's patience.
+FAST = {"AGENTQ_SWEEP_INTERVAL_S": "0.5", "AGENTQ_DISPATCH_GRACE_S": "0.5"}
+
+
+@dataclass
+class Services:
+    root: Path
+    database_url: str
+    redis_url: str
+    postgres: EmbeddedPostgres | None
+    redis: EmbeddedRedis | None
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    root = tmp_path_factory.mktemp("services")
+    postgres = redis_server = None
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not database_url:
+        postgres = EmbeddedPostgres(root / "postgres", database="agentq_test", durable=False)
+        database_url = postgres.start()
+    if not redis_url:
+        redis_server = EmbeddedRedis(root / "redis", durable=False)
+        redis_url = redis_server.start()
+    migrate.upgrade(database_url)
+    yield Services(root, database_url, redis_url, postgres, redis_server)
+    if redis_server is not None:
+        redis_server.stop()
+    if postgres is not None:
+        postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def env(services: Services) -> dict[str, str]:
+    """The environment of every process the tests start."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AGENTQ_", "CELERY"))},
+        "DATABASE_URL": services.database_url,
+        "REDIS_URL": services.redis_url,
+        "AGENTQ_AGENTS": TEST_AGENTS,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        **FAST,
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(services: Services) -> Settings:
+    return load_settings(
+        database_url=services.database_url,
+        redis_url=services.redis_url,
+        agents=[TEST_AGENTS],
+        sweep_interval_s=float(FAST["AGENTQ_SWEEP_INTERVAL_S"]),
+        dispatch_grace_s=float(FAST["AGENTQ_DISPATCH_GRACE_S"]),
+    )
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Runtime:
+    return build_runtime(settings)
+
+
+@pytest.fixture(scope="session")
+def app(runtime: Runtime) -> Flask:
+    return create_app(runtime=runtime)
+
+
+@pytest.fixture(scope="session")
+def worker(env: dict[str, str], runtime: Runtime, services: Services) -> Iterator[Worker]:
+    """One real worker process (with beat, so the sweeper runs) for the whole session."""
+    process = Worker(env=env, log=services.root / "worker.log", name="w-session", beat=True)
+    process.start()
+    process.wait_ready(runtime.celery)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def api_server(env: dict[str, str], services: Services) -> Iterator[ApiServer]:
+    """The API under gunicorn, for behaviour that is about HTTP itself."""
+    server = ApiServer(env=env, log=services.root / "api.log")
+    server.start()
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Tenant:
+    id: str
+    name: str
+    key: str
+
+
+def make_tenant(runtime: Runtime, **key_options: Any) -> Tenant:
+    """A fresh tenant with one API key."""
+    name = new_id("test")
+    with runtime.db.transaction() as session:
+        tenant = keys.ensure_tenant(session, name=name)
+        token = keys.create_key(session, tenant=tenant, **key_options)
+    return Tenant(id=tenant.id, name=name, key=token)
+
+
+class ApiClient:
+    """Flask's test client with a tenant's key, and helpers that wait on real workers."""
+
+    def __init__(self, client: FlaskClient, tenant: Tenant) -> None:
+        self.client = client
+        self.tenant = tenant
+        self.headers = {"Authorization": f"Bearer {tenant.key}"}
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.client.get(path, headers={**self.headers, **kwargs.pop("headers", {})},
+                               **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.client.post(path, headers={**self.headers, **kwargs.pop("headers", {})},
+                                **kwargs)
+
+    def submit(self, agent: str, input: Any = None, **fields: Any) -> dict[str, Any]:
+        body = {"agent": agent, "input": {} if input is None else input, **fields}
+        response = self.post("/v1/runs", json=body)
+        assert response.status_code == 202, response.get_json()
+        run: dict[str, Any] = response.get_json()
+        return run
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        response = self.get(f"/v1/runs/{run_id}")
+        assert response.status_code == 200, response.get_json()
+        run: dict[str, Any] = response.get_json()
+        return run
+
+    def wait(self, run_id: str, *, statuses: frozenset[str] | set[str] = TERMINAL_STATUSES,
+             timeout: float = 30.0) -> dict[str, Any]:
+        """Poll the run until its status is one of ``statuses``."""
+        return wait_for(lambda: (run := self.run(run_id))["status"] in statuses and run,
+                        timeout=timeout, what=f"run {run_id} to reach {sorted(statuses)}")
+
+
+@pytest.fixture
+def tenant(runtime: Runtime) -> Tenant:
+    return make_tenant(runtime)
+
+
+@pytest.fixture
+def api(app: Flask, tenant: Tenant) -> ApiClient:
+    return ApiClient(app.test_client(), tenant)
+
+
+@pytest.fixture
+def other_api(app: Flask, runtime: Runtime) -> ApiClient:
+    """A second tenant, to show isolation."""
+    return ApiClient(app.test_client(), make_tenant(runtime))

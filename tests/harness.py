@@ -1,0 +1,126 @@
+"""Real processes for tests: Celery workers and an API server, started, waited on, stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from agentq.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05,
+             what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+
+
+class Process:
+    """A child process in its own session, its output in a log file."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], log: Path) -> None:
+        self.args = args
+        self.env = env
+        self.log_path = log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.killpg(self.pid, signum)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the process group, then SIGKILL it if it is still there after ``timeout``."""
+        if self.popen is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.popen.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Worker(Process):
+    """``celery -A worker worker`` as a real process, optionally with beat (-B)."""
+
+    def __init__(self, *, env: dict[str, str], log: Path, name: str, concurrency: int = 2,
+                 beat: bool = False, queues: str | None = None) -> None:
+        args = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
+                "--without-mingle", "--without-gossip"]
+        if beat:
+            args += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
+        if queues:
+            args += ["--queues", queues]
+        super().__init__(args, env=env, log=log)
+        self.name = name
+
+    def wait_ready(self, celery_app: Any, timeout: float = 60.0) -> None:
+        """Wait until this worker answers a ping (so it consumes its queues)."""
+
+        def answered() -> bool:
+            if not self.alive():
+                raise AssertionError(f"worker {self.name} exited:\n{self.output()[-3000:]}")
+            replies = celery_app.control.ping(timeout=0.5)
+            return any(name.startswith(f"{self.name}@") for reply in replies for name in reply)
+
+        wait_for(answered, timeout=timeout, interval=0.2, what=f"worker {self.name} to answer")
+
+
+class ApiServer(Process):
+    """The API under gunicorn (gevent), as in production, on a free port."""
+
+    def __init__(self, *, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        args = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--worker-class",
+                "gevent", "--workers", "1", "--graceful-timeout", "5", "api:create_app()"]
+        super().__init__(args, env=env, log=log)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def up() -> bool:
+            if not self.alive():
+                raise AssertionError(f"API server exited:\n{self.output()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/openapi.json", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=timeout, interval=0.1, what="the API server")

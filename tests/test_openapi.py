@@ -1,0 +1,58 @@
+"""``/openapi.json`` is a valid OpenAPI 3.1 document that covers every route."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jsonschema
+from flask import Flask
+from openapi_spec_validator import validate
+
+from tests.conftest import ApiClient
+
+
+def _document(app: Flask) -> dict[str, Any]:
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.get_json()
+    return document
+
+
+def test_document_is_valid_openapi_3_1(app: Flask) -> None:
+    document = _document(app)
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+
+
+def test_every_route_is_documented(app: Flask) -> None:
+    documented = {
+        (path, method.upper())
+        for path, item in _document(app)["paths"].items() for method in item
+    }
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (path, method) in documented, f"{method} {path} is not in /openapi.json"
+
+
+def _schema(document: dict[str, Any], name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+
+
+def test_responses_match_their_documented_schemas(app: Flask, api: ApiClient,
+                                                  worker: object) -> None:
+    document = _document(app)
+    run = api.post("/v1/runs?wait=10", json={"agent": "echo", "input": {"a": [1, 2]}}).get_json()
+    jsonschema.validate(run, _schema(document, "RunOut"))
+    jsonschema.validate(api.get("/v1/runs").get_json(), _schema(document, "RunPage"))
+    jsonschema.validate(api.get(f"/v1/runs/{run['id']}/attempts").get_json(),
+                        _schema(document, "AttemptList"))
+    jsonschema.validate(api.get(f"/v1/runs/{run['id']}/events").get_json(),
+                        _schema(document, "EventList"))
+    problem = api.post("/v1/runs", json={"agent": "nope"}).get_json()
+    jsonschema.validate(problem, _schema(document, "ProblemOut"))
+    jsonschema.validate(app.test_client().get("/health").get_json(),
+                        _schema(document, "HealthOut"))

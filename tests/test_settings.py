@@ -1,0 +1,64 @@
+"""Settings are read once, validated at start, and a bad one is named in a one-line error."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.harness import BIN, ROOT
+from worker.errors import ConfigurationError
+from worker.settings import load_settings
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("given", [
+    "postgres://u:p@db:5432/agentq",
+    "postgresql://u:p@db:5432/agentq",
+    "postgresql+psycopg://u:p@db:5432/agentq",
+])
+def test_database_url_is_taken_as_managed_services_give_it(given: str) -> None:
+    settings = load_settings(database_url=given, redis_url=REDIS)
+    assert settings.database_url == "postgresql+psycopg://u:p@db:5432/agentq"
+
+
+def test_missing_database_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="DATABASE_URL is required"):
+        load_settings(redis_url=REDIS)
+
+
+def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTQ_MAX_BODY_BYTES", "lots")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(database_url="mysql://x/y", redis_url="http://nope")
+    message = str(raised.value)
+    assert "DATABASE_URL must be a PostgreSQL URL" in message
+    assert "REDIS_URL must be a Redis URL" in message
+    assert "AGENTQ_MAX_BODY_BYTES" in message
+
+
+def test_agents_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTQ_AGENTS", "mypkg.agents, other.agents")
+    settings = load_settings(database_url="postgres://x/y", redis_url=REDIS)
+    assert settings.agents == ["mypkg.agents", "other.agents"]
+
+
+def test_broker_defaults_to_redis_and_can_be_rabbitmq() -> None:
+    assert load_settings(database_url="postgres://x/y", redis_url=REDIS).celery_broker_url == REDIS
+    amqp = "amqp://guest:guest@127.0.0.1:5672//"
+    assert load_settings(database_url="postgres://x/y", redis_url=REDIS,
+                         broker_url=amqp).celery_broker_url == amqp
+
+
+@pytest.mark.parametrize("command", [
+    ["celery", "-A", "worker", "worker"],
+    ["gunicorn", "--check-config", "api:create_app()"],
+    ["agentq", "keys", "create", "--tenant", "t"],
+])
+def test_processes_refuse_to_start_without_their_settings(command: list[str]) -> None:
+    result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=ROOT,
+                            env={"PATH": str(BIN)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "DATABASE_URL is required but not set" in result.stderr + result.stdout
