@@ -14,7 +14,13 @@ import yaml
 
 from tests.harness import BIN, ROOT
 
-COMPOSE_SCHEMA = ROOT.parent / "shared" / "vendor-data" / "compose-spec.json"
+# The Compose Specification's schema lives beside the project (../shared), never copied in.
+_SCHEMA_PLACES = (ROOT.parent / "shared", Path("/work/shared"))
+COMPOSE_SCHEMA = next(
+    (place / "vendor-data" / "compose-spec.json" for place in _SCHEMA_PLACES
+     if (place / "vendor-data" / "compose-spec.json").exists()),
+    _SCHEMA_PLACES[0] / "vendor-data" / "compose-spec.json",
+)
 
 
 def _compose() -> dict[str, object]:
