@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 
 from worker.errors import ConfigurationError
+
+T = TypeVar("T")
 
 
 class ConfigProblem(click.ClickException):
     """A one-line configuration error (exit code 2)."""
 
     exit_code = 2
+
+
+def _configured(load: Callable[[], T]) -> T:
+    """Load settings, turning a configuration error into a one-line message."""
+    try:
+        return load()
+    except ConfigurationError as error:
+        raise ConfigProblem(str(error)) from None
 
 
 @click.group()
@@ -26,11 +38,7 @@ def dev() -> None:
     from agentq import dev as devserver
     from worker.settings import load_dev_settings
 
-    try:
-        settings = load_dev_settings()
-    except ConfigurationError as error:
-        raise ConfigProblem(str(error)) from None
-    sys.exit(devserver.run(settings))
+    sys.exit(devserver.run(_configured(load_dev_settings)))
 
 
 @main.command()
@@ -39,11 +47,7 @@ def migrate() -> None:
     from agentq import migrate as migrations
     from worker.settings import load_database_settings
 
-    try:
-        settings = load_database_settings()
-    except ConfigurationError as error:
-        raise ConfigProblem(str(error)) from None
-    migrations.upgrade(settings.database_url)
+    migrations.upgrade(_configured(load_database_settings).database_url)
     click.echo("database is at the newest revision", err=True)
 
 
@@ -61,10 +65,7 @@ def create_key(tenant: str, name: str) -> None:
     from worker.db import Database
     from worker.settings import load_database_settings
 
-    try:
-        db = Database(load_database_settings())
-    except ConfigurationError as error:
-        raise ConfigProblem(str(error)) from None
+    db = Database(_configured(load_database_settings))
     with db.transaction() as session:
         owner = api_keys.ensure_tenant(session, name=tenant)
         token = api_keys.create_key(session, tenant=owner, name=name)

@@ -102,7 +102,8 @@ def run(dev: DevSettings) -> int:
             manager.add_process(name, command, env=env)
         manager.loop()
         _say("stopping the embedded servers…")
-        return manager.returncode or 0
+        # Stopped by Ctrl-C or SIGTERM is a normal end; otherwise pass on the failed child's code.
+        return 0 if manager.returncode in (None, 130, 143) else int(manager.returncode)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The Procfile and docker-compose.yml are valid, and every command in them is one agentq accepts."""
+"""The Procfile and docker-compose.yml are valid; agentq accepts every command in them."""
 
 from __future__ import annotations
 
