@@ -94,6 +94,13 @@ def _paths() -> dict[str, Any]:
             "parameters": [_RUN_ID],
             "responses": {"200": run, **_AUTH_ERRORS, **_NOT_FOUND},
         }},
+        "/v1/runs/{run_id}/replay": {"post": {
+            "summary": "Queue a failed, dead-lettered or cancelled run again (attempts kept).",
+            "parameters": [_RUN_ID],
+            "responses": {"202": _json(schemas.RunOut, "The run, queued again."),
+                          **_AUTH_ERRORS, **_NOT_FOUND,
+                          "409": _problem("The run is not failed, dead-lettered or cancelled.")},
+        }},
         "/v1/runs/{run_id}/attempts": {"get": {
             "summary": "Every attempt of a run, oldest first.",
             "parameters": [_RUN_ID],

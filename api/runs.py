@@ -11,7 +11,8 @@ from api.auth import require_key
 from api.bodies import json_body, query
 from api.deps import principal, runtime
 from api.schemas import EventsQuery, RunCreate, RunListQuery, WaitQuery
-from worker import events, runs
+from worker import attempts, dispatch, events, runs
+from worker.attempts import Dispatch
 from worker.errors import InvalidRequest
 from worker.models import RunStatus
 from worker.submission import RunRequest, submit, wait_until_finished
@@ -61,12 +62,22 @@ def list_runs() -> Response:
                     "next_cursor": _encode_cursor(last)})
 
 
+@bp.post("/<run_id>/replay")
+def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
+    g.run_id = run_id
+    rt = runtime()
+    with rt.db.transaction() as session:
+        run = runs.replay(session, tenant_id=principal().tenant_id, run_id=run_id)
+    dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
+    return jsonify(run_view(run)), 202, {"Location": url_for("runs.get_run", run_id=run.id)}
+
+
 @bp.get("/<run_id>/attempts")
 def list_attempts(run_id: str) -> Response:
     g.run_id = run_id
     with runtime().db.transaction() as session:
         runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
-        items = runs.attempts(session, run_id=run_id)
+        items = attempts.attempts(session, run_id=run_id)
     return jsonify({"items": [attempt_view(item) for item in items]})
 
 

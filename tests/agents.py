@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
+
+import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.agents import agent
 from worker.context import RunContext
+from worker.errors import RetryableError
 
 
 @agent("support.triage", timeout_s=60)
@@ -36,3 +42,60 @@ def emit(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
     for i in range(count):
         ctx.emit("step", f"step {i + 1} of {count}", index=i)
     return {"emitted": count}
+
+
+# Agents for reliability tests. Those on CRASH_QUEUE run only on workers a test starts
+# for them (``-Q test.crash``), so killing those workers never touches the session's worker.
+CRASH_QUEUE = "test.crash"
+
+
+@agent("test.crash.sleep", queue=CRASH_QUEUE)
+def crash_sleep(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Sleep ``seconds`` on the crash queue (``later_s`` on later attempts)."""
+    seconds = input.get("seconds", 3) if ctx.attempt == 1 else input.get("later_s", 0.2)
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"attempt": ctx.attempt}
+
+
+@agent("test.poison", queue=CRASH_QUEUE, max_attempts=3)
+def poison(ctx: RunContext, input: dict[str, Any]) -> None:
+    """Kill the process running it, every time."""
+    os._exit(1)
+
+
+@agent("test.timeout", timeout_s=1, max_attempts=2)
+def too_slow(ctx: RunContext, input: dict[str, Any]) -> None:
+    """Report progress, then outlast the time limit."""
+    ctx.emit("working", f"attempt {ctx.attempt} started")
+    time.sleep(30)
+
+
+@agent("test.stubborn", timeout_s=1, max_attempts=1)
+def stubborn(ctx: RunContext, input: dict[str, Any]) -> None:
+    """Ignore the soft time limit, so only the hard limit can stop it."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            continue
+
+
+@agent("test.retry_later")
+def retry_later(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
+    """Ask for a retry after 0.3 s on the first attempt."""
+    if ctx.attempt == 1:
+        raise RetryableError("the upstream is busy", delay_s=0.3)
+    return {"attempt": ctx.attempt}
+
+
+@agent("test.http")
+def http_status(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
+    """Fail the first attempt as an HTTP call answered ``status`` would (via httpx)."""
+    if ctx.attempt == 1:
+        request = httpx.Request("POST", "https://llm.example/v1/chat/completions")
+        response = httpx.Response(int(input["status"]), request=request)
+        response.raise_for_status()
+    return {"attempt": ctx.attempt}

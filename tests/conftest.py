@@ -28,7 +28,17 @@ from worker.settings import Settings, load_settings
 
 TEST_AGENTS = "tests.agents"
 # Short intervals so the sweeper's repairs show up within a test's patience.
-FAST = {"AGENTQ_SWEEP_INTERVAL_S": "0.5", "AGENTQ_DISPATCH_GRACE_S": "0.5"}
+FAST = {
+    "AGENTQ_SWEEP_INTERVAL_S": "0.5",
+    "AGENTQ_DISPATCH_GRACE_S": "0.5",
+    "AGENTQ_REDISPATCH_AFTER_S": "2",
+    "AGENTQ_HEARTBEAT_INTERVAL_S": "0.5",
+    "AGENTQ_LEASE_TIMEOUT_S": "3",
+    "AGENTQ_HARD_TIMEOUT_GRACE_S": "1",
+    "AGENTQ_SHUTDOWN_GRACE_S": "2",
+    "AGENTQ_BACKOFF_BASE_S": "0.2",
+    "AGENTQ_BACKOFF_MAX_S": "1",
+}
 
 
 @dataclass
@@ -76,13 +86,9 @@ def env(services: Services) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def settings(services: Services) -> Settings:
-    return load_settings(
-        database_url=services.database_url,
-        redis_url=services.redis_url,
-        agents=[TEST_AGENTS],
-        sweep_interval_s=float(FAST["AGENTQ_SWEEP_INTERVAL_S"]),
-        dispatch_grace_s=float(FAST["AGENTQ_DISPATCH_GRACE_S"]),
-    )
+    fast = {name.removeprefix("AGENTQ_").lower(): value for name, value in FAST.items()}
+    return load_settings(database_url=services.database_url, redis_url=services.redis_url,
+                         agents=[TEST_AGENTS], **fast)
 
 
 @pytest.fixture(scope="session")

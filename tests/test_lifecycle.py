@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import Tenant
-from worker import events, runs
+from worker import attempts, events, runs
 from worker.errors import LeaseLost
 from worker.models import AttemptOutcome, Run, RunEvent, RunStatus
 from worker.runtime import Runtime
@@ -20,9 +20,9 @@ def make_run(runtime: Runtime, tenant: Tenant, agent: str = "echo") -> str:
         return runs.create(session, tenant_id=tenant.id, new=new).id
 
 
-def claim(runtime: Runtime, run_id: str, worker: str) -> runs.Claim | None:
+def claim(runtime: Runtime, run_id: str, worker: str) -> attempts.Claim | None:
     with runtime.db.transaction() as session:
-        return runs.claim(session, run_id=run_id, worker=worker)
+        return attempts.claim(session, run_id=run_id, worker=worker)
 
 
 def test_only_one_of_many_concurrent_claims_wins(runtime: Runtime, tenant: Tenant) -> None:
@@ -45,14 +45,15 @@ def test_a_stale_epochs_write_is_refused(runtime: Runtime, tenant: Tenant) -> No
     new = claim(runtime, run_id, "fresh")
     assert new is not None and new.epoch == old.epoch + 1
     # When the old attempt writes its outcome or emits, it is refused
-    done = runs.Outcome(RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result={"from": "zombie"})
+    done = attempts.Outcome(RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED,
+                            result={"from": "zombie"})
     with pytest.raises(LeaseLost), runtime.db.transaction() as session:
-        runs.finish(session, claim=old, outcome=done)
+        attempts.finish(session, claim=old, outcome=done)
     with pytest.raises(LeaseLost), runtime.db.transaction() as session:
         events.append(session, run_id=run_id, epoch=old.epoch, type="progress", data={})
     # And the current attempt's write is applied
     with runtime.db.transaction() as session:
-        runs.finish(session, claim=new, outcome=runs.Outcome(
+        attempts.finish(session, claim=new, outcome=attempts.Outcome(
             RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result={"from": "fresh"}))
         stored = session.scalar(select(Run).where(Run.id == run_id))
         assert stored is not None and stored.result == {"from": "fresh"}
@@ -83,6 +84,6 @@ def test_a_finished_run_cannot_be_claimed_again(runtime: Runtime, tenant: Tenant
     held = claim(runtime, run_id, "w")
     assert held is not None
     with runtime.db.transaction() as session:
-        runs.finish(session, claim=held, outcome=runs.Outcome(
+        attempts.finish(session, claim=held, outcome=attempts.Outcome(
             RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=1))
     assert claim(runtime, run_id, "again") is None

@@ -15,6 +15,7 @@ from worker.errors import ConfigurationError
 from worker.logs import configure_logging
 from worker.runtime import build_runtime
 from worker.settings import load_settings
+from worker.shutdown import GracefulShutdown
 
 try:
     runtime = build_runtime(load_settings())
@@ -22,6 +23,7 @@ except ConfigurationError as error:
     sys.exit(f"agentq: {error}")
 
 app = runtime.celery
+shutdown = GracefulShutdown(runtime)
 
 
 @signals.setup_logging.connect
@@ -33,3 +35,13 @@ def _setup_logging(**_: Any) -> None:
 def _reset_connections(**_: Any) -> None:
     # Each pool child opens its own connections; never share sockets across fork().
     runtime.db.dispose()
+
+
+@signals.worker_ready.connect
+def _ready(sender: Any, **_: Any) -> None:
+    shutdown.ready(sender)
+
+
+@signals.worker_shutting_down.connect
+def _shutting_down(how: str = "Warm", **_: Any) -> None:
+    shutdown.begin(how)

@@ -2,7 +2,10 @@
 
 The run is committed first, then published, then marked dispatched. If publishing fails
 (broker down, process killed in between) the run stays unmarked and the sweeper publishes
-it later. A second publish of the same run is harmless: only one claim can win.
+it later. If the broker loses messages it had (Redis restarted without its data, a message
+dropped by a task that failed), the sweeper sees the queue hold fewer messages than
+Postgres has waiting runs and publishes the longest-waiting ones again. A second publish of
+the same run is harmless: only one claim can win.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from worker import runs
-from worker.tasks import PUBLISH_RETRY_POLICY, RUN_TASK
+from worker.attempts import Dispatch
+from worker.tasks import PUBLISH_RETRY_POLICY, RUN_TASK, declare_queue
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -21,40 +25,84 @@ log = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 
 
-def publish(rt: Runtime, *, run_id: str, queue: str) -> bool:
-    """Send the run's message to the broker; False (and a log line) if that failed."""
+def publish(rt: Runtime, job: Dispatch) -> bool:
+    """Send the run's message; False (and a log line) if the broker did not take it.
+
+    The run's timeout becomes the message's soft time limit, with a hard limit
+    ``AGENTQ_HARD_TIMEOUT_GRACE_S`` later for an agent that ignores the soft one.
+    """
     try:
         rt.celery.send_task(
-            RUN_TASK, args=[run_id], queue=queue, retry=True, retry_policy=PUBLISH_RETRY_POLICY
+            RUN_TASK, args=[job.run_id], queue=job.queue, countdown=job.countdown_s,
+            soft_time_limit=job.timeout_s,
+            time_limit=job.timeout_s + rt.settings.hard_timeout_grace_s,
+            retry=True, retry_policy=PUBLISH_RETRY_POLICY,
         )
     except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"
         log.warning("publish failed; the sweeper will retry",
-                    extra={"run_id": run_id, "error": f"{type(error).__name__}: {error}"})
+                    extra={"run_id": job.run_id, "error": f"{type(error).__name__}: {error}"})
         return False
     return True
 
 
-def dispatch(rt: Runtime, *, run_id: str, queue: str) -> bool:
+def dispatch(rt: Runtime, job: Dispatch) -> bool:
     """Publish a committed run and mark it dispatched; never raises."""
-    if not publish(rt, run_id=run_id, queue=queue):
+    if not publish(rt, job):
         return False
     try:
         with rt.db.transaction() as session:
-            runs.mark_dispatched(session, run_ids=[run_id])
+            runs.mark_dispatched(session, run_ids=[job.run_id])
     except Exception as error:  # published already: the worst case is a harmless re-publish
         log.warning("could not mark run dispatched",
-                    extra={"run_id": run_id, "error": f"{type(error).__name__}: {error}"})
+                    extra={"run_id": job.run_id, "error": f"{type(error).__name__}: {error}"})
     return True
 
 
-def redispatch(rt: Runtime) -> int:
-    """Publish queued runs that were committed but never published; return how many."""
-    with rt.db.transaction() as session:
-        due = runs.due_for_dispatch(
-            session, grace_s=rt.settings.dispatch_grace_s, limit=SWEEP_BATCH
-        )
-        sent = [run_id for run_id, queue in due if publish(rt, run_id=run_id, queue=queue)]
-        runs.mark_dispatched(session, run_ids=sent)
+def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:
+    """Publish each job; return the ids that reached the broker."""
+    sent = [job.run_id for job in jobs if publish(rt, job)]
     for run_id in sent:
-        log.info("run dispatched by the sweeper", extra={"run_id": run_id})
+        log.info("run dispatched by the sweeper", extra={"run_id": run_id, "reason": reason})
+    return sent
+
+
+def redispatch_unpublished(rt: Runtime) -> int:
+    """Publish queued runs that were committed but never published."""
+    with rt.db.transaction() as session:
+        due = runs.due_for_dispatch(session, grace_s=rt.settings.dispatch_grace_s,
+                                    limit=SWEEP_BATCH)
+        sent = publish_all(rt, due, reason="never published")
+        runs.mark_dispatched(session, run_ids=sent)
     return len(sent)
+
+
+def redispatch_lost(rt: Runtime) -> int:
+    """Publish again the waiting runs whose messages the broker no longer holds."""
+    with rt.db.transaction() as session:
+        waiting = runs.published_and_waiting(session)
+    if not waiting:
+        return 0
+    depths = broker_depths(rt, list(waiting))
+    total = 0
+    for queue, expected in waiting.items():
+        missing = expected - depths.get(queue, expected)
+        if missing <= 0:
+            continue
+        with rt.db.transaction() as session:
+            lost = runs.longest_waiting(session, queue=queue,
+                                        older_than_s=rt.settings.redispatch_after_s,
+                                        limit=min(missing, SWEEP_BATCH))
+            sent = publish_all(rt, lost, reason=f"missing from queue {queue}")
+            runs.mark_dispatched(session, run_ids=sent)
+        total += len(sent)
+    return total
+
+
+def broker_depths(rt: Runtime, queues: list[str]) -> dict[str, int]:
+    """Messages ready in each queue. Declaring also restores lost bindings (Redis)."""
+    depths = {}
+    with rt.celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        for name in queues:
+            depths[name] = declare_queue(name, channel)
+    return depths

@@ -1,16 +1,21 @@
-"""One attempt of one run: claim it, call the agent, record how it ended."""
+"""One attempt of one run: claim it, call the agent under a live lease, record how it ended."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import traceback
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from worker import events, runs
+from worker import attempts, dispatch, events, retry
+from worker.agents import AgentSpec
+from worker.attempts import Claim, Dispatch, Outcome
 from worker.context import RunContext
 from worker.errors import Cancelled, LeaseLost
 from worker.models import AttemptOutcome, Run, RunStatus
@@ -18,47 +23,127 @@ from worker.runtime import Runtime
 
 log = logging.getLogger("agentq.run")
 
+_RECORD_PATIENCE_S = 60.0  # how long to keep trying to record an outcome through a DB outage
+
 
 def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
     """Run one attempt of ``run_id`` if this worker can claim it; otherwise do nothing."""
     with rt.db.transaction() as session:
-        claim = runs.claim(session, run_id=run_id, worker=worker)
+        claim = attempts.claim(session, run_id=run_id, worker=worker)
     if claim is None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
         return
     rt.bus.announce(run_id, claim.seq)
     started = time.monotonic()
-    outcome = _attempt(rt, claim)
-    try:
-        with rt.db.transaction() as session:
-            seq = runs.finish(session, claim=claim, outcome=outcome)
-    except LeaseLost:
-        log.warning("stale attempt's outcome refused", extra=_fields(claim, outcome, started))
+    with Heartbeat(rt, claim) as lease:
+        outcome = _attempt(rt, claim, lease)
+        seq = _record(rt, claim, outcome)
+    if seq is None:
         return
     rt.bus.announce(run_id, seq)
+    if outcome.status == RunStatus.RETRYING:
+        dispatch.dispatch(rt, Dispatch(claim.run_id, claim.queue, claim.timeout_s,
+                                       countdown_s=outcome.retry_in_s))
     log.info("run attempt finished", extra=_fields(claim, outcome, started))
 
 
-def _attempt(rt: Runtime, claim: runs.Claim) -> runs.Outcome:
-    ctx = _context(rt, claim)
+class Heartbeat:
+    """Renew the attempt's lease every ``AGENTQ_HEARTBEAT_INTERVAL_S`` from a thread."""
+
+    def __init__(self, rt: Runtime, claim: Claim) -> None:
+        self._rt = rt
+        self._claim = claim
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.run_id}",
+                                        daemon=True)
+        self.lost = False
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._rt.settings.heartbeat_interval_s):
+            try:
+                with self._rt.db.transaction() as session:
+                    held = attempts.heartbeat(session, run_id=self._claim.run_id,
+                                              epoch=self._claim.epoch)
+            except Exception as error:  # an outage: keep trying until the attempt ends
+                log.warning("heartbeat failed", extra={"run_id": self._claim.run_id,
+                                                       "error": f"{type(error).__name__}"})
+                continue
+            if not held:
+                self.lost = True
+                log.warning("lease lost; the attempt should stop",
+                            extra={"run_id": self._claim.run_id, "attempt": self._claim.attempt})
+                return
+
+
+def _attempt(rt: Runtime, claim: Claim, lease: Heartbeat) -> Outcome:
+    ctx = _context(rt, claim, lease)
     try:
         spec = rt.registry.get(claim.agent)
         result = spec.fn(ctx, spec.parse_input(claim.input))
-        return runs.Outcome(RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=_json(result))
+        return Outcome(RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=_json(result))
     except Cancelled as error:
-        return _failure(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error)
+        return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error=_describe(error))
     except Exception as error:
         ctx.log.exception("agent raised %s", type(error).__name__)
-        return _failure(RunStatus.FAILED, AttemptOutcome.FAILED, error)
+        return _failed(rt, claim, error)
 
 
-def _failure(status: RunStatus, outcome: AttemptOutcome, error: BaseException) -> runs.Outcome:
-    return runs.Outcome(
-        status,
-        outcome,
-        error={"type": type(error).__name__, "message": str(error)},
-        traceback="".join(traceback.format_exception(error)),
-    )
+def _failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
+    """Decide where a failed attempt sends the run: failed, retrying, or dead-lettered."""
+    spec: AgentSpec | None = rt.registry.get(claim.agent) if claim.agent in rt.registry else None
+    timed_out = retry.is_timeout(error)
+    kind = AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED
+    described = _describe(error)
+    if timed_out:
+        described = {"type": "Timeout", "message": f"attempt {claim.attempt} did not finish "
+                                                   f"within timeout_s={claim.timeout_s}"}
+    trace = "".join(traceback.format_exception(error))
+    if spec is None or not retry.is_retryable(error, spec.retry_on):
+        return Outcome(RunStatus.FAILED, kind, error=described, traceback=trace)
+    if claim.attempts_left <= 0:
+        return Outcome(RunStatus.DEAD_LETTERED, kind, error=described, traceback=trace)
+    base_s, max_s = rt.settings.backoff_base_s, rt.settings.backoff_max_s
+    if spec.backoff_base_s is not None:
+        base_s = spec.backoff_base_s
+    if spec.backoff_max_s is not None:
+        max_s = spec.backoff_max_s
+    wait = retry.delay_s(error, claim.attempt, base_s=base_s, max_s=max_s)
+    return Outcome(RunStatus.RETRYING, kind, error=described, traceback=trace, retry_in_s=wait)
+
+
+def _record(rt: Runtime, claim: Claim, outcome: Outcome) -> int | None:
+    """Write the outcome, waiting out a short database outage; None if it was not written."""
+    deadline = time.monotonic() + _RECORD_PATIENCE_S
+    pause = 0.5
+    while True:
+        try:
+            with rt.db.transaction() as session:
+                return attempts.finish(session, claim=claim, outcome=outcome)
+        except LeaseLost:
+            log.warning("stale attempt's outcome refused",
+                        extra={"run_id": claim.run_id, "attempt": claim.attempt,
+                               "status": outcome.status.value})
+            return None
+        except (OperationalError, InterfaceError) as error:
+            if time.monotonic() > deadline:
+                log.error("outcome not recorded; the sweeper will re-queue the run",
+                          extra={"run_id": claim.run_id, "error": type(error).__name__})
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _describe(error: BaseException) -> dict[str, str]:
+    return {"type": type(error).__name__, "message": str(error)}
 
 
 def _json(result: Any) -> Any:
@@ -71,7 +156,7 @@ def _json(result: Any) -> Any:
         raise TypeError(f"agent result is not JSON-serialisable: {error}") from None
 
 
-def _context(rt: Runtime, claim: runs.Claim) -> RunContext:
+def _context(rt: Runtime, claim: Claim, lease: Heartbeat) -> RunContext:
     fields = {"run_id": claim.run_id, "tenant": claim.tenant_id, "agent": claim.agent,
               "attempt": claim.attempt, "request_id": claim.request_id}
 
@@ -83,6 +168,8 @@ def _context(rt: Runtime, claim: runs.Claim) -> RunContext:
         return seq
 
     def is_cancelled() -> bool:
+        if lease.lost:
+            return True
         with rt.db.transaction() as session:
             requested = session.scalar(
                 select(Run.cancel_requested_at).where(Run.id == claim.run_id)
@@ -104,7 +191,7 @@ def _context(rt: Runtime, claim: runs.Claim) -> RunContext:
     )
 
 
-def _fields(claim: runs.Claim, outcome: runs.Outcome, started: float) -> dict[str, Any]:
+def _fields(claim: Claim, outcome: Outcome, started: float) -> dict[str, Any]:
     return {
         "run_id": claim.run_id,
         "tenant": claim.tenant_id,
@@ -115,4 +202,5 @@ def _fields(claim: runs.Claim, outcome: runs.Outcome, started: float) -> dict[st
         "outcome": outcome.attempt_outcome.value,
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
         "error": outcome.error,
+        "retry_in_s": outcome.retry_in_s,
     }

@@ -123,6 +123,22 @@ class Run(Base):
         Index("ix_runs_tenant_id_id", "tenant_id", text("id DESC")),
         Index("ix_runs_tenant_id_status_id", "tenant_id", "status", text("id DESC")),
         Index(
+            "ix_runs_running_heartbeat",
+            "heartbeat_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index(
+            "ix_runs_retrying_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'retrying'"),
+        ),
+        Index(
+            "ix_runs_queued_queue",
+            "queue",
+            "dispatched_at",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        Index(
             "ix_runs_undispatched",
             "created_at",
             postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
@@ -138,6 +154,9 @@ class Run(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     attempt: Mapped[int] = mapped_column(Integer, server_default="0")
     max_attempts: Mapped[int]
+    # Attempts that do not count toward max_attempts: those before a replay, and those a
+    # worker's shutdown interrupted.
+    free_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     timeout_s: Mapped[int]
     session_id: Mapped[str | None] = mapped_column(String(200))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
@@ -151,6 +170,8 @@ class Run(Base):
     # The dispatch outbox: NULL until the message reached the broker.
     dispatched_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
+    # Set by `agentq dlq purge`: the dead letter is dismissed, its history kept.
+    discarded_at: Mapped[datetime | None]
     # The run's event log sequence: the seq of its newest event.
     last_seq: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

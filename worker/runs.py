@@ -13,8 +13,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from worker import events
-from worker.errors import LeaseLost, NotFound
-from worker.models import AttemptOutcome, Run, RunAttempt, RunStatus, new_id
+from worker.attempts import Dispatch
+from worker.errors import Conflict, NotFound
+from worker.models import Run, RunStatus, new_id
 
 
 @dataclass(frozen=True)
@@ -37,35 +38,6 @@ class RunFilter:
     status: RunStatus | None = None
     agent: str | None = None
     session_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A worker's hold on one attempt of a run; ``epoch`` fences every later write."""
-
-    run_id: str
-    tenant_id: str
-    agent: str
-    input: Any
-    attempt: int
-    max_attempts: int
-    epoch: int
-    timeout_s: int
-    session_id: str | None
-    request_id: str | None
-    worker: str
-    seq: int  # of the "running" status event
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended, and so where the run goes next."""
-
-    status: RunStatus
-    attempt_outcome: AttemptOutcome
-    result: Any = None
-    error: dict[str, Any] | None = None
-    traceback: str | None = None
 
 
 def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
@@ -131,10 +103,10 @@ def mark_dispatched(session: Session, *, run_ids: list[str]) -> None:
         )
 
 
-def due_for_dispatch(session: Session, *, grace_s: float, limit: int) -> list[tuple[str, str]]:
-    """Lock and return (id, queue) of queued runs whose publish never happened."""
+def due_for_dispatch(session: Session, *, grace_s: float, limit: int) -> list[Dispatch]:
+    """Lock and return queued runs whose publish never happened."""
     query = (
-        select(Run.id, Run.queue)
+        select(Run.id, Run.queue, Run.timeout_s)
         .where(
             Run.status == RunStatus.QUEUED,
             Run.dispatched_at.is_(None),
@@ -144,95 +116,75 @@ def due_for_dispatch(session: Session, *, grace_s: float, limit: int) -> list[tu
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [(row.id, row.queue) for row in session.execute(query)]
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
 
 
-def claim(session: Session, *, run_id: str, worker: str) -> Claim | None:
-    """Take the next attempt of a queued run in one UPDATE; None if it is not claimable.
+def published_and_waiting(session: Session) -> dict[str, int]:
+    """How many queued runs each queue's broker should be holding a message for."""
+    query = (
+        select(Run.queue, func.count())
+        .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_not(None))
+        .group_by(Run.queue)
+    )
+    return {queue: count for queue, count in session.execute(query).all()}
 
-    Only one claim can win, so a message delivered twice (a second publish, a broker
-    redelivery) does nothing the second time.
+
+def longest_waiting(session: Session, *, queue: str, older_than_s: float,
+                    limit: int) -> list[Dispatch]:
+    """Lock and return the queue's runs published longest ago and still not claimed."""
+    query = (
+        select(Run.id, Run.queue, Run.timeout_s)
+        .where(Run.status == RunStatus.QUEUED, Run.queue == queue,
+               Run.dispatched_at < func.now() - timedelta(seconds=older_than_s))
+        .order_by(Run.dispatched_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+
+
+REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED})
+
+
+def replay(session: Session, *, tenant_id: str, run_id: str) -> Run:
+    """Queue a failed, dead-lettered or cancelled run again; its earlier attempts are kept.
+
+    The earlier attempts stop counting toward ``max_attempts``: the replay gets a full budget.
     """
+    run = get(session, tenant_id=tenant_id, run_id=run_id)
+    if run.status not in REPLAYABLE:
+        raise Conflict(f"run {run_id} is {run.status}; only failed, dead_lettered or "
+                       "cancelled runs can be replayed")
+    run.status = RunStatus.QUEUED
+    run.free_attempts = run.attempt
+    run.result = run.error = None
+    run.finished_at = run.next_attempt_at = run.dispatched_at = None
+    run.cancel_requested_at = run.discarded_at = None
+    run.last_seq += 1
+    session.flush()
+    events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,
+                  data={"status": RunStatus.QUEUED, "attempt": run.attempt, "replay": True})
+    return run
+
+
+def dead_letters(session: Session, *, tenant_id: str | None = None,
+                 include_discarded: bool = False, limit: int = 1000) -> list[Run]:
+    """Dead-lettered runs, newest first (across tenants unless one is named)."""
+    query = select(Run).where(Run.status == RunStatus.DEAD_LETTERED)
+    if tenant_id is not None:
+        query = query.where(Run.tenant_id == tenant_id)
+    if not include_discarded:
+        query = query.where(Run.discarded_at.is_(None))
+    return list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
+
+
+def discard(session: Session, *, run_ids: list[str]) -> int:
+    """Mark dead letters as dismissed (their history is kept); return how many."""
     query = (
         update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
-        .values(
-            status=RunStatus.RUNNING,
-            attempt=Run.attempt + 1,
-            lease_epoch=Run.lease_epoch + 1,
-            worker=worker,
-            started_at=func.coalesce(Run.started_at, func.now()),
-            heartbeat_at=func.now(),
-            next_attempt_at=None,
-            last_seq=Run.last_seq + 1,
-        )
-        .returning(
-            Run.tenant_id, Run.agent, Run.input, Run.attempt, Run.max_attempts,
-            Run.lease_epoch, Run.timeout_s, Run.session_id, Run.request_id, Run.last_seq,
-        )
+        .where(Run.id.in_(run_ids), Run.status == RunStatus.DEAD_LETTERED,
+               Run.discarded_at.is_(None))
+        .values(discarded_at=func.now())
+        .returning(Run.id)
     )
-    row = session.execute(query).one_or_none()
-    if row is None:
-        return None
-    session.add(RunAttempt(run_id=run_id, attempt=row.attempt, lease_epoch=row.lease_epoch,
-                           worker=worker))
-    events.record(
-        session, run_id=run_id, seq=row.last_seq, type=events.STATUS,
-        data={"status": RunStatus.RUNNING, "attempt": row.attempt},
-    )
-    return Claim(
-        run_id=run_id, tenant_id=row.tenant_id, agent=row.agent, input=row.input,
-        attempt=row.attempt, max_attempts=row.max_attempts, epoch=row.lease_epoch,
-        timeout_s=row.timeout_s, session_id=row.session_id, request_id=row.request_id,
-        worker=worker, seq=row.last_seq,
-    )
-
-
-def finish(session: Session, *, claim: Claim, outcome: Outcome) -> int:
-    """Write the attempt's outcome under its lease; return the status event's seq.
-
-    Raises LeaseLost when a newer attempt holds the run: a zombie's write is never applied.
-    """
-    query = (
-        update(Run)
-        .where(
-            Run.id == claim.run_id,
-            Run.lease_epoch == claim.epoch,
-            Run.status == RunStatus.RUNNING,
-        )
-        .values(
-            status=outcome.status,
-            result=outcome.result,
-            error=outcome.error,
-            finished_at=func.now() if outcome.status.is_terminal else None,
-            last_seq=Run.last_seq + 1,
-        )
-        .returning(Run.last_seq)
-    )
-    seq = session.execute(query).scalar_one_or_none()
-    if seq is None:
-        raise LeaseLost(f"run {claim.run_id}: lease epoch {claim.epoch} is no longer current")
-    error = outcome.error or {}
-    session.execute(
-        update(RunAttempt)
-        .where(RunAttempt.run_id == claim.run_id, RunAttempt.attempt == claim.attempt)
-        .values(
-            finished_at=func.now(),
-            outcome=outcome.attempt_outcome,
-            error_type=error.get("type"),
-            error_message=error.get("message"),
-            traceback=outcome.traceback,
-        )
-    )
-    data: dict[str, Any] = {"status": outcome.status, "attempt": claim.attempt}
-    if outcome.status == RunStatus.SUCCEEDED:
-        data["result"] = outcome.result
-    elif outcome.error is not None:
-        data["error"] = outcome.error
-    events.record(session, run_id=claim.run_id, seq=seq, type=events.STATUS, data=data)
-    return int(seq)
-
-
-def attempts(session: Session, *, run_id: str) -> list[RunAttempt]:
-    query = select(RunAttempt).where(RunAttempt.run_id == run_id).order_by(RunAttempt.attempt)
-    return list(session.scalars(query))
+    return len(session.execute(query).all())

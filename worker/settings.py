@@ -73,6 +73,15 @@ class Settings(DatabaseSettings):
     default_max_attempts: int = Field(default=3, ge=1, le=100)
     sweep_interval_s: float = Field(default=5.0, gt=0)
     dispatch_grace_s: float = Field(default=5.0, ge=0)
+    # Queued runs published longer ago than this, and missing from the broker's queue, are
+    # published again (a broker that lost its data, a message dropped by a failing task).
+    redispatch_after_s: float = Field(default=30.0, ge=0)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    lease_timeout_s: float = Field(default=30.0, gt=0)
+    hard_timeout_grace_s: float = Field(default=30.0, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    backoff_base_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=300.0, ge=0)
     log_level: str = "INFO"
     beat_schedule_file: str = "celerybeat-schedule"
 
@@ -101,7 +110,18 @@ class Settings(DatabaseSettings):
                 "AGENTQ_DEFAULT_TIMEOUT_S must not exceed AGENTQ_MAX_TIMEOUT_S "
                 f"({self.default_timeout_s} > {self.max_timeout_s})"
             )
+        if self.heartbeat_interval_s * 2 > self.lease_timeout_s:
+            raise ValueError(
+                "AGENTQ_LEASE_TIMEOUT_S must be at least twice AGENTQ_HEARTBEAT_INTERVAL_S "
+                f"({self.lease_timeout_s} < 2 x {self.heartbeat_interval_s}), or live runs "
+                "would be taken for dead"
+            )
         return self
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Redis's redelivery timeout: well past the longest run a worker may hold."""
+        return int(max(3600, 2 * (self.max_timeout_s + self.hard_timeout_grace_s)))
 
     @property
     def celery_broker_url(self) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker import dispatch, runs
+from worker.attempts import Dispatch
 from worker.errors import InvalidRequest
 from worker.models import Run, RunStatus
 from worker.runtime import Runtime
@@ -67,7 +68,7 @@ def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
     new = plan(rt, request)
     with rt.db.transaction() as session:
         run = runs.create(session, tenant_id=tenant_id, new=new)
-    dispatch.dispatch(rt, run_id=run.id, queue=run.queue)
+    dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
     return run
 
 

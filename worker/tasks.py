@@ -5,10 +5,11 @@ Tasks take ids, never objects, and hand over to domain functions at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from kombu.entity import Exchange, Queue
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker.settings import Settings
 
@@ -30,17 +31,30 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
+def declare_queue(name: str, channel: Any) -> int:
+    """Declare the queue (exchange and binding too) on ``channel``; return its depth."""
+    queue = _queue(name).bind(channel)
+    queue.declare()
+    return int(queue.queue_declare().message_count)
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from the settings (JSON only, late acks, prefetch 1)."""
     app = Celery("agentq", set_as_current=False)
     app.conf.update(
         broker_url=settings.celery_broker_url,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker waits out a broker outage
         broker_connection_timeout=4,
+        # Keep running attempts alive through a broker blip. Celery's alternative terminates
+        # them so their unacked messages can be redelivered; here the lease already stops a
+        # redelivered message from starting the run twice, so terminating would only turn a
+        # blip into a second attempt.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={
             # Longer than the longest run allowed, so Redis never hands a running run's
             # message to a second worker (issue: redelivery after visibility timeout).
-            "visibility_timeout": max(3600, 2 * settings.max_timeout_s),
+            "visibility_timeout": settings.visibility_timeout_s,
             "socket_connect_timeout": 5,
         },
         task_serializer="json",
@@ -80,7 +94,11 @@ def register_tasks(rt: Runtime) -> None:
     @rt.celery.task(name=RUN_TASK, bind=True)
     def run(task: Task, run_id: str) -> None:
         """Execute one attempt of run ``run_id`` (a no-op if it is not claimable)."""
-        execution.execute(rt, run_id=run_id, worker=task.request.hostname or "unknown")
+        try:
+            execution.execute(rt, run_id=run_id, worker=task.request.hostname or "unknown")
+        except (OperationalError, InterfaceError) as error:
+            # Postgres is away: try the claim again later rather than drop the message.
+            raise task.retry(exc=error, countdown=2, max_retries=None) from error
 
     @rt.celery.task(name=SWEEP_TASK)
     def sweep() -> None:

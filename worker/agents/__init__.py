@@ -33,7 +33,9 @@ class AgentSpec:
     description: str = ""
     timeout_s: int | None = None  # per run: timeout_s
     max_attempts: int | None = None  # per run: max_attempts
-    retry_on: tuple[type[BaseException], ...] = ()
+    retry_on: tuple[type[BaseException], ...] = ()  # retried besides the defaults
+    backoff_base_s: float | None = None  # default: AGENTQ_BACKOFF_BASE_S
+    backoff_max_s: float | None = None  # default: AGENTQ_BACKOFF_MAX_S
     queue: str | None = None
     input_model: type[BaseModel] | None = None
 

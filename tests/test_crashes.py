@@ -1,0 +1,131 @@
+"""Workers die mid-run (SIGKILL, a poison run, a deploy's SIGTERM): no run is lost or doubled."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import select
+
+from tests.agents import CRASH_QUEUE
+from tests.conftest import ApiClient, Services
+from tests.harness import Worker, wait_for
+from worker.models import RunEvent
+from worker.runtime import Runtime
+
+pytestmark = pytest.mark.usefixtures("worker")  # the session worker runs the sweeper
+
+_names = itertools.count(1)
+StartWorker = Callable[..., Worker]
+
+
+@pytest.fixture
+def crash_worker(env: dict[str, str], services: Services,
+                 runtime: Runtime) -> Iterator[StartWorker]:
+    """Start workers that consume only the crash queue; stopped after the test."""
+    started: list[Worker] = []
+
+    def start(concurrency: int = 1, **env_overrides: str) -> Worker:
+        name = f"crash{next(_names)}"
+        process = Worker(env={**env, **env_overrides}, log=services.root / f"{name}.log",
+                         name=name, concurrency=concurrency, queues=CRASH_QUEUE)
+        process.start()
+        process.wait_ready(runtime.celery)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop(timeout=5)
+
+
+def terminal_transitions(runtime: Runtime, run_id: str) -> list[str]:
+    with runtime.db.transaction() as session:
+        data = session.scalars(select(RunEvent.data).where(
+            RunEvent.run_id == run_id, RunEvent.type == "status")).all()
+    return [d["status"] for d in data
+            if d["status"] in {"succeeded", "failed", "cancelled", "dead_lettered"}]
+
+
+def running_on(api: ApiClient, run_id: str) -> str:
+    api.wait(run_id, statuses={"running"})
+    tries = api.get(f"/v1/runs/{run_id}/attempts").get_json()["items"]
+    worker: str = tries[-1]["worker"]
+    return worker
+
+
+def test_sigkill_of_the_worker_mid_run_ends_succeeded_once(
+    api: ApiClient, runtime: Runtime, crash_worker: StartWorker
+) -> None:
+    # Given a run in progress on worker A, and worker B idle
+    a = crash_worker()
+    run = api.submit("test.crash.sleep", {"seconds": 20, "later_s": 0.5})
+    assert running_on(api, run["id"]).startswith(f"{a.name}@")
+    b = crash_worker()
+    # When A and its children are killed outright
+    a.signal(signal.SIGKILL)
+    # Then the lease goes stale, the sweeper re-queues the run and B finishes it
+    done = api.wait(run["id"], timeout=60)
+    assert done["status"] == "succeeded"
+    tries = api.get(f"/v1/runs/{run['id']}/attempts").get_json()["items"]
+    assert [t["outcome"] for t in tries] == ["crashed", "succeeded"]
+    assert tries[0]["error"]["type"] == "WorkerLost"
+    assert tries[1]["worker"].startswith(f"{b.name}@")
+    assert terminal_transitions(runtime, run["id"]) == ["succeeded"]
+
+
+def test_poison_run_is_dead_lettered_and_the_worker_keeps_serving(
+    api: ApiClient, runtime: Runtime, crash_worker: StartWorker
+) -> None:
+    crash_worker(concurrency=1)
+    # Given a run that kills the process running it, every time
+    poison = api.submit("test.poison")
+    done = api.wait(poison["id"], timeout=90)
+    # Then after max_attempts (3) claims that never finished, it stops being redelivered
+    assert done["status"] == "dead_lettered"
+    assert done["error"]["type"] == "WorkerLost"
+    tries = api.get(f"/v1/runs/{poison['id']}/attempts").get_json()["items"]
+    assert [t["outcome"] for t in tries] == ["crashed", "crashed", "crashed"]
+    assert terminal_transitions(runtime, poison["id"]) == ["dead_lettered"]
+    # And the same worker still serves other runs
+    healthy = api.wait(api.submit("test.crash.sleep", {"seconds": 0.1})["id"], timeout=30)
+    assert healthy["status"] == "succeeded"
+
+
+def test_sigterm_mid_run_requeues_after_the_grace_and_another_worker_finishes(
+    api: ApiClient, runtime: Runtime, crash_worker: StartWorker
+) -> None:
+    a = crash_worker(AGENTQ_SHUTDOWN_GRACE_S="1")
+    run = api.submit("test.crash.sleep", {"seconds": 20, "later_s": 0.5})
+    assert running_on(api, run["id"]).startswith(f"{a.name}@")
+    b = crash_worker()
+    # When A is asked to stop (SIGTERM to its main process, as an orchestrator does)
+    assert a.popen is not None
+    os.kill(a.pid, signal.SIGTERM)
+    # Then A exits soon after its grace, having given the run back at once
+    a.popen.wait(timeout=30)
+    tries = wait_for(lambda: len(t := api.get(f"/v1/runs/{run['id']}/attempts")
+                                 .get_json()["items"]) >= 2 and t, timeout=10,
+                     what="a second attempt without waiting for the lease to go stale")
+    assert tries[0]["outcome"] == "crashed" and tries[0]["error"]["type"] == "WorkerShutdown"
+    done = api.wait(run["id"], timeout=60)
+    assert done["status"] == "succeeded"
+    assert tries[1]["worker"].startswith(f"{b.name}@")
+    assert terminal_transitions(runtime, run["id"]) == ["succeeded"]
+
+
+def test_sigterm_lets_a_short_run_finish_on_the_same_worker(
+    api: ApiClient, runtime: Runtime, crash_worker: StartWorker
+) -> None:
+    a = crash_worker(AGENTQ_SHUTDOWN_GRACE_S="20")
+    run = api.submit("test.crash.sleep", {"seconds": 1.5})
+    running_on(api, run["id"])
+    os.kill(a.pid, signal.SIGTERM)
+    assert a.popen is not None
+    a.popen.wait(timeout=30)
+    done = api.wait(run["id"])
+    assert done["status"] == "succeeded" and done["result"] == {"attempt": 1}
+    assert terminal_transitions(runtime, run["id"]) == ["succeeded"]

@@ -1,0 +1,298 @@
+"""An attempt's life under its lease: claim, heartbeat, finish, and recovery when it dies.
+
+A claim bumps the run's lease epoch in one UPDATE. Every later write of that attempt names
+the epoch, so once the lease has moved on (the sweeper re-queued a dead attempt, a newer
+attempt claimed the run), a late write from the old one changes nothing.
+
+Every function takes a session and never commits: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from worker import events
+from worker.errors import LeaseLost
+from worker.models import AttemptOutcome, Run, RunAttempt, RunStatus
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What publishing a run takes: its id, its queue and its time limit."""
+
+    run_id: str
+    queue: str
+    timeout_s: int
+    countdown_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one attempt of a run; ``epoch`` fences every later write."""
+
+    run_id: str
+    tenant_id: str
+    agent: str
+    input: Any
+    attempt: int
+    max_attempts: int
+    free_attempts: int
+    epoch: int
+    timeout_s: int
+    queue: str
+    session_id: str | None
+    request_id: str | None
+    worker: str
+    seq: int  # of the "running" status event
+
+    @property
+    def attempts_left(self) -> int:
+        return self.max_attempts - (self.attempt - self.free_attempts)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, and so where the run goes next."""
+
+    status: RunStatus
+    attempt_outcome: AttemptOutcome
+    result: Any = None
+    error: dict[str, Any] | None = None
+    traceback: str | None = None
+    retry_in_s: float | None = None  # with status RETRYING
+
+
+_CLAIMABLE = or_(
+    Run.status == RunStatus.QUEUED,
+    and_(Run.status == RunStatus.RETRYING, Run.next_attempt_at <= func.now()),
+)
+
+
+def claim(session: Session, *, run_id: str, worker: str) -> Claim | None:
+    """Take the next attempt of a queued (or due retrying) run; None if it is not claimable.
+
+    Only one claim can win, so a message delivered twice (a second publish, a broker
+    redelivery) does nothing the second time.
+    """
+    query = (
+        update(Run)
+        .where(Run.id == run_id, _CLAIMABLE)
+        .values(
+            status=RunStatus.RUNNING,
+            attempt=Run.attempt + 1,
+            lease_epoch=Run.lease_epoch + 1,
+            worker=worker,
+            started_at=func.coalesce(Run.started_at, func.now()),
+            heartbeat_at=func.now(),
+            next_attempt_at=None,
+            last_seq=Run.last_seq + 1,
+        )
+        .returning(
+            Run.tenant_id, Run.agent, Run.input, Run.attempt, Run.max_attempts,
+            Run.free_attempts, Run.lease_epoch, Run.timeout_s, Run.queue, Run.session_id,
+            Run.request_id, Run.last_seq,
+        )
+    )
+    row = session.execute(query).one_or_none()
+    if row is None:
+        return None
+    session.add(RunAttempt(run_id=run_id, attempt=row.attempt, lease_epoch=row.lease_epoch,
+                           worker=worker))
+    events.record(session, run_id=run_id, seq=row.last_seq, type=events.STATUS,
+                  data={"status": RunStatus.RUNNING, "attempt": row.attempt})
+    return Claim(
+        run_id=run_id, tenant_id=row.tenant_id, agent=row.agent, input=row.input,
+        attempt=row.attempt, max_attempts=row.max_attempts, free_attempts=row.free_attempts,
+        epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
+        session_id=row.session_id, request_id=row.request_id, worker=worker,
+        seq=row.last_seq,
+    )
+
+
+def heartbeat(session: Session, *, run_id: str, epoch: int) -> bool:
+    """Renew the lease; False if this attempt no longer holds it."""
+    query = (
+        update(Run)
+        .where(Run.id == run_id, Run.lease_epoch == epoch, Run.status == RunStatus.RUNNING)
+        .values(heartbeat_at=func.now())
+        .returning(Run.id)
+    )
+    return session.execute(query).scalar_one_or_none() is not None
+
+
+def finish(session: Session, *, claim: Claim, outcome: Outcome) -> int:
+    """Write the attempt's outcome under its lease; return the status event's seq.
+
+    Raises LeaseLost when the attempt no longer holds the run: a zombie's write is never
+    applied.
+    """
+    retrying = outcome.status == RunStatus.RETRYING
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "result": outcome.result,
+        "error": outcome.error,
+        "finished_at": func.now() if outcome.status.is_terminal else None,
+        "next_attempt_at": _after(outcome.retry_in_s) if retrying else None,
+        "last_seq": Run.last_seq + 1,
+    }
+    if retrying:
+        values["dispatched_at"] = None  # the retry is dispatched afresh
+    query = (
+        update(Run)
+        .where(Run.id == claim.run_id, Run.lease_epoch == claim.epoch,
+               Run.status == RunStatus.RUNNING)
+        .values(**values)
+        .returning(Run.last_seq, Run.next_attempt_at)
+    )
+    row = session.execute(query).one_or_none()
+    if row is None:
+        raise LeaseLost(f"run {claim.run_id}: lease epoch {claim.epoch} is no longer current")
+    _end_attempt(session, run_id=claim.run_id, attempt=claim.attempt,
+                 outcome=outcome.attempt_outcome, error=outcome.error,
+                 traceback=outcome.traceback)
+    data: dict[str, Any] = {"status": outcome.status, "attempt": claim.attempt}
+    if outcome.status == RunStatus.SUCCEEDED:
+        data["result"] = outcome.result
+    elif outcome.error is not None:
+        data["error"] = outcome.error
+    if retrying:
+        data["next_attempt_at"] = row.next_attempt_at.isoformat()
+    events.record(session, run_id=claim.run_id, seq=row.last_seq, type=events.STATUS, data=data)
+    return int(row.last_seq)
+
+
+def due_retries(session: Session, *, grace_s: float, limit: int) -> list[Dispatch]:
+    """Move retrying runs that are due (and were not picked up) back to queued."""
+    due = (
+        select(Run.id)
+        .where(Run.status == RunStatus.RETRYING,
+               Run.next_attempt_at < func.now() - timedelta(seconds=grace_s))
+        .order_by(Run.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    query = (
+        update(Run)
+        .where(Run.id.in_(due.scalar_subquery()))
+        .values(status=RunStatus.QUEUED, next_attempt_at=None, dispatched_at=None,
+                last_seq=Run.last_seq + 1)
+        .returning(Run.id, Run.queue, Run.timeout_s, Run.attempt, Run.last_seq)
+    )
+    moved = session.execute(query).all()
+    for row in moved:
+        events.record(session, run_id=row.id, seq=row.last_seq, type=events.STATUS,
+                      data={"status": RunStatus.QUEUED, "attempt": row.attempt})
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in moved]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the sweeper did with a run whose attempt died."""
+
+    run_id: str
+    status: RunStatus
+    outcome: AttemptOutcome
+    seq: int
+    dispatch: Dispatch | None
+
+
+def recover_stale(
+    session: Session, *, lease_timeout_s: float, hard_grace_s: float, limit: int
+) -> list[Recovery]:
+    """End attempts whose lease went stale: re-queue their runs, or dead-letter them.
+
+    A stale lease means the process running the attempt is gone (SIGKILL, out of memory,
+    a lost machine, a hard time limit). The attempt is recorded as ``crashed`` (or
+    ``timed_out`` if it outlived its time limit); the epoch moves on, so if the old
+    process is alive after all, its writes are refused.
+    """
+    stale = session.execute(
+        select(Run.id, Run.attempt, Run.max_attempts, Run.free_attempts, Run.timeout_s,
+               Run.queue, RunAttempt.started_at, func.now().label("now"))
+        .join(RunAttempt, and_(RunAttempt.run_id == Run.id, RunAttempt.attempt == Run.attempt))
+        .where(Run.status == RunStatus.RUNNING,
+               Run.heartbeat_at < func.now() - timedelta(seconds=lease_timeout_s))
+        .order_by(Run.heartbeat_at)
+        .limit(limit)
+        .with_for_update(of=Run, skip_locked=True)
+    ).all()
+    recovered = []
+    for row in stale:
+        overran = (row.now - row.started_at).total_seconds() > row.timeout_s + hard_grace_s
+        outcome = AttemptOutcome.TIMED_OUT if overran else AttemptOutcome.CRASHED
+        error = _lost_error(row.attempt, overran=overran)
+        exhausted = row.attempt - row.free_attempts >= row.max_attempts
+        status = RunStatus.DEAD_LETTERED if exhausted else RunStatus.QUEUED
+        seq = _abandon(session, run_id=row.id, attempt=row.attempt, status=status,
+                       outcome=outcome, error=error)
+        dispatch = None if exhausted else Dispatch(row.id, row.queue, row.timeout_s)
+        recovered.append(Recovery(row.id, status, outcome, seq, dispatch))
+    return recovered
+
+
+def requeue_interrupted(session: Session, *, run_ids: list[str], worker: str) -> list[Dispatch]:
+    """Give back runs a stopping worker could not finish; the attempt does not count."""
+    rows = session.execute(
+        select(Run.id, Run.attempt, Run.queue, Run.timeout_s)
+        .where(Run.id.in_(run_ids), Run.status == RunStatus.RUNNING, Run.worker == worker)
+        .with_for_update()
+    ).all()
+    error = {"type": "WorkerShutdown",
+             "message": f"worker {worker} stopped before the attempt finished; re-queued"}
+    for row in rows:
+        _abandon(session, run_id=row.id, attempt=row.attempt, status=RunStatus.QUEUED,
+                 outcome=AttemptOutcome.CRASHED, error=error, free=True)
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in rows]
+
+
+def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
+             outcome: AttemptOutcome, error: dict[str, str], free: bool = False) -> int:
+    """End a running attempt that will not write its own outcome; move the lease on."""
+    terminal = status.is_terminal
+    seq = session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status=status, lease_epoch=Run.lease_epoch + 1, error=error,
+                dispatched_at=None, finished_at=func.now() if terminal else None,
+                free_attempts=Run.free_attempts + (1 if free else 0),
+                last_seq=Run.last_seq + 1)
+        .returning(Run.last_seq)
+    ).scalar_one()
+    _end_attempt(session, run_id=run_id, attempt=attempt, outcome=outcome, error=error)
+    events.record(session, run_id=run_id, seq=seq, type=events.STATUS,
+                  data={"status": status, "attempt": attempt, "error": error})
+    return int(seq)
+
+
+def _end_attempt(session: Session, *, run_id: str, attempt: int, outcome: AttemptOutcome,
+                 error: dict[str, Any] | None, traceback: str | None = None) -> None:
+    error = error or {}
+    session.execute(
+        update(RunAttempt)
+        .where(RunAttempt.run_id == run_id, RunAttempt.attempt == attempt)
+        .values(finished_at=func.now(), outcome=outcome, error_type=error.get("type"),
+                error_message=error.get("message"), traceback=traceback)
+    )
+
+
+def _lost_error(attempt: int, *, overran: bool) -> dict[str, str]:
+    if overran:
+        return {"type": "TimeLimitExceeded",
+                "message": f"attempt {attempt} ran past its hard time limit and was killed"}
+    return {"type": "WorkerLost",
+            "message": f"the worker running attempt {attempt} stopped renewing its lease "
+                       "(killed, out of memory, or lost)"}
+
+
+def _after(seconds: float | None) -> Any:
+    return func.now() + timedelta(seconds=seconds or 0)
+
+
+def attempts(session: Session, *, run_id: str) -> list[RunAttempt]:
+    query = select(RunAttempt).where(RunAttempt.run_id == run_id).order_by(RunAttempt.attempt)
+    return list(session.scalars(query))
