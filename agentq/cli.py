@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -71,3 +71,58 @@ def create_key(tenant: str, name: str) -> None:
         token = api_keys.create_key(session, tenant=owner, name=name)
     db.dispose()
     click.echo(token)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-lettered runs: list them, replay them, or purge (dismiss) them."""
+
+
+def _runtime() -> Any:
+    from worker.runtime import build_runtime
+    from worker.settings import load_settings
+
+    return build_runtime(_configured(load_settings))
+
+
+_tenant_option = click.option("--tenant", default=None, help="Only this tenant's runs.")
+
+
+@dlq.command("list")
+@_tenant_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dlq_list(tenant: str | None, as_json: bool) -> None:
+    """List dead-lettered runs that have not been purged, newest first."""
+    from agentq import dlq as dead_letters
+
+    dead_letters.list_dead(_runtime(), tenant=tenant, as_json=as_json)
+
+
+@dlq.command("replay")
+@click.argument("run_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Replay every dead-lettered run.")
+@_tenant_option
+def dlq_replay(run_ids: tuple[str, ...], everything: bool, tenant: str | None) -> None:
+    """Queue dead-lettered runs again (their attempts are kept); prints each run id."""
+    from agentq import dlq as dead_letters
+
+    if bool(run_ids) == everything:
+        raise click.UsageError("name the runs to replay, or pass --all")
+    count = dead_letters.replay(_runtime(), run_ids=run_ids, everything=everything,
+                                tenant=tenant)
+    click.echo(f"{count} run(s) queued again", err=True)
+
+
+@dlq.command("purge")
+@click.argument("run_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Purge every dead-lettered run.")
+@_tenant_option
+def dlq_purge(run_ids: tuple[str, ...], everything: bool, tenant: str | None) -> None:
+    """Dismiss dead-lettered runs: they leave the list; their history is kept."""
+    from agentq import dlq as dead_letters
+
+    if bool(run_ids) == everything:
+        raise click.UsageError("name the runs to purge, or pass --all")
+    count = dead_letters.purge(_runtime(), run_ids=run_ids, everything=everything,
+                               tenant=tenant)
+    click.echo(f"{count} run(s) purged", err=True)

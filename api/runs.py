@@ -67,7 +67,8 @@ def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
     g.run_id = run_id
     rt = runtime()
     with rt.db.transaction() as session:
-        run = runs.replay(session, tenant_id=principal().tenant_id, run_id=run_id)
+        run = runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        runs.replay(session, run=run)
     dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
     return jsonify(run_view(run)), 202, {"Location": url_for("runs.get_run", run_id=run.id)}
 

@@ -146,14 +146,13 @@ def longest_waiting(session: Session, *, queue: str, older_than_s: float,
 REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED})
 
 
-def replay(session: Session, *, tenant_id: str, run_id: str) -> Run:
+def replay(session: Session, *, run: Run) -> Run:
     """Queue a failed, dead-lettered or cancelled run again; its earlier attempts are kept.
 
     The earlier attempts stop counting toward ``max_attempts``: the replay gets a full budget.
     """
-    run = get(session, tenant_id=tenant_id, run_id=run_id)
     if run.status not in REPLAYABLE:
-        raise Conflict(f"run {run_id} is {run.status}; only failed, dead_lettered or "
+        raise Conflict(f"run {run.id} is {run.status}; only failed, dead_lettered or "
                        "cancelled runs can be replayed")
     run.status = RunStatus.QUEUED
     run.free_attempts = run.attempt

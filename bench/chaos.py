@@ -1,0 +1,215 @@
+"""Chaos: runs flow through 3 workers while one of them is SIGKILLed every few seconds.
+
+    python bench/chaos.py [--runs 1000] [--workers 3] [--kill-every 3]
+
+Each run's agent first records an effect row (run id, attempt) in a table of the
+benchmark's own, outside agentq's lease, then works for a few milliseconds. The benchmark
+starts its own PostgreSQL and Redis, a beat process and the workers; it submits the runs,
+kills a random worker (and its pool children) every ``--kill-every`` seconds and starts it
+again, and waits for every run to end. It prints, beside a baseline round with no kills:
+
+- lost: runs not terminal by the deadline (must be 0);
+- finished twice: runs with more than one terminal transition (must be 0);
+- re-executions: effect rows beyond one per run (at-least-once execution shows here);
+- time to drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in {None, ""}:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg
+from sqlalchemy import column, func, select, table
+
+from agentq import migrate
+from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.harness import BIN, ROOT, Process, Worker
+from worker import keys
+from worker.models import TERMINAL_STATUSES, Run, RunEvent, new_id
+from worker.runtime import Runtime, build_runtime
+from worker.settings import load_settings
+from worker.submission import RunRequest, submit
+
+FAST = {
+    "AGENTQ_SWEEP_INTERVAL_S": "1",
+    "AGENTQ_DISPATCH_GRACE_S": "1",
+    "AGENTQ_REDISPATCH_AFTER_S": "5",
+    "AGENTQ_HEARTBEAT_INTERVAL_S": "1",
+    "AGENTQ_LEASE_TIMEOUT_S": "5",
+    "AGENTQ_LOG_LEVEL": "WARNING",
+}
+
+EFFECTS = table("bench_effects", column("run_id"), column("attempt"))
+
+
+@dataclass
+class Round:
+    name: str
+    submitted: int = 0
+    succeeded: int = 0
+    dead_lettered: int = 0
+    failed: int = 0
+    lost: int = 0
+    finished_twice: int = 0
+    re_executions: int = 0
+    kills: int = 0
+    drain_s: float = 0.0
+
+
+class Cluster:
+    """PostgreSQL, Redis, beat and N workers, all ours, in a temporary directory."""
+
+    def __init__(self, root: Path, workers: int, concurrency: int) -> None:
+        self.root = root
+        self.postgres = EmbeddedPostgres(root / "postgres", durable=False)
+        self.redis = EmbeddedRedis(root / "redis", durable=False)
+        database_url, redis_url = self.postgres.start(), self.redis.start()
+        migrate.upgrade(database_url)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_effects "
+                         "(run_id text NOT NULL, attempt int NOT NULL)")
+        self.env = {"PATH": f"{BIN}:/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                    "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                    "BENCH_EFFECTS_URL": database_url, "AGENTQ_AGENTS": "bench.agents", **FAST}
+        fast = {k.removeprefix("AGENTQ_").lower(): v for k, v in FAST.items()}
+        self.runtime = build_runtime(load_settings(
+            database_url=database_url, redis_url=redis_url, agents=["bench.agents"], **fast))
+        self.beat = Process([str(BIN / "celery"), "-A", "worker", "beat", "--schedule",
+                             str(root / "beat-schedule")], env=self.env, log=root / "beat.log")
+        self.beat.start()
+        self.concurrency = concurrency
+        self.workers = [self._worker(i) for i in range(workers)]
+        for worker in self.workers:
+            worker.wait_ready(self.runtime.celery)
+
+    def _worker(self, index: int) -> Worker:
+        worker = Worker(env=self.env, log=self.root / f"worker{index}.log",
+                        name=f"chaos{index}", concurrency=self.concurrency)
+        worker.start()
+        return worker
+
+    def kill_one(self) -> None:
+        """SIGKILL a random worker with its pool children, and start it again."""
+        index = random.randrange(len(self.workers))
+        self.workers[index].signal(9)
+        assert self.workers[index].popen is not None
+        self.workers[index].popen.wait(timeout=10)
+        self.workers[index] = self._worker(index)
+
+    def close(self) -> None:
+        for process in (*self.workers, self.beat):
+            process.stop(timeout=10)
+        self.redis.stop()
+        self.postgres.stop()
+
+
+def play(cluster: Cluster, *, name: str, runs: int, work_ms: int, kill_every: float | None,
+         deadline_s: float) -> Round:
+    rt = cluster.runtime
+    with rt.db.transaction() as session:
+        tenant = keys.ensure_tenant(session, name=new_id(f"chaos-{name}"))
+    result = Round(name=name)
+    started = time.monotonic()
+    next_kill = started + (kill_every or 0)
+    ids = []
+    for _ in range(runs):
+        request = RunRequest(agent="bench.effect", input={"ms": work_ms}, max_attempts=10)
+        ids.append(submit(rt, tenant_id=tenant.id, request=request).id)
+        if kill_every and time.monotonic() >= next_kill:
+            cluster.kill_one()
+            result.kills += 1
+            next_kill = time.monotonic() + kill_every
+    result.submitted = len(ids)
+    while time.monotonic() - started < deadline_s:
+        if _unfinished(rt, tenant.id) == 0:
+            break
+        if kill_every and time.monotonic() >= next_kill:
+            cluster.kill_one()
+            result.kills += 1
+            next_kill = time.monotonic() + kill_every
+        time.sleep(0.2)
+    result.drain_s = time.monotonic() - started
+    _tally(rt, tenant.id, ids, result)
+    return result
+
+
+def _unfinished(rt: Runtime, tenant_id: str) -> int:
+    with rt.db.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(Run).where(
+            Run.tenant_id == tenant_id, Run.status.not_in(list(TERMINAL_STATUSES)))) or 0)
+
+
+def _tally(rt: Runtime, tenant_id: str, ids: list[str], result: Round) -> None:
+    with rt.db.transaction() as session:
+        statuses = dict(session.execute(
+            select(Run.status, func.count()).where(Run.tenant_id == tenant_id)
+            .group_by(Run.status)).all())
+        terminal_counts = session.execute(
+            select(func.count()).select_from(RunEvent).join(Run, Run.id == RunEvent.run_id)
+            .where(Run.tenant_id == tenant_id, RunEvent.type == "status",
+                   RunEvent.data["status"].astext.in_([s.value for s in TERMINAL_STATUSES]))
+            .group_by(RunEvent.run_id)).scalars().all()
+        effects, distinct = session.execute(
+            select(func.count(), func.count(func.distinct(EFFECTS.c.run_id)))
+            .select_from(EFFECTS).where(EFFECTS.c.run_id.in_(ids))).one()
+    result.succeeded = statuses.get("succeeded", 0)
+    result.dead_lettered = statuses.get("dead_lettered", 0)
+    result.failed = statuses.get("failed", 0)
+    result.lost = sum(n for status, n in statuses.items() if status not in TERMINAL_STATUSES)
+    result.finished_twice = sum(1 for n in terminal_counts if n > 1)
+    result.re_executions = effects - distinct
+
+
+def report(rounds: list[Round]) -> None:
+    fields = ("submitted", "succeeded", "dead_lettered", "failed", "lost", "finished_twice",
+              "re_executions", "kills", "drain_s")
+    print(f"{'':16}" + "".join(f"{r.name:>14}" for r in rounds))
+    for field in fields:
+        cells = "".join(f"{getattr(r, field):>14.1f}" if field == "drain_s"
+                        else f"{getattr(r, field):>14}" for r in rounds)
+        print(f"{field:16}{cells}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills")
+    parser.add_argument("--work-ms", type=int, default=50, help="each run's work")
+    parser.add_argument("--deadline", type=float, default=600.0, help="seconds per round")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the round without kills")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="agentq-chaos-") as tmp:
+        cluster = Cluster(Path(tmp), args.workers, args.concurrency)
+        try:
+            rounds = []
+            if not args.no_baseline:
+                rounds.append(play(cluster, name="no kills", runs=args.runs,
+                                   work_ms=args.work_ms, kill_every=None,
+                                   deadline_s=args.deadline))
+            rounds.append(play(cluster, name="kill -9", runs=args.runs, work_ms=args.work_ms,
+                               kill_every=args.kill_every, deadline_s=args.deadline))
+        finally:
+            cluster.close()
+    print(f"chaos: {args.runs} runs, {args.workers} workers x {args.concurrency}, "
+          f"a worker SIGKILLed every {args.kill_every:g} s, lease timeout "
+          f"{FAST['AGENTQ_LEASE_TIMEOUT_S']} s")
+    report(rounds)
+    chaos = rounds[-1]
+    ok = chaos.lost == 0 and chaos.finished_twice == 0
+    print("OK: 0 lost, 0 finished twice" if ok else "FAILED: runs lost or finished twice")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
