@@ -67,7 +67,7 @@ def test_concurrent_emits_get_gap_free_sequence_numbers(runtime: Runtime, tenant
     def emit(i: int) -> int:
         with runtime.db.transaction() as session:
             return events.append(session, run_id=run_id, epoch=held.epoch, type="progress",
-                                 data={"i": i})
+                                 data={"i": i}).seq
 
     with ThreadPoolExecutor(8) as pool:
         seqs = sorted(pool.map(emit, range(40)))

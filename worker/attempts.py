@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from worker import events
 from worker.errors import LeaseLost
 from worker.models import AttemptOutcome, Run, RunAttempt, RunStatus
+from worker.views import iso
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ class Claim:
     session_id: str | None
     request_id: str | None
     worker: str
-    seq: int  # of the "running" status event
 
     @property
     def attempts_left(self) -> int:
@@ -110,7 +110,6 @@ def claim(session: Session, *, run_id: str, worker: str) -> Claim | None:
         attempt=row.attempt, max_attempts=row.max_attempts, free_attempts=row.free_attempts,
         epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
         session_id=row.session_id, request_id=row.request_id, worker=worker,
-        seq=row.last_seq,
     )
 
 
@@ -125,8 +124,8 @@ def heartbeat(session: Session, *, run_id: str, epoch: int) -> bool:
     return session.execute(query).scalar_one_or_none() is not None
 
 
-def finish(session: Session, *, claim: Claim, outcome: Outcome) -> int:
-    """Write the attempt's outcome under its lease; return the status event's seq.
+def finish(session: Session, *, claim: Claim, outcome: Outcome) -> events.Event:
+    """Write the attempt's outcome under its lease; return its status event.
 
     Raises LeaseLost when the attempt no longer holds the run: a zombie's write is never
     applied.
@@ -161,9 +160,9 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> int:
     elif outcome.error is not None:
         data["error"] = outcome.error
     if retrying:
-        data["next_attempt_at"] = row.next_attempt_at.isoformat()
-    events.record(session, run_id=claim.run_id, seq=row.last_seq, type=events.STATUS, data=data)
-    return int(row.last_seq)
+        data["next_attempt_at"] = iso(row.next_attempt_at)
+    return events.record(session, run_id=claim.run_id, seq=row.last_seq, type=events.STATUS,
+                         data=data)
 
 
 def due_retries(session: Session, *, grace_s: float, limit: int) -> list[Dispatch]:
@@ -197,7 +196,6 @@ class Recovery:
     run_id: str
     status: RunStatus
     outcome: AttemptOutcome
-    seq: int
     dispatch: Dispatch | None
 
 
@@ -228,10 +226,10 @@ def recover_stale(
         error = _lost_error(row.attempt, overran=overran)
         exhausted = row.attempt - row.free_attempts >= row.max_attempts
         status = RunStatus.DEAD_LETTERED if exhausted else RunStatus.QUEUED
-        seq = _abandon(session, run_id=row.id, attempt=row.attempt, status=status,
-                       outcome=outcome, error=error)
+        _abandon(session, run_id=row.id, attempt=row.attempt, status=status,
+                 outcome=outcome, error=error)
         dispatch = None if exhausted else Dispatch(row.id, row.queue, row.timeout_s)
-        recovered.append(Recovery(row.id, status, outcome, seq, dispatch))
+        recovered.append(Recovery(row.id, status, outcome, dispatch))
     return recovered
 
 
@@ -251,7 +249,7 @@ def requeue_interrupted(session: Session, *, run_ids: list[str], worker: str) ->
 
 
 def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
-             outcome: AttemptOutcome, error: dict[str, str], free: bool = False) -> int:
+             outcome: AttemptOutcome, error: dict[str, str], free: bool = False) -> None:
     """End a running attempt that will not write its own outcome; move the lease on."""
     terminal = status.is_terminal
     seq = session.execute(
@@ -266,7 +264,6 @@ def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
     _end_attempt(session, run_id=run_id, attempt=attempt, outcome=outcome, error=error)
     events.record(session, run_id=run_id, seq=seq, type=events.STATUS,
                   data={"status": status, "attempt": attempt, "error": error})
-    return int(seq)
 
 
 def _end_attempt(session: Session, *, run_id: str, attempt: int, outcome: AttemptOutcome,

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker import events
 from worker.settings import DatabaseSettings
 
 
 class Database:
     """A lazily created engine, safe to carry across ``fork()`` (Celery's prefork pool)."""
 
-    def __init__(self, settings: DatabaseSettings) -> None:
+    def __init__(self, settings: DatabaseSettings,
+                 after_commit: Callable[[list[Any]], None] | None = None) -> None:
         self._settings = settings
+        self._after_commit = after_commit
         self._engine: Engine | None = None
         self._pid = 0
         self._sessions: sessionmaker[Session] | None = None
@@ -48,11 +52,20 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """Yield a session inside one transaction: committed on success, rolled back on error."""
+        """Yield a session inside one transaction: committed on success, rolled back on error.
+
+        Run events recorded in the transaction are handed to ``after_commit`` once it has
+        committed (and never if it rolled back).
+        """
         _ = self.engine
         assert self._sessions is not None
-        with self._sessions() as session, session.begin():
-            yield session
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+            committed = events.recorded(session)
+            session.info.clear()
+        if committed and self._after_commit is not None:
+            self._after_commit(committed)
 
     def dispose(self) -> None:
         """Drop the pool; its connections are closed only if this process opened them."""

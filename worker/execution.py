@@ -33,14 +33,12 @@ def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
     if claim is None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
         return
-    rt.bus.announce(run_id, claim.seq)
     started = time.monotonic()
     with Heartbeat(rt, claim) as lease:
         outcome = _attempt(rt, claim, lease)
-        seq = _record(rt, claim, outcome)
-    if seq is None:
+        recorded = _record(rt, claim, outcome)
+    if not recorded:
         return
-    rt.bus.announce(run_id, seq)
     if outcome.status == RunStatus.RETRYING:
         dispatch.dispatch(rt, Dispatch(claim.run_id, claim.queue, claim.timeout_s,
                                        countdown_s=outcome.retry_in_s))
@@ -120,24 +118,25 @@ def _failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
     return Outcome(RunStatus.RETRYING, kind, error=described, traceback=trace, retry_in_s=wait)
 
 
-def _record(rt: Runtime, claim: Claim, outcome: Outcome) -> int | None:
-    """Write the outcome, waiting out a short database outage; None if it was not written."""
+def _record(rt: Runtime, claim: Claim, outcome: Outcome) -> bool:
+    """Write the outcome, waiting out a short database outage; False if it was not written."""
     deadline = time.monotonic() + _RECORD_PATIENCE_S
     pause = 0.5
     while True:
         try:
             with rt.db.transaction() as session:
-                return attempts.finish(session, claim=claim, outcome=outcome)
+                attempts.finish(session, claim=claim, outcome=outcome)
+            return True
         except LeaseLost:
             log.warning("stale attempt's outcome refused",
                         extra={"run_id": claim.run_id, "attempt": claim.attempt,
                                "status": outcome.status.value})
-            return None
+            return False
         except (OperationalError, InterfaceError) as error:
             if time.monotonic() > deadline:
                 log.error("outcome not recorded; the sweeper will re-queue the run",
                           extra={"run_id": claim.run_id, "error": type(error).__name__})
-                return None
+                return False
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -162,10 +161,9 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat) -> RunContext:
 
     def emit(data: dict[str, Any]) -> int:
         with rt.db.transaction() as session:
-            seq = events.append(session, run_id=claim.run_id, epoch=claim.epoch,
-                                type=events.PROGRESS, data=data)
-        rt.bus.announce(claim.run_id, seq)
-        return seq
+            event = events.append(session, run_id=claim.run_id, epoch=claim.epoch,
+                                  type=events.PROGRESS, data=data)
+        return event.seq
 
     def is_cancelled() -> bool:
         if lease.lost:

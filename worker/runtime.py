@@ -27,10 +27,11 @@ def build_runtime(settings: Settings) -> Runtime:
     """Build a runtime; nothing connects until first used (safe before ``fork``)."""
     from worker.tasks import make_celery, register_tasks
 
+    bus = Bus(settings.redis_url)
     runtime = Runtime(
         settings=settings,
-        db=Database(settings),
-        bus=Bus(settings.redis_url),
+        db=Database(settings, after_commit=bus.announce),
+        bus=bus,
         registry=load_agents(settings.agents),
         celery=make_celery(settings),
     )

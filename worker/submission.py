@@ -5,7 +5,6 @@ Every way in (HTTP, WebSocket, inbound webhooks) goes through ``submit``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +13,10 @@ from pydantic import ValidationError
 from worker import dispatch, runs
 from worker.attempts import Dispatch
 from worker.errors import InvalidRequest
+from worker.follow import follow
 from worker.models import Run, RunStatus
 from worker.runtime import Runtime
 from worker.tasks import RUNS_QUEUE
-
-_WAIT_FALLBACK_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,12 +72,13 @@ def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
 
 def wait_until_finished(rt: Runtime, *, tenant_id: str, run_id: str, timeout_s: float) -> Run:
     """Return the run once it is terminal or ``timeout_s`` has passed, whichever is first."""
-    deadline = time.monotonic() + timeout_s
-    with rt.bus.listen(run_id) as listener:
-        while True:
-            with rt.db.transaction() as session:
-                run = runs.get(session, tenant_id=tenant_id, run_id=run_id)
-            left = deadline - time.monotonic()
-            if RunStatus(run.status).is_terminal or left <= 0:
-                return run
-            listener.wait(min(left, _WAIT_FALLBACK_POLL_S))
+    with rt.db.transaction() as session:
+        run = runs.get(session, tenant_id=tenant_id, run_id=run_id)
+    if not RunStatus(run.status).is_terminal:
+        for event in follow(rt, run_id=run_id, after=run.last_seq, tick_s=timeout_s,
+                            max_s=timeout_s):
+            if event is None or event.is_terminal:
+                break
+        with rt.db.transaction() as session:
+            run = runs.get(session, tenant_id=tenant_id, run_id=run_id)
+    return run

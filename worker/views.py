@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.models import Run, RunAttempt, RunEvent
+from worker.events import Event
+from worker.models import Run, RunAttempt
 
 
 def iso(value: datetime | None) -> str | None:
@@ -35,7 +36,7 @@ def run_view(run: Run) -> dict[str, Any]:
     }
 
 
-def event_view(event: RunEvent) -> dict[str, Any]:
+def event_view(event: Event) -> dict[str, Any]:
     return {"seq": event.seq, "type": event.type, "data": event.data, "at": iso(event.at)}
 
 

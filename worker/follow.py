@@ -1,0 +1,75 @@
+"""Following a run's event log live: every channel (SSE, WebSocket, ?wait=) reads it here.
+
+``follow`` yields the events after a given seq in order, each exactly once, then keeps
+yielding new ones as they are committed, and stops after the terminal event. It listens on
+the process's hub and reads Postgres only to catch up: at the start, after a gap, or when
+the hub says news may have been lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from sqlalchemy import select
+
+from worker import events
+from worker.bus import RESYNC
+from worker.events import Event
+from worker.models import Run, RunStatus
+from worker.runtime import Runtime
+
+_BATCH = 500
+
+
+def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float,
+           max_s: float) -> Iterator[Event | None]:
+    """Yield events after ``after``; None after each ``tick_s`` of silence (for keep-alives).
+
+    Stops after the run's terminal event, at once for a run that has already ended, or
+    after ``max_s`` (a client then resumes with the last seq it saw).
+    """
+    deadline = time.monotonic() + max_s
+    last = after
+    with rt.bus.hub.watch(run_id) as watch:
+        behind = True
+        while True:
+            if behind:
+                caught_up = _catch_up(rt, run_id, last)
+                for event in caught_up:
+                    yield event
+                    last = event.seq
+                    if event.is_terminal:
+                        return
+                if len(caught_up) == _BATCH:
+                    continue
+                if not caught_up and _has_ended(rt, run_id):
+                    return
+                behind = False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            item = watch.next(timeout=min(tick_s, left))
+            if item is None:
+                yield None
+                behind = not rt.bus.hub.healthy  # no news while Redis is away: poll
+            elif item == RESYNC or not isinstance(item, Event):
+                behind = True
+            elif item.seq == last + 1:
+                yield item
+                last = item.seq
+                if item.is_terminal:
+                    return
+            elif item.seq > last + 1:
+                behind = True  # a gap: read what is missing from Postgres
+
+
+def _catch_up(rt: Runtime, run_id: str, last: int) -> list[Event]:
+    with rt.db.transaction() as session:
+        return events.after(session, run_id=run_id, seq=last, limit=_BATCH)
+
+
+def _has_ended(rt: Runtime, run_id: str) -> bool:
+    with rt.db.transaction() as session:
+        status = session.scalar(select(Run.status).where(Run.id == run_id))
+    return status is None or RunStatus(status).is_terminal
