@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import errors, health, openapi, requestlog, runs
+from api import errors, events, health, openapi, requestlog, runs, ws
 from worker.logs import configure_logging
 from worker.runtime import Runtime, build_runtime
 from worker.settings import Settings, load_settings
@@ -16,11 +16,17 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         runtime = build_runtime(settings or load_settings())
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "subprotocols": ws.BearerSubprotocols(),
+        "ping_interval": 25,
+        "max_message_size": runtime.settings.max_body_bytes,
+    }
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["agentq"] = runtime
     configure_logging(runtime.settings.log_level, service="api")
     requestlog.init_app(app)
     errors.init_app(app)
-    for blueprint in (health.bp, runs.bp, openapi.bp):
+    for blueprint in (health.bp, runs.bp, events.bp, ws.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    ws.sock.init_app(app)
     return app

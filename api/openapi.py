@@ -94,6 +94,14 @@ def _paths() -> dict[str, Any]:
             "parameters": [_RUN_ID],
             "responses": {"200": run, **_AUTH_ERRORS, **_NOT_FOUND},
         }},
+        "/v1/runs/{run_id}/cancel": {"post": {
+            "summary": "Cancel a run: queued or retrying ones never start; a running one is "
+                       "asked to stop and terminated after a grace period. Idempotent.",
+            "parameters": [_RUN_ID],
+            "responses": {"202": _json(schemas.RunOut, "The run (cancelled, or stopping)."),
+                          **_AUTH_ERRORS, **_NOT_FOUND,
+                          "409": _problem("The run already ended otherwise.")},
+        }},
         "/v1/runs/{run_id}/replay": {"post": {
             "summary": "Queue a failed, dead-lettered or cancelled run again (attempts kept).",
             "parameters": [_RUN_ID],
@@ -108,11 +116,31 @@ def _paths() -> dict[str, Any]:
                           **_NOT_FOUND},
         }},
         "/v1/runs/{run_id}/events": {"get": {
-            "summary": "The run's event log after a sequence number.",
-            "parameters": [_RUN_ID, _param("after", "query", {"type": "integer", "minimum": 0},
-                                           "Only events with a greater seq.")],
-            "responses": {"200": _json(schemas.EventList, "The events, oldest first."),
-                          **_AUTH_ERRORS, **_NOT_FOUND},
+            "summary": "The run's event log after a seq: JSON, or with 'Accept: "
+                       "text/event-stream' a live Server-Sent Events stream (id: seq, "
+                       "event: type, data: JSON) that resumes after Last-Event-ID and ends "
+                       "after the terminal event.",
+            "parameters": [
+                _RUN_ID,
+                _param("after", "query", {"type": "integer", "minimum": 0},
+                       "Only events with a greater seq."),
+                _param("Last-Event-ID", "header", {"type": "string"},
+                       "SSE: resume after this seq (wins over ?after)."),
+            ],
+            "responses": {"200": {
+                "description": "The events, oldest first.",
+                "content": {
+                    "application/json": {"schema": _ref(schemas.EventList)},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            }, **_AUTH_ERRORS, **_NOT_FOUND},
+        }},
+        "/v1/ws": {"get": {
+            "summary": "WebSocket: submit runs ({type: run}), follow them ({type: subscribe, "
+                       "run_id, after}) and cancel them ({type: cancel}); events arrive as "
+                       "{type: event, run_id, seq, event, data}. Authenticate with the "
+                       "Authorization header or the subprotocol 'bearer.<key>'.",
+            "responses": {"101": {"description": "Switching protocols."}, **_AUTH_ERRORS},
         }},
     }
 

@@ -10,13 +10,13 @@ from flask import Blueprint, Response, g, jsonify, url_for
 from api.auth import require_key
 from api.bodies import json_body, query
 from api.deps import principal, runtime
-from api.schemas import EventsQuery, RunCreate, RunListQuery, WaitQuery
-from worker import attempts, dispatch, events, runs
+from api.schemas import RunCreate, RunListQuery, WaitQuery
+from worker import attempts, dispatch, runs
 from worker.attempts import Dispatch
 from worker.errors import InvalidRequest
 from worker.models import RunStatus
 from worker.submission import RunRequest, submit, wait_until_finished
-from worker.views import attempt_view, event_view, run_view
+from worker.views import attempt_view, run_view
 
 bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
 bp.before_request(require_key)
@@ -62,6 +62,17 @@ def list_runs() -> Response:
                     "next_cursor": _encode_cursor(last)})
 
 
+@bp.post("/<run_id>/cancel")
+def cancel_run(run_id: str) -> tuple[Response, int]:
+    g.run_id = run_id
+    rt = runtime()
+    with rt.db.transaction() as session:
+        outcome = runs.cancel(session, tenant_id=principal().tenant_id, run_id=run_id)
+    if outcome.notify_worker:
+        rt.bus.request_cancel(run_id)
+    return jsonify(run_view(outcome.run)), 202
+
+
 @bp.post("/<run_id>/replay")
 def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
     g.run_id = run_id
@@ -80,16 +91,6 @@ def list_attempts(run_id: str) -> Response:
         runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = attempts.attempts(session, run_id=run_id)
     return jsonify({"items": [attempt_view(item) for item in items]})
-
-
-@bp.get("/<run_id>/events")
-def list_events(run_id: str) -> Response:
-    g.run_id = run_id
-    after = query(EventsQuery).after
-    with runtime().db.transaction() as session:
-        runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
-        items = events.after(session, run_id=run_id, seq=after)
-    return jsonify({"items": [event_view(item) for item in items]})
 
 
 def _encode_cursor(run_id: str | None) -> str | None:

@@ -99,3 +99,39 @@ def http_status(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
         response = httpx.Response(int(input["status"]), request=request)
         response.raise_for_status()
     return {"attempt": ctx.attempt}
+
+
+@agent("test.steps")
+def steps(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
+    """Emit ``count`` events ``pause_s`` apart; fail the first attempt halfway if asked."""
+    count, pause = int(input.get("count", 4)), float(input.get("pause_s", 0.2))
+    for i in range(count):
+        ctx.emit("step", f"attempt {ctx.attempt} step {i + 1}", index=i)
+        time.sleep(pause)
+        if input.get("fail_first") and ctx.attempt == 1 and i == count // 2:
+            raise RetryableError("halfway failure")
+    return {"steps": count}
+
+
+@agent("test.deaf")
+def deaf(ctx: RunContext, input: dict[str, Any]) -> None:
+    """Sleep without ever looking at ctx.cancelled."""
+    ctx.emit("working", "not listening")
+    time.sleep(30)
+
+
+@agent("test.stubborn_cancel")
+def stubborn_cancel(ctx: RunContext, input: dict[str, Any]) -> None:
+    """Ignore ctx.cancelled and swallow the Cancelled raised into it."""
+    ctx.emit("working", "not stopping")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except Exception:  # noqa: S112 - the point of this agent
+            continue
+
+
+@agent("test.parked", queue="test.nobody")
+def parked(ctx: RunContext, input: dict[str, Any]) -> None:
+    """On a queue no worker consumes: it stays queued."""

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,3 +124,18 @@ class ApiServer(Process):
                 return False
 
         wait_for(up, timeout=timeout, interval=0.1, what="the API server")
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """Parse an SSE stream into messages: {id, event, data} or {comment} or {retry}."""
+    message: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if message:
+                yield message
+            message = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            field, _, value = line.partition(":")
+            message[field] = value.removeprefix(" ")

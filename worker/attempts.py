@@ -113,15 +113,24 @@ def claim(session: Session, *, run_id: str, worker: str) -> Claim | None:
     )
 
 
-def heartbeat(session: Session, *, run_id: str, epoch: int) -> bool:
-    """Renew the lease; False if this attempt no longer holds it."""
+@dataclass(frozen=True)
+class Lease:
+    held: bool
+    cancel_requested: bool = False
+
+
+def heartbeat(session: Session, *, run_id: str, epoch: int) -> Lease:
+    """Renew the lease, and learn whether the run was asked to stop."""
     query = (
         update(Run)
         .where(Run.id == run_id, Run.lease_epoch == epoch, Run.status == RunStatus.RUNNING)
         .values(heartbeat_at=func.now())
-        .returning(Run.id)
+        .returning(Run.cancel_requested_at)
     )
-    return session.execute(query).scalar_one_or_none() is not None
+    row = session.execute(query).one_or_none()
+    if row is None:
+        return Lease(held=False)
+    return Lease(held=True, cancel_requested=row.cancel_requested_at is not None)
 
 
 def finish(session: Session, *, claim: Claim, outcome: Outcome) -> events.Event:

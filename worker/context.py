@@ -10,8 +10,6 @@ from typing import Any
 
 from worker.errors import Cancelled
 
-_CANCEL_CHECK_INTERVAL_S = 0.5
-
 
 @dataclass
 class RunContext:
@@ -33,8 +31,6 @@ class RunContext:
     _emit: Callable[[dict[str, Any]], int] = field(repr=False)
     _is_cancelled: Callable[[], bool] = field(repr=False)
     _deadline: float = field(default=0.0, repr=False)
-    _cancel_checked_at: float = field(default=0.0, repr=False)
-    _cancelled: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self._deadline = time.monotonic() + self.timeout_s
@@ -45,12 +41,8 @@ class RunContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once the run has been asked to stop (checked at most twice a second)."""
-        now = time.monotonic()
-        if not self._cancelled and now - self._cancel_checked_at >= _CANCEL_CHECK_INTERVAL_S:
-            self._cancel_checked_at = now
-            self._cancelled = self._is_cancelled()
-        return self._cancelled
+        """True once the run has been asked to stop (the request arrives within a second)."""
+        return self._is_cancelled()
 
     def check_cancelled(self) -> None:
         """Raise ``Cancelled`` if the run has been asked to stop."""

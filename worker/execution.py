@@ -10,7 +10,6 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import attempts, dispatch, events, retry
@@ -18,8 +17,9 @@ from worker.agents import AgentSpec
 from worker.attempts import Claim, Dispatch, Outcome
 from worker.context import RunContext
 from worker.errors import Cancelled, LeaseLost
-from worker.models import AttemptOutcome, Run, RunStatus
+from worker.models import AttemptOutcome, RunStatus
 from worker.runtime import Runtime
+from worker.supervisor import Active
 
 log = logging.getLogger("agentq.run")
 
@@ -34,9 +34,14 @@ def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
         return
     started = time.monotonic()
-    with Heartbeat(rt, claim) as lease:
-        outcome = _attempt(rt, claim, lease)
-        recorded = _record(rt, claim, outcome)
+    supervisor = rt.supervisor()
+    active = supervisor.begin(claim)
+    try:
+        with Heartbeat(rt, claim, active) as lease:
+            outcome = _attempt(rt, claim, lease, active)
+            recorded = _record(rt, claim, outcome)
+    finally:
+        supervisor.end(active)
     if not recorded:
         return
     if outcome.status == RunStatus.RETRYING:
@@ -48,9 +53,10 @@ def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
 class Heartbeat:
     """Renew the attempt's lease every ``AGENTQ_HEARTBEAT_INTERVAL_S`` from a thread."""
 
-    def __init__(self, rt: Runtime, claim: Claim) -> None:
+    def __init__(self, rt: Runtime, claim: Claim, active: Active) -> None:
         self._rt = rt
         self._claim = claim
+        self._active = active
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.run_id}",
                                         daemon=True)
@@ -69,30 +75,37 @@ class Heartbeat:
         while not self._stop.wait(self._rt.settings.heartbeat_interval_s):
             try:
                 with self._rt.db.transaction() as session:
-                    held = attempts.heartbeat(session, run_id=self._claim.run_id,
-                                              epoch=self._claim.epoch)
+                    lease = attempts.heartbeat(session, run_id=self._claim.run_id,
+                                               epoch=self._claim.epoch)
             except Exception as error:  # an outage: keep trying until the attempt ends
                 log.warning("heartbeat failed", extra={"run_id": self._claim.run_id,
                                                        "error": f"{type(error).__name__}"})
                 continue
-            if not held:
+            if lease.cancel_requested:  # the bus's notice may have been lost
+                self._rt.supervisor().cancel(self._claim.run_id)
+            if not lease.held and not self._stop.is_set():
                 self.lost = True
                 log.warning("lease lost; the attempt should stop",
                             extra={"run_id": self._claim.run_id, "attempt": self._claim.attempt})
                 return
 
 
-def _attempt(rt: Runtime, claim: Claim, lease: Heartbeat) -> Outcome:
-    ctx = _context(rt, claim, lease)
+def _attempt(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active) -> Outcome:
+    ctx = _context(rt, claim, lease, active)
     try:
         spec = rt.registry.get(claim.agent)
-        result = spec.fn(ctx, spec.parse_input(claim.input))
-        return Outcome(RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=_json(result))
+        result = _json(spec.fn(ctx, spec.parse_input(claim.input)))
     except Cancelled as error:
         return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error=_describe(error))
     except Exception as error:
+        if active.cancelled.is_set():
+            return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error=_describe(error))
         ctx.log.exception("agent raised %s", type(error).__name__)
         return _failed(rt, claim, error)
+    if active.cancelled.is_set():  # it stopped early, as asked: what it returned is kept
+        return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, result=result,
+                       error={"type": "Cancelled", "message": "cancelled while running"})
+    return Outcome(RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=result)
 
 
 def _failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
@@ -155,7 +168,7 @@ def _json(result: Any) -> Any:
         raise TypeError(f"agent result is not JSON-serialisable: {error}") from None
 
 
-def _context(rt: Runtime, claim: Claim, lease: Heartbeat) -> RunContext:
+def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active) -> RunContext:
     fields = {"run_id": claim.run_id, "tenant": claim.tenant_id, "agent": claim.agent,
               "attempt": claim.attempt, "request_id": claim.request_id}
 
@@ -166,13 +179,7 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat) -> RunContext:
         return event.seq
 
     def is_cancelled() -> bool:
-        if lease.lost:
-            return True
-        with rt.db.transaction() as session:
-            requested = session.scalar(
-                select(Run.cancel_requested_at).where(Run.id == claim.run_id)
-            )
-        return requested is not None
+        return lease.lost or active.cancelled.is_set()
 
     return RunContext(
         run_id=claim.run_id,

@@ -143,6 +143,46 @@ def longest_waiting(session: Session, *, queue: str, older_than_s: float,
     return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
 
 
+@dataclass(frozen=True)
+class CancelResult:
+    run: Run
+    notify_worker: bool  # the run is running: its worker must be told to stop
+
+
+def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
+    """Cancel a run. Queued or retrying: it ends now and never starts. Running: it is asked
+    to stop (the worker ends it ``cancelled``). Already cancelled: nothing to do.
+
+    Raises Conflict for a run that ended otherwise.
+    """
+    run = session.scalar(select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id)
+                         .with_for_update())
+    if run is None:
+        raise NotFound("run", run_id)
+    status = RunStatus(run.status)
+    if status in (RunStatus.QUEUED, RunStatus.RETRYING):
+        run.status = RunStatus.CANCELLED
+        run.cancel_requested_at = run.finished_at = func.now()
+        run.next_attempt_at = None
+        run.error = {"type": "Cancelled", "message": "cancelled before it started"}
+        run.last_seq += 1
+        session.flush()
+        session.refresh(run)
+        events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,
+                      data={"status": RunStatus.CANCELLED, "attempt": run.attempt,
+                            "error": run.error})
+        return CancelResult(run, notify_worker=False)
+    if status == RunStatus.RUNNING:
+        if run.cancel_requested_at is None:
+            run.cancel_requested_at = func.now()
+            session.flush()
+            session.refresh(run)
+        return CancelResult(run, notify_worker=True)
+    if status == RunStatus.CANCELLED:
+        return CancelResult(run, notify_worker=False)
+    raise Conflict(f"run {run_id} already ended {status}; it cannot be cancelled")
+
+
 REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED})
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
@@ -10,6 +12,9 @@ from worker.agents import Registry, load_agents
 from worker.bus import Bus
 from worker.db import Database
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.supervisor import Supervisor
 
 
 @dataclass
@@ -21,6 +26,15 @@ class Runtime:
     bus: Bus
     registry: Registry
     celery: Celery
+    _supervisor: Supervisor | None = field(default=None, repr=False)
+
+    def supervisor(self) -> Supervisor:
+        """This worker process's supervisor of running attempts (one per process)."""
+        from worker.supervisor import Supervisor
+
+        if self._supervisor is None or self._supervisor.pid != os.getpid():
+            self._supervisor = Supervisor(self)
+        return self._supervisor
 
 
 def build_runtime(settings: Settings) -> Runtime:

@@ -80,6 +80,11 @@ class Settings(DatabaseSettings):
     lease_timeout_s: float = Field(default=30.0, gt=0)
     hard_timeout_grace_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # A running attempt asked to stop has this long before the worker terminates it.
+    cancel_grace_s: float = Field(default=10.0, ge=0)
+    # SSE and WebSocket: a keep-alive every so often, and a fresh connection every so often.
+    stream_keepalive_s: float = Field(default=15.0, gt=0)
+    stream_max_s: float = Field(default=3600.0, gt=0)
     backoff_base_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=300.0, ge=0)
     log_level: str = "INFO"

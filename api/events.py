@@ -1,0 +1,95 @@
+"""``GET /v1/runs/{id}/events``: the run's event log as JSON, or live as Server-Sent Events.
+
+The SSE stream sends each event as ``id: SEQ`` / ``event: TYPE`` / ``data: JSON``, starts
+with a ``retry:`` hint, sends a comment line as keep-alive, resumes after ``Last-Event-ID``
+(or ``?after=``) with no gap and no repeat, and ends after the run's terminal event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from api.auth import require_key
+from api.bodies import query
+from api.deps import principal, runtime
+from api.schemas import EventsQuery
+from worker import events, runs
+from worker.errors import InvalidRequest
+from worker.events import Event
+from worker.follow import follow
+from worker.runtime import Runtime
+from worker.views import event_view
+
+bp = Blueprint("events", __name__, url_prefix="/v1/runs")
+bp.before_request(require_key)
+
+log = logging.getLogger("agentq.api.stream")
+
+EVENT_STREAM = "text/event-stream"
+RECONNECT_MS = 2000
+
+
+@bp.get("/<run_id>/events")
+def run_events(run_id: str) -> Response:
+    g.run_id = run_id
+    rt = runtime()
+    after = _resume_point()
+    with rt.db.transaction() as session:
+        runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        items = [] if _wants_stream() else events.after(session, run_id=run_id, seq=after)
+    if _wants_stream():
+        return _stream(rt, run_id, after)
+    return jsonify({"items": [event_view(item) for item in items]})
+
+
+def _wants_stream() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", EVENT_STREAM])
+    return best == EVENT_STREAM and request.accept_mimetypes[EVENT_STREAM] > 0
+
+
+def _resume_point() -> int:
+    """``Last-Event-ID`` (set by a reconnecting EventSource) wins over ``?after=``."""
+    after = query(EventsQuery).after
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if not header:
+        return after
+    if not header.isdigit():
+        raise InvalidRequest("Last-Event-ID is not an event id", [
+            {"field": "Last-Event-ID", "message": "send back the id of the last event seen"}])
+    return int(header)
+
+
+def frame(event: Event) -> str:
+    """One SSE message: the event's data as compact JSON (one line), its seq as the id."""
+    data = json.dumps(event.data, separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n"
+
+
+def _stream(rt: Runtime, run_id: str, after: int) -> Response:
+    settings = rt.settings
+
+    def generate() -> Iterator[str]:
+        started, sent = time.monotonic(), 0
+        try:
+            yield f"retry: {RECONNECT_MS}\n\n"
+            for event in follow(rt, run_id=run_id, after=after,
+                                tick_s=settings.stream_keepalive_s, max_s=settings.stream_max_s):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                sent += 1
+                yield frame(event)
+        finally:
+            log.info("event stream closed", extra={
+                "run_id": run_id, "events": sent,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1)})
+
+    response = Response(generate(), mimetype=EVENT_STREAM)
+    response.headers["Cache-Control"] = "no-cache, no-transform"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response

@@ -1,0 +1,198 @@
+"""``/v1/ws``: submit runs, follow their events, and cancel them over one WebSocket.
+
+Client to server: ``{type: "run", agent, input, session_id?, ref?}``,
+``{type: "subscribe", run_id, after?, ref?}``, ``{type: "cancel", run_id, ref?}``.
+Server to client: ``{type: "accepted", run_id, ref?}``,
+``{type: "event", run_id, seq, event, data}``, ``{type: "error", code, message, ref?}``.
+A bad message gets an error frame; the socket stays open. One connection may follow many
+runs; a dropped client reconnects and subscribes with ``after`` to continue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Annotated, Any, Literal
+
+from flask import Blueprint, g
+from flask_sock import Sock
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from simple_websocket import ConnectionClosed, Server
+
+from api.auth import SUBPROTOCOL_PREFIX, require_websocket_key
+from api.deps import principal, runtime
+from worker import runs
+from worker.errors import Conflict, InvalidRequest, NotFound
+from worker.events import Event
+from worker.follow import follow
+from worker.runtime import Runtime
+from worker.submission import RunRequest, submit
+
+sock = Sock()
+bp = Blueprint("ws", __name__)
+bp.before_request(require_websocket_key)
+
+log = logging.getLogger("agentq.api.ws")
+
+MAX_FOLLOWED = 100  # runs one connection may follow at once
+_Ref = str | int | None
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ref: _Ref = None
+
+
+class RunMessage(_Message):
+    type: Literal["run"]
+    agent: str = Field(min_length=1, max_length=200)
+    input: JsonValue = Field(default_factory=dict)
+    session_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class SubscribeMessage(_Message):
+    type: Literal["subscribe"]
+    run_id: str = Field(min_length=1, max_length=100)
+    after: int = Field(default=0, ge=0)
+
+
+class CancelMessage(_Message):
+    type: Literal["cancel"]
+    run_id: str = Field(min_length=1, max_length=100)
+
+
+ClientMessage = TypeAdapter(
+    Annotated[RunMessage | SubscribeMessage | CancelMessage, Field(discriminator="type")]
+)
+
+
+class BearerSubprotocols:
+    """Accept (and echo back) a ``bearer.<key>`` subprotocol; the key was checked already."""
+
+    def __contains__(self, protocol: object) -> bool:
+        return isinstance(protocol, str) and protocol.startswith(SUBPROTOCOL_PREFIX)
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class Connection:
+    """One client's socket: a reader (this thread) and a follower per followed run."""
+
+    def __init__(self, ws: Server, rt: Runtime, tenant_id: str, request_id: str) -> None:
+        self._ws = ws
+        self._rt = rt
+        self._tenant_id = tenant_id
+        self._request_id = request_id
+        self._send_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._followed: set[str] = set()
+
+    def serve(self) -> None:
+        try:
+            while True:
+                raw = self._ws.receive()
+                if raw is not None:
+                    self._handle(raw)
+        finally:
+            self._closed.set()
+
+    def _handle(self, raw: str | bytes) -> None:
+        ref: _Ref = None
+        try:
+            message = ClientMessage.validate_json(raw)
+            ref = message.ref
+            if isinstance(message, RunMessage):
+                self._run(message)
+            elif isinstance(message, SubscribeMessage):
+                self._subscribe(message.run_id, message.after)
+            else:
+                self._cancel(message.run_id)
+        except ValidationError as error:
+            self._error("bad_message", _describe(error), _ref_of(raw))
+        except InvalidRequest as error:
+            self._error("invalid", error.detail, ref, errors=error.errors)
+        except NotFound as error:
+            self._error("not_found", str(error), ref)
+        except Conflict as error:
+            self._error("conflict", str(error), ref)
+
+    def _run(self, message: RunMessage) -> None:
+        request = RunRequest(agent=message.agent, input=message.input,
+                             session_id=message.session_id, request_id=self._request_id)
+        run = submit(self._rt, tenant_id=self._tenant_id, request=request)
+        self._send({"type": "accepted", "run_id": run.id, "ref": message.ref})
+        self._follow(run.id, after=0)
+
+    def _subscribe(self, run_id: str, after: int) -> None:
+        with self._rt.db.transaction() as session:
+            runs.get(session, tenant_id=self._tenant_id, run_id=run_id)
+        self._follow(run_id, after=after)
+
+    def _cancel(self, run_id: str) -> None:
+        with self._rt.db.transaction() as session:
+            outcome = runs.cancel(session, tenant_id=self._tenant_id, run_id=run_id)
+        if outcome.notify_worker:
+            self._rt.bus.request_cancel(run_id)
+
+    def _follow(self, run_id: str, *, after: int) -> None:
+        if run_id in self._followed:
+            raise Conflict(f"already following run {run_id}")
+        if len(self._followed) >= MAX_FOLLOWED:
+            raise Conflict(f"a connection follows at most {MAX_FOLLOWED} runs at once")
+        self._followed.add(run_id)
+        threading.Thread(target=self._forward, args=(run_id, after), daemon=True,
+                         name=f"ws-{run_id}").start()
+
+    def _forward(self, run_id: str, after: int) -> None:
+        settings = self._rt.settings
+        try:
+            for event in follow(self._rt, run_id=run_id, after=after,
+                                tick_s=settings.stream_keepalive_s, max_s=settings.stream_max_s):
+                if self._closed.is_set():
+                    return
+                if event is not None:
+                    self._send(_event_frame(event))
+        except ConnectionClosed:
+            return
+        finally:
+            self._followed.discard(run_id)
+
+    def _error(self, code: str, message: str, ref: _Ref, **extra: Any) -> None:
+        self._send({"type": "error", "code": code, "message": message, "ref": ref, **extra})
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        if frame.get("ref") is None:
+            frame.pop("ref", None)
+        with self._send_lock:
+            self._ws.send(json.dumps(frame, separators=(",", ":")))
+
+
+def _event_frame(event: Event) -> dict[str, Any]:
+    return {"type": "event", "run_id": event.run_id, "seq": event.seq, "event": event.type,
+            "data": event.data}
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(problems)
+
+
+def _ref_of(raw: str | bytes) -> _Ref:
+    """The ``ref`` of a message that failed validation, if it has a usable one."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    ref = body.get("ref") if isinstance(body, dict) else None
+    return ref if isinstance(ref, str | int) and not isinstance(ref, bool) else None
+
+
+@sock.route("/v1/ws", bp=bp)
+def websocket(ws: Server) -> None:
+    Connection(ws, runtime(), principal().tenant_id, g.request_id).serve()
