@@ -17,4 +17,4 @@ USER agentq
 
 EXPOSE 8000 5555
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--worker-class", "gevent", "--workers", "2", \
-     "--worker-connections", "1000", "--graceful-timeout", "30", "api:create_app()"]
+     "--worker-connections", "2000", "--graceful-timeout", "30", "api:create_app()"]

@@ -36,7 +36,7 @@ def processes(dev: DevSettings, data_dir: Path) -> dict[str, str]:
     celery = f"{_bin('celery')} -A worker"
     return {
         "web": f"{_bin('gunicorn')} --bind 127.0.0.1:{dev.port} --worker-class gevent "
-               "--workers 1 --worker-connections 1000 --graceful-timeout 10 'api:create_app()'",
+               "--workers 1 --worker-connections 2000 --graceful-timeout 10 'api:create_app()'",
         "worker": f"{celery} worker --loglevel INFO --concurrency 4 --hostname dev-worker@%h",
         "beat": f"{celery} beat --loglevel INFO "
                 f"--schedule {shlex.quote(str(data_dir / 'celerybeat-schedule'))}",

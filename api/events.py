@@ -7,7 +7,6 @@ with a ``retry:`` hint, sends a comment line as keep-alive, resumes after ``Last
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -66,8 +65,7 @@ def _resume_point() -> int:
 
 def frame(event: Event) -> str:
     """One SSE message: the event's data as compact JSON (one line), its seq as the id."""
-    data = json.dumps(event.data, separators=(",", ":"))
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n"
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {event.data_json}\n\n"
 
 
 def _stream(rt: Runtime, run_id: str, after: int) -> Response:

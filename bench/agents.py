@@ -29,3 +29,20 @@ def effect(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
                        (ctx.run_id, ctx.attempt))
     time.sleep(float(input.get("ms", 50)) / 1000)
     return {"attempt": ctx.attempt}
+
+
+@agent("bench.ticker", timeout_s=600)
+def ticker(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
+    """After ``warmup_s``, emit ``count`` events ``interval_s`` apart, each stamped with
+    the wall-clock time of the emit (``t``), so a client can measure emit-to-receive."""
+    time.sleep(float(input.get("warmup_s", 0)))
+    count, interval = int(input.get("count", 10)), float(input.get("interval_s", 0.5))
+    for i in range(count):
+        ctx.emit("tick", f"tick {i + 1} of {count}", t=time.time())
+        time.sleep(interval)
+    return {"ticks": count}
+
+
+@agent("bench.noop")
+def noop(ctx: RunContext, input: Any) -> None:
+    """Do nothing: the platform's own cost, measured."""

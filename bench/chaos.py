@@ -17,7 +17,6 @@ again, and waits for every run to end. It prints, beside a baseline round with n
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -27,26 +26,12 @@ from pathlib import Path
 if __package__ in {None, ""}:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psycopg
 from sqlalchemy import column, func, select, table
 
-from agentq import migrate
-from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.harness import BIN, ROOT, Process, Worker
-from worker import keys
-from worker.models import TERMINAL_STATUSES, Run, RunEvent, new_id
-from worker.runtime import Runtime, build_runtime
-from worker.settings import load_settings
+from bench.cluster import Cluster
+from worker.models import TERMINAL_STATUSES, Run, RunEvent
+from worker.runtime import Runtime
 from worker.submission import RunRequest, submit
-
-FAST = {
-    "AGENTQ_SWEEP_INTERVAL_S": "1",
-    "AGENTQ_DISPATCH_GRACE_S": "1",
-    "AGENTQ_REDISPATCH_AFTER_S": "5",
-    "AGENTQ_HEARTBEAT_INTERVAL_S": "1",
-    "AGENTQ_LEASE_TIMEOUT_S": "5",
-    "AGENTQ_LOG_LEVEL": "WARNING",
-}
 
 EFFECTS = table("bench_effects", column("run_id"), column("attempt"))
 
@@ -65,80 +50,32 @@ class Round:
     drain_s: float = 0.0
 
 
-class Cluster:
-    """PostgreSQL, Redis, beat and N workers, all ours, in a temporary directory."""
-
-    def __init__(self, root: Path, workers: int, concurrency: int) -> None:
-        self.root = root
-        self.postgres = EmbeddedPostgres(root / "postgres", durable=False)
-        self.redis = EmbeddedRedis(root / "redis", durable=False)
-        database_url, redis_url = self.postgres.start(), self.redis.start()
-        migrate.upgrade(database_url)
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS bench_effects "
-                         "(run_id text NOT NULL, attempt int NOT NULL)")
-        self.env = {"PATH": f"{BIN}:/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-                    "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-                    "BENCH_EFFECTS_URL": database_url, "AGENTQ_AGENTS": "bench.agents", **FAST}
-        fast = {k.removeprefix("AGENTQ_").lower(): v for k, v in FAST.items()}
-        self.runtime = build_runtime(load_settings(
-            database_url=database_url, redis_url=redis_url, agents=["bench.agents"], **fast))
-        self.beat = Process([str(BIN / "celery"), "-A", "worker", "beat", "--schedule",
-                             str(root / "beat-schedule")], env=self.env, log=root / "beat.log")
-        self.beat.start()
-        self.concurrency = concurrency
-        self.workers = [self._worker(i) for i in range(workers)]
-        for worker in self.workers:
-            worker.wait_ready(self.runtime.celery)
-
-    def _worker(self, index: int) -> Worker:
-        worker = Worker(env=self.env, log=self.root / f"worker{index}.log",
-                        name=f"chaos{index}", concurrency=self.concurrency)
-        worker.start()
-        return worker
-
-    def kill_one(self) -> None:
-        """SIGKILL a random worker with its pool children, and start it again."""
-        index = random.randrange(len(self.workers))
-        self.workers[index].signal(9)
-        assert self.workers[index].popen is not None
-        self.workers[index].popen.wait(timeout=10)
-        self.workers[index] = self._worker(index)
-
-    def close(self) -> None:
-        for process in (*self.workers, self.beat):
-            process.stop(timeout=10)
-        self.redis.stop()
-        self.postgres.stop()
-
-
 def play(cluster: Cluster, *, name: str, runs: int, work_ms: int, kill_every: float | None,
          deadline_s: float) -> Round:
     rt = cluster.runtime
-    with rt.db.transaction() as session:
-        tenant = keys.ensure_tenant(session, name=new_id(f"chaos-{name}"))
+    tenant_id, _ = cluster.tenant_key(f"chaos-{name}")
     result = Round(name=name)
     started = time.monotonic()
     next_kill = started + (kill_every or 0)
     ids = []
     for _ in range(runs):
         request = RunRequest(agent="bench.effect", input={"ms": work_ms}, max_attempts=10)
-        ids.append(submit(rt, tenant_id=tenant.id, request=request).id)
+        ids.append(submit(rt, tenant_id=tenant_id, request=request).id)
         if kill_every and time.monotonic() >= next_kill:
-            cluster.kill_one()
+            cluster.kill_worker()
             result.kills += 1
             next_kill = time.monotonic() + kill_every
     result.submitted = len(ids)
     while time.monotonic() - started < deadline_s:
-        if _unfinished(rt, tenant.id) == 0:
+        if _unfinished(rt, tenant_id) == 0:
             break
         if kill_every and time.monotonic() >= next_kill:
-            cluster.kill_one()
+            cluster.kill_worker()
             result.kills += 1
             next_kill = time.monotonic() + kill_every
         time.sleep(0.2)
     result.drain_s = time.monotonic() - started
-    _tally(rt, tenant.id, ids, result)
+    _tally(rt, tenant_id, ids, result)
     return result
 
 
@@ -190,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the round without kills")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agentq-chaos-") as tmp:
-        cluster = Cluster(Path(tmp), args.workers, args.concurrency)
+        cluster = Cluster(Path(tmp), workers=args.workers, concurrency=args.concurrency)
         try:
             rounds = []
             if not args.no_baseline:
@@ -203,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster.close()
     print(f"chaos: {args.runs} runs, {args.workers} workers x {args.concurrency}, "
           f"a worker SIGKILLed every {args.kill_every:g} s, lease timeout "
-          f"{FAST['AGENTQ_LEASE_TIMEOUT_S']} s")
+          f"{cluster.runtime.settings.lease_timeout_s:g} s")
     report(rounds)
     chaos = rounds[-1]
     ok = chaos.lost == 0 and chaos.finished_twice == 0

@@ -104,10 +104,12 @@ class Worker(Process):
 class ApiServer(Process):
     """The API under gunicorn (gevent), as in production, on a free port."""
 
-    def __init__(self, *, env: dict[str, str], log: Path) -> None:
+    def __init__(self, *, env: dict[str, str], log: Path,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         args = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--worker-class",
-                "gevent", "--workers", "1", "--graceful-timeout", "5", "api:create_app()"]
+                "gevent", "--workers", "1", "--graceful-timeout", "5", *extra_args,
+                "api:create_app()"]
         super().__init__(args, env=env, log=log)
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import insert, select, text
@@ -36,6 +37,11 @@ class Event:
     type: str
     data: dict[str, Any]
     at: datetime
+
+    @cached_property
+    def data_json(self) -> str:
+        """The data as compact JSON, encoded once however many streams send it."""
+        return json.dumps(self.data, separators=(",", ":"))
 
     @property
     def is_terminal(self) -> bool:
