@@ -24,6 +24,7 @@ from worker.db import Database
 from worker.settings import DevSettings, load_database_settings
 
 DEV_TENANT = "dev"
+DEV_WEBHOOK_CIDRS = "127.0.0.0/8,::1/128"
 
 
 def _bin(name: str) -> str:
@@ -37,7 +38,10 @@ def processes(dev: DevSettings, data_dir: Path) -> dict[str, str]:
     return {
         "web": f"{_bin('gunicorn')} --bind 127.0.0.1:{dev.port} --worker-class gevent "
                "--workers 1 --worker-connections 2000 --graceful-timeout 10 'api:create_app()'",
-        "worker": f"{celery} worker --loglevel INFO --concurrency 4 --hostname dev-worker@%h",
+        "worker": f"{celery} worker --loglevel INFO --queues runs,maintenance --concurrency 4 "
+                  "--hostname dev-worker@%h",
+        "notifier": f"{celery} worker --loglevel INFO --queues notify --pool threads "
+                    "--concurrency 8 --hostname dev-notifier@%h",
         "beat": f"{celery} beat --loglevel INFO "
                 f"--schedule {shlex.quote(str(data_dir / 'celerybeat-schedule'))}",
         "flower": f"{celery} flower --address=127.0.0.1 --port={dev.flower_port}",
@@ -96,7 +100,9 @@ def run(dev: DevSettings) -> int:
             "REDIS_URL": redis_url,
             "PYTHONUNBUFFERED": "1",
         }
-        _banner(dev, token, data_dir)
+        # Local receivers are the point of a dev box: allow loopback unless told otherwise.
+        env.setdefault("AGENTQ_WEBHOOK_ALLOWED_CIDRS", DEV_WEBHOOK_CIDRS)
+        _banner(dev, token, data_dir, env["AGENTQ_WEBHOOK_ALLOWED_CIDRS"])
         manager = Manager(Printer(sys.stdout))
         for name, command in processes(dev, data_dir).items():
             manager.add_process(name, command, env=env)
@@ -114,7 +120,7 @@ def _write_env(path: Path, **variables: str) -> None:
     path.write_text("".join(f"{name}={value}\n" for name, value in variables.items()))
 
 
-def _banner(dev: DevSettings, token: str, data_dir: Path) -> None:
+def _banner(dev: DevSettings, token: str, data_dir: Path, webhook_cidrs: str) -> None:
     env_file = os.path.relpath(data_dir / "env")
     _say("")
     _say(f"API         http://127.0.0.1:{dev.port}")
@@ -122,6 +128,8 @@ def _banner(dev: DevSettings, token: str, data_dir: Path) -> None:
     _say(f"API key     {token}")
     _say(f"Shell       export KEY={token}")
     _say(f"            export $(cat {env_file})   # for celery, alembic and agentq commands")
+    _say(f"Webhooks    may reach {webhook_cidrs} (AGENTQ_WEBHOOK_ALLOWED_CIDRS; production "
+         "allows public addresses only)")
     _say("Ctrl-C stops every process started here; data stays for the next `make dev`.")
     _say("")
 

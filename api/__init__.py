@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import errors, events, health, openapi, requestlog, runs, ws
+from api import deliveries, errors, events, health, openapi, requestlog, runs, webhooks, ws
 from worker.logs import configure_logging
 from worker.runtime import Runtime, build_runtime
 from worker.settings import Settings, load_settings
@@ -26,7 +26,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     configure_logging(runtime.settings.log_level, service="api")
     requestlog.init_app(app)
     errors.init_app(app)
-    for blueprint in (health.bp, runs.bp, events.bp, ws.bp, openapi.bp):
+    for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
+                      openapi.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
     return app

@@ -14,10 +14,11 @@ from api import schemas
 
 bp = Blueprint("openapi", __name__)
 
-_INPUT_MODELS: tuple[type[BaseModel], ...] = (schemas.RunCreate,)
+_INPUT_MODELS: tuple[type[BaseModel], ...] = (schemas.RunCreate, schemas.EndpointCreate)
 _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunOut, schemas.RunPage, schemas.AttemptList, schemas.EventList,
-    schemas.ProblemOut, schemas.HealthOut,
+    schemas.ProblemOut, schemas.HealthOut, schemas.EndpointOut, schemas.EndpointList,
+    schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage,
 )
 
 
@@ -41,6 +42,10 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str,
 
 
 _RUN_ID = _param("run_id", "path", {"type": "string"}, "The run's id.", required=True)
+_ENDPOINT_ID = _param("endpoint_id", "path", {"type": "string"}, "The endpoint's id.",
+                      required=True)
+_DELIVERY_ID = _param("delivery_id", "path", {"type": "string"}, "The delivery's id.",
+                      required=True)
 _AUTH_ERRORS = {"401": _problem("Missing, unknown or revoked API key.")}
 _NOT_FOUND = {"404": _problem("No such run for this tenant.")}
 
@@ -135,12 +140,86 @@ def _paths() -> dict[str, Any]:
                 },
             }, **_AUTH_ERRORS, **_NOT_FOUND},
         }},
+        **_webhook_paths(),
         "/v1/ws": {"get": {
             "summary": "WebSocket: submit runs ({type: run}), follow them ({type: subscribe, "
                        "run_id, after}) and cancel them ({type: cancel}); events arrive as "
                        "{type: event, run_id, seq, event, data}. Authenticate with the "
                        "Authorization header or the subprotocol 'bearer.<key>'.",
             "responses": {"101": {"description": "Switching protocols."}, **_AUTH_ERRORS},
+        }},
+    }
+
+
+def _webhook_paths() -> dict[str, Any]:
+    endpoint = _json(schemas.EndpointOut, "The endpoint (its secret only when made or rotated).")
+    missing = {"404": _problem("No such endpoint for this tenant.")}
+    no_delivery = {"404": _problem("No such delivery for this tenant.")}
+    return {
+        "/v1/webhook-endpoints": {
+            "post": {
+                "summary": "Add an endpoint; the answer shows its signing secret, once.",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref(schemas.EndpointCreate)}}},
+                "responses": {"201": endpoint, **_AUTH_ERRORS,
+                              "422": _problem("A bad URL (internal networks are refused) or "
+                                              "event type.")},
+            },
+            "get": {"summary": "The tenant's endpoints (without secrets).",
+                    "responses": {"200": _json(schemas.EndpointList, "The endpoints."),
+                                  **_AUTH_ERRORS}},
+        },
+        "/v1/webhook-endpoints/{endpoint_id}": {
+            "get": {"summary": "One endpoint.", "parameters": [_ENDPOINT_ID],
+                    "responses": {"200": endpoint, **_AUTH_ERRORS, **missing}},
+            "delete": {"summary": "Stop delivering to it (past deliveries are kept).",
+                       "parameters": [_ENDPOINT_ID],
+                       "responses": {"204": {"description": "Deleted."}, **_AUTH_ERRORS,
+                                     **missing}},
+        },
+        "/v1/webhook-endpoints/{endpoint_id}/rotate-secret": {"post": {
+            "summary": "A new secret; the old one keeps signing beside it for 24 h.",
+            "parameters": [_ENDPOINT_ID],
+            "responses": {"200": endpoint, **_AUTH_ERRORS, **missing},
+        }},
+        "/v1/webhook-secret": {"post": {
+            "summary": "Make the tenant's secret that signs deliveries to runs' webhook_url "
+                       "(shown once).",
+            "responses": {"201": _json(schemas.SecretOut, "The secret."), **_AUTH_ERRORS,
+                          "409": _problem("It exists already: rotate it.")},
+        }},
+        "/v1/webhook-secret/rotate": {"post": {
+            "summary": "Rotate the tenant's secret; the old one keeps signing for 24 h.",
+            "responses": {"200": _json(schemas.SecretOut, "The new secret."), **_AUTH_ERRORS,
+                          "404": _problem("There is no secret yet.")},
+        }},
+        "/v1/deliveries": {"get": {
+            "summary": "Outbound webhook deliveries, newest first.",
+            "parameters": [
+                _param("run_id", "query", {"type": "string"}, "Only this run's."),
+                _param("endpoint_id", "query", {"type": "string"}, "Only this endpoint's."),
+                _param("status", "query", {"type": "string",
+                                           "enum": ["pending", "delivered", "retrying", "dead"]},
+                       "Only in this status."),
+                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200},
+                       "Page size (default 50)."),
+                _param("cursor", "query", {"type": "string"}, "next_cursor of the last page."),
+            ],
+            "responses": {"200": _json(schemas.DeliveryPage, "A page of deliveries."),
+                          **_AUTH_ERRORS},
+        }},
+        "/v1/deliveries/{delivery_id}": {"get": {
+            "summary": "One delivery, with every attempt (status, latency, error, answer).",
+            "parameters": [_DELIVERY_ID],
+            "responses": {"200": _json(schemas.DeliveryOut, "The delivery."), **_AUTH_ERRORS,
+                          **no_delivery},
+        }},
+        "/v1/deliveries/{delivery_id}/retry": {"post": {
+            "summary": "Send it again now (a dead one gets a new round of the schedule).",
+            "parameters": [_DELIVERY_ID],
+            "responses": {"202": _json(schemas.DeliveryOut, "The delivery, pending."),
+                          **_AUTH_ERRORS, **no_delivery,
+                          "409": _problem("It was delivered already.")},
         }},
     }
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from flask import Blueprint, Response, g, jsonify, url_for
 
+from api import pagination
 from api.auth import require_key
 from api.bodies import json_body, query
 from api.deps import principal, runtime
 from api.schemas import RunCreate, RunListQuery, WaitQuery
 from worker import attempts, dispatch, runs
 from worker.attempts import Dispatch
-from worker.errors import InvalidRequest
 from worker.models import RunStatus
 from worker.submission import RunRequest, submit, wait_until_finished
 from worker.views import attempt_view, run_view
@@ -57,9 +54,9 @@ def list_runs() -> Response:
     where = runs.RunFilter(status=q.status, agent=q.agent, session_id=q.session_id)
     with runtime().db.transaction() as session:
         items, last = runs.page(session, tenant_id=principal().tenant_id, where=where,
-                                limit=q.limit, before=_decode_cursor(q.cursor))
+                                limit=q.limit, before=pagination.decode(q.cursor, prefix="run_"))
     return jsonify({"items": [run_view(run) for run in items],
-                    "next_cursor": _encode_cursor(last)})
+                    "next_cursor": pagination.encode(last)})
 
 
 @bp.post("/<run_id>/cancel")
@@ -91,24 +88,3 @@ def list_attempts(run_id: str) -> Response:
         runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = attempts.attempts(session, run_id=run_id)
     return jsonify({"items": [attempt_view(item) for item in items]})
-
-
-def _encode_cursor(run_id: str | None) -> str | None:
-    if run_id is None:
-        return None
-    return base64.urlsafe_b64encode(run_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        run_id = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        run_id = ""
-    if run_id.startswith("run_"):
-        return run_id
-    raise InvalidRequest("the cursor is not valid", [
-            {"field": "cursor", "message": "pass next_cursor from a previous page unchanged"}
-        ])

@@ -129,6 +129,78 @@ class ProblemOut(BaseModel):
     errors: list[FieldProblem] | None = None
 
 
+WebhookEventType = Literal["run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered"]
+
+
+class EndpointCreate(BaseModel):
+    """Body of ``POST /v1/webhook-endpoints``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    events: list[WebhookEventType] | None = Field(default=None, min_length=1)
+
+
+class EndpointOut(BaseModel):
+    id: str
+    url: str
+    events: list[WebhookEventType]
+    created_at: str
+    disabled_at: str | None
+    disabled_reason: str | None
+    previous_secret_expires_at: str | None
+    secret: str | None = Field(default=None, description="Only when made or rotated.")
+
+
+class EndpointList(BaseModel):
+    items: list[EndpointOut]
+
+
+class SecretOut(BaseModel):
+    secret: str
+    previous_secret_expires_at: str | None = None
+
+
+class DeliveryListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str | None = Field(default=None, max_length=100)
+    endpoint_id: str | None = Field(default=None, max_length=100)
+    status: Literal["pending", "delivered", "retrying", "dead"] | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class DeliveryAttemptOut(BaseModel):
+    attempt: int
+    started_at: str
+    latency_ms: float | None
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    run_id: str
+    endpoint_id: str | None
+    url: str
+    type: WebhookEventType
+    status: Literal["pending", "delivered", "retrying", "dead"]
+    attempts: int
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+    attempt_log: list[DeliveryAttemptOut] | None = None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
 class CheckOut(BaseModel):
     ok: bool
     latency_ms: float

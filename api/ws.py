@@ -36,6 +36,7 @@ bp.before_request(require_websocket_key)
 log = logging.getLogger("agentq.api.ws")
 
 MAX_FOLLOWED = 100  # runs one connection may follow at once
+ALL_RUNS = "*"
 _Ref = str | int | None
 
 
@@ -54,7 +55,7 @@ class RunMessage(_Message):
 
 class SubscribeMessage(_Message):
     type: Literal["subscribe"]
-    run_id: str = Field(min_length=1, max_length=100)
+    run_id: str = Field(min_length=1, max_length=100, description='A run id, or "*".')
     after: int = Field(default=0, ge=0)
 
 
@@ -127,6 +128,9 @@ class Connection:
         self._follow(run.id, after=0)
 
     def _subscribe(self, run_id: str, after: int) -> None:
+        if run_id == ALL_RUNS:
+            self._follow_tenant()
+            return
         with self._rt.db.transaction() as session:
             runs.get(session, tenant_id=self._tenant_id, run_id=run_id)
         self._follow(run_id, after=after)
@@ -159,6 +163,26 @@ class Connection:
             return
         finally:
             self._followed.discard(run_id)
+
+    def _follow_tenant(self) -> None:
+        """Forward the terminal event of every run of the tenant, as it is committed."""
+        if ALL_RUNS in self._followed:
+            raise Conflict("already following every run of the tenant")
+        self._followed.add(ALL_RUNS)
+        threading.Thread(target=self._forward_tenant, daemon=True, name="ws-tenant").start()
+
+    def _forward_tenant(self) -> None:
+        tick = self._rt.settings.stream_keepalive_s
+        try:
+            with self._rt.bus.hub.watch_tenant(self._tenant_id) as watch:
+                while not self._closed.is_set():
+                    item = watch.next(timeout=tick)
+                    if isinstance(item, Event):
+                        self._send(_event_frame(item))
+        except ConnectionClosed:
+            return
+        finally:
+            self._followed.discard(ALL_RUNS)
 
     def _error(self, code: str, message: str, ref: _Ref, **extra: Any) -> None:
         self._send({"type": "error", "code": code, "message": message, "ref": ref, **extra})

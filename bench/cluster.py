@@ -31,7 +31,7 @@ class Cluster:
 
     def __init__(self, root: Path, *, workers: int = 2, concurrency: int = 2,
                  beat: bool = True, api: bool = False, settings: dict[str, str] | None = None,
-                 api_args: tuple[str, ...] = ()) -> None:
+                 api_args: tuple[str, ...] = (), queues: str | None = None) -> None:
         self.root = root
         self.postgres = EmbeddedPostgres(root / "postgres", durable=False)
         self.redis = EmbeddedRedis(root / "redis", durable=False)
@@ -55,6 +55,7 @@ class Cluster:
                  str(root / "beat-schedule")], env=self.env, log=root / "beat.log"))
             self.processes[-1].start()
         self.concurrency = concurrency
+        self.queues = queues
         self.workers = [self._worker(i) for i in range(workers)]
         for worker in self.workers:
             worker.wait_ready(self.runtime.celery)
@@ -66,9 +67,18 @@ class Cluster:
 
     def _worker(self, index: int) -> Worker:
         worker = Worker(env=self.env, log=self.root / f"worker{index}.log",
-                        name=f"bench{index}", concurrency=self.concurrency)
+                        name=f"bench{index}", concurrency=self.concurrency, queues=self.queues)
         worker.start()
         return worker
+
+    def start_notifier(self, concurrency: int = 16) -> Worker:
+        """A worker for the notify queue only, with a threads pool (as the Procfile's)."""
+        notifier = Worker(env=self.env, log=self.root / "notifier.log", name="notifier",
+                          concurrency=concurrency, queues="notify", pool="threads")
+        notifier.start()
+        notifier.wait_ready(self.runtime.celery)
+        self.processes.append(notifier)
+        return notifier
 
     def tenant_key(self, name: str) -> tuple[str, str]:
         """A fresh tenant and an API key for it: (tenant id, key)."""

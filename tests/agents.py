@@ -85,9 +85,9 @@ def stubborn(ctx: RunContext, input: dict[str, Any]) -> None:
 
 @agent("test.retry_later")
 def retry_later(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
-    """Ask for a retry after 0.3 s on the first attempt."""
+    """Ask for a retry after ``delay_s`` (default 0.3 s) on the first attempt."""
     if ctx.attempt == 1:
-        raise RetryableError("the upstream is busy", delay_s=0.3)
+        raise RetryableError("the upstream is busy", delay_s=float(input.get("delay_s", 0.3)))
     return {"attempt": ctx.attempt}
 
 

@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from agentq import migrate
 from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
 from api import create_app
-from tests.harness import ROOT, ApiServer, Worker, wait_for
+from tests.harness import ROOT, ApiServer, Receiver, Worker, wait_for
 from worker import keys
 from worker.models import TERMINAL_STATUSES, new_id
 from worker.runtime import Runtime, build_runtime
@@ -40,6 +40,9 @@ FAST = {
     "AGENTQ_BACKOFF_MAX_S": "1",
     "AGENTQ_CANCEL_GRACE_S": "1",
     "AGENTQ_STREAM_KEEPALIVE_S": "1",
+    "AGENTQ_WEBHOOK_RETRY_SCHEDULE": "0.3,0.3,0.3",
+    "AGENTQ_WEBHOOK_TIMEOUT_S": "2",
+    "AGENTQ_WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8",  # the tests' receivers are on loopback
 }
 
 
@@ -173,6 +176,14 @@ class ApiClient:
         """Poll the run until its status is one of ``statuses``."""
         return wait_for(lambda: (run := self.run(run_id))["status"] in statuses and run,
                         timeout=timeout, what=f"run {run_id} to reach {sorted(statuses)}")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real HTTP server on loopback that records what it is sent."""
+    server = Receiver()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,7 +81,7 @@ class Worker(Process):
     """``celery -A worker worker`` as a real process, optionally with beat (-B)."""
 
     def __init__(self, *, env: dict[str, str], log: Path, name: str, concurrency: int = 2,
-                 beat: bool = False, queues: str | None = None) -> None:
+                 beat: bool = False, queues: str | None = None, pool: str | None = None) -> None:
         args = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
                 "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
                 "--without-mingle", "--without-gossip"]
@@ -86,6 +89,8 @@ class Worker(Process):
             args += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
         if queues:
             args += ["--queues", queues]
+        if pool:
+            args += ["--pool", pool]
         super().__init__(args, env=env, log=log)
         self.name = name
 
@@ -141,3 +146,71 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
         else:
             field, _, value = line.partition(":")
             message[field] = value.removeprefix(" ")
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """A real HTTP server on loopback that records what it is sent and answers as told.
+
+    ``script(path, [500, 500, 200])`` makes the next requests to ``path`` get those
+    statuses in turn (then 200); ``slow(path, seconds)`` delays its answers.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self._scripts: dict[str, list[int | tuple[int, dict[str, str]]]] = {}
+        self._delays: dict[str, float] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.received.append(Received(self.path, {k.lower(): v for k, v in
+                                                                  self.headers.items()},
+                                                      body, time.time()))
+                    script = receiver._scripts.get(self.path)
+                    answer = script.pop(0) if script else 200
+                time.sleep(receiver._delays.get(self.path, 0))
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def script(self, path: str, answers: list[int | tuple[int, dict[str, str]]]) -> None:
+        with self._lock:
+            self._scripts[path] = list(answers)
+
+    def slow(self, path: str, seconds: float) -> None:
+        self._delays[path] = seconds
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [item for item in self.received if item.path == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

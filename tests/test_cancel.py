@@ -32,10 +32,10 @@ def test_a_queued_run_is_cancelled_at_once_and_never_starts(api: ApiClient) -> N
 
 
 def test_a_retrying_run_never_starts_again(api: ApiClient) -> None:
-    run = api.submit("flaky", {"failures": 5}, max_attempts=5)
+    run = api.submit("test.retry_later", {"delay_s": 1.5})
     api.wait(run["id"], statuses={"retrying"})
     assert cancel(api, run["id"]).get_json()["status"] == "cancelled"
-    time.sleep(2)  # longer than the backoff: a second attempt would have started
+    time.sleep(2.5)  # past the retry's time: a second attempt would have started
     assert api.run(run["id"])["status"] == "cancelled"
     assert len(tries(api, run["id"])) == 1
 

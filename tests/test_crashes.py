@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import select
 
 from tests.agents import CRASH_QUEUE
 from tests.conftest import ApiClient, Services
-from tests.harness import Worker, wait_for
+from tests.harness import Receiver, Worker, wait_for
 from worker.models import RunEvent
 from worker.runtime import Runtime
 
@@ -128,4 +129,20 @@ def test_sigterm_lets_a_short_run_finish_on_the_same_worker(
     a.popen.wait(timeout=30)
     done = api.wait(run["id"])
     assert done["status"] == "succeeded" and done["result"] == {"attempt": 1}
+    assert terminal_transitions(runtime, run["id"]) == ["succeeded"]
+
+
+def test_a_worker_killed_between_the_runs_commit_and_the_send_still_delivers_once(
+    api: ApiClient, runtime: Runtime, crash_worker: StartWorker, receiver: Receiver
+) -> None:
+    # Given an endpoint, and a worker that dies right after committing a run's end,
+    # before anything else (the announcement, the publish of the delivery) happens
+    api.post("/v1/webhook-endpoints", json={"url": receiver.url + "/once"})
+    crash_worker(AGENTQ_FAULT="exit_after_terminal_commit")
+    run = api.submit("test.crash.sleep", {"seconds": 0.1})
+    # Then the run ends once, and the sweeper sends its delivery, once
+    assert api.wait(run["id"])["status"] == "succeeded"
+    wait_for(lambda: receiver.at("/once"), timeout=30, what="the delivery")
+    time.sleep(2)
+    assert len(receiver.at("/once")) == 1
     assert terminal_transitions(runtime, run["id"]) == ["succeeded"]

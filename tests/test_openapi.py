@@ -10,6 +10,7 @@ from flask import Flask
 from openapi_spec_validator import validate
 
 from tests.conftest import ApiClient
+from tests.harness import Receiver, wait_for
 
 
 def _document(app: Flask) -> dict[str, Any]:
@@ -56,3 +57,21 @@ def test_responses_match_their_documented_schemas(app: Flask, api: ApiClient,
     jsonschema.validate(problem, _schema(document, "ProblemOut"))
     jsonschema.validate(app.test_client().get("/health").get_json(),
                         _schema(document, "HealthOut"))
+
+
+def test_webhook_responses_match_their_schemas(app: Flask, api: ApiClient, worker: object,
+                                               receiver: Receiver) -> None:
+    document = _document(app)
+    hook = api.post("/v1/webhook-endpoints", json={"url": receiver.url + "/s"}).get_json()
+    jsonschema.validate(hook, _schema(document, "EndpointOut"))
+    jsonschema.validate(api.get("/v1/webhook-endpoints").get_json(),
+                        _schema(document, "EndpointList"))
+    run = api.post("/v1/runs?wait=10", json={"agent": "echo"}).get_json()
+    page = wait_for(lambda: (p := api.get(f"/v1/deliveries?run_id={run['id']}").get_json())
+                    ["items"] and p["items"][0]["status"] == "delivered" and p,
+                    what="the delivery")
+    jsonschema.validate(page, _schema(document, "DeliveryPage"))
+    detail = api.get(f"/v1/deliveries/{page['items'][0]['id']}").get_json()
+    jsonschema.validate(detail, _schema(document, "DeliveryOut"))
+    jsonschema.validate(api.post("/v1/webhook-secret").get_json(),
+                        _schema(document, "SecretOut"))

@@ -153,3 +153,14 @@ def test_cancel_over_the_socket(ws: Socket) -> None:
     ws.send({"type": "cancel", "run_id": run_id})
     frames = ws.until_terminal(run_id, timeout=10)
     assert frames[-1]["data"]["status"] == "cancelled"
+
+
+def test_subscribe_to_every_run_of_the_tenant(ws: Socket, api: ApiClient,
+                                              other_api: ApiClient) -> None:
+    ws.send({"type": "subscribe", "run_id": "*", "ref": "all"})
+    time.sleep(0.3)  # the subscription is confirmed quickly; this is the test's margin
+    other_api.post("/v1/runs?wait=10", json={"agent": "echo"})  # not ours: never seen
+    run = api.post("/v1/runs?wait=10", json={"agent": "echo", "input": {"all": 1}}).get_json()
+    frame = ws.receive()
+    assert frame["type"] == "event" and frame["run_id"] == run["id"]
+    assert frame["data"]["status"] == "succeeded" and frame["data"]["result"] == {"all": 1}

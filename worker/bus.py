@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from worker.events import Event
 log = logging.getLogger(__name__)
 
 RUN_PREFIX = "agentq:run:"
+TENANT_PREFIX = "agentq:tenant:"  # every run's terminal event, for tenant-wide listeners
 CANCEL_PREFIX = "agentq:cancel:"
 RESYNC = "resync"  # what a watcher receives when it may have missed events
 _WATCH_BACKLOG = 1000
@@ -41,13 +42,13 @@ def _client(redis_url: str) -> redis.Redis:
 
 
 def encode(event: Event) -> str:
-    return json.dumps({"seq": event.seq, "type": event.type, "data": event.data,
-                       "at": event.at.isoformat()})
+    return json.dumps({"run_id": event.run_id, "seq": event.seq, "type": event.type,
+                       "data": event.data, "at": event.at.isoformat()})
 
 
-def decode(run_id: str, payload: bytes | str) -> Event:
+def decode(payload: bytes | str) -> Event:
     body = json.loads(payload)
-    return Event(run_id, int(body["seq"]), body["type"], body["data"],
+    return Event(body["run_id"], int(body["seq"]), body["type"], body["data"],
                  datetime.fromisoformat(body["at"]))
 
 
@@ -59,12 +60,17 @@ class Bus:
         self.redis = _client(redis_url)
         self._hub: Hub | None = None
 
-    def announce(self, committed: list[Event]) -> None:
-        """Publish events after their transaction committed (one round trip)."""
+    def announce(self, committed: list[Event], tenants: dict[str, str] | None = None) -> None:
+        """Publish events after their transaction committed (one round trip). Terminal
+        events also go to their tenant's channel (``tenants`` maps run ids to tenants)."""
+        tenants = tenants or {}
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for event in committed:
-                    pipe.publish(RUN_PREFIX + event.run_id, encode(event))
+                    encoded = encode(event)
+                    pipe.publish(RUN_PREFIX + event.run_id, encoded)
+                    if event.is_terminal and event.run_id in tenants:
+                        pipe.publish(TENANT_PREFIX + tenants[event.run_id], encoded)
                 pipe.execute()
         except redis.RedisError as error:
             log.warning("bus announce failed; listeners will catch up from Postgres",
@@ -89,9 +95,8 @@ class Bus:
 class Watch:
     """One listener's view of a run's channel: committed events, in arrival order."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.ready = threading.Event()
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
         self._items: queue.Queue[Event | str] = queue.Queue(maxsize=_WATCH_BACKLOG)
 
     def put(self, item: Event | str) -> None:
@@ -129,15 +134,22 @@ class Hub:
         self.healthy = True
         threading.Thread(target=self._listen, name="agentq-hub", daemon=True).start()
 
+    def watch(self, run_id: str) -> AbstractContextManager[Watch]:
+        """Watch a run's events (see ``watch_channel``)."""
+        return self.watch_channel(RUN_PREFIX + run_id)
+
+    def watch_tenant(self, tenant_id: str) -> AbstractContextManager[Watch]:
+        """Watch the terminal events of every run of a tenant."""
+        return self.watch_channel(TENANT_PREFIX + tenant_id)
+
     @contextmanager
-    def watch(self, run_id: str, *, ready_timeout: float = 2.0) -> Iterator[Watch]:
-        """Watch a run's events; the subscription is confirmed before this yields.
+    def watch_channel(self, channel: str, *, ready_timeout: float = 2.0) -> Iterator[Watch]:
+        """Watch a channel; the subscription is confirmed before this yields.
 
         Confirmation matters: any event committed after it reaches the watcher, and any
         event committed before it is in Postgres for the watcher's catch-up read.
         """
-        channel = RUN_PREFIX + run_id
-        watch = Watch(run_id)
+        watch = Watch(channel)
         with self._lock:
             watchers = self._watches.setdefault(channel, set())
             first = not watchers
@@ -210,7 +222,7 @@ class Hub:
             return
         if kind != "message":
             return
-        event = decode(channel.removeprefix(RUN_PREFIX), message["data"])
+        event = decode(message["data"])
         with self._lock:
             watchers = list(self._watches.get(channel, ()))
         for watch in watchers:

@@ -10,16 +10,17 @@ from typing import Any
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import events
 from worker.settings import DatabaseSettings
 
 
 class Database:
     """A lazily created engine, safe to carry across ``fork()`` (Celery's prefork pool)."""
 
-    def __init__(self, settings: DatabaseSettings,
-                 after_commit: Callable[[list[Any]], None] | None = None) -> None:
+    def __init__(self, settings: DatabaseSettings, *,
+                 before_commit: Callable[[Session], None] | None = None,
+                 after_commit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._settings = settings
+        self._before_commit = before_commit
         self._after_commit = after_commit
         self._engine: Engine | None = None
         self._pid = 0
@@ -54,18 +55,21 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """Yield a session inside one transaction: committed on success, rolled back on error.
 
-        Run events recorded in the transaction are handed to ``after_commit`` once it has
-        committed (and never if it rolled back).
+        ``before_commit`` may add to the transaction what its changes imply (the deliveries
+        of a run that ended); ``after_commit`` gets ``session.info`` (the events recorded,
+        the deliveries created) once the transaction has committed, never if it rolled back.
         """
         _ = self.engine
         assert self._sessions is not None
         with self._sessions() as session:
             with session.begin():
                 yield session
-            committed = events.recorded(session)
+                if self._before_commit is not None and session.info:
+                    self._before_commit(session)
+            info = dict(session.info)
             session.info.clear()
-        if committed and self._after_commit is not None:
-            self._after_commit(committed)
+        if info and self._after_commit is not None:
+            self._after_commit(info)
 
     def dispose(self) -> None:
         """Drop the pool; its connections are closed only if this process opened them."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from worker import runs
+from worker import runs, webhooks
 from worker.attempts import Dispatch
-from worker.tasks import PUBLISH_RETRY_POLICY, RUN_TASK, declare_queue
+from worker.tasks import DELIVER_TASK, PUBLISH_RETRY_POLICY, RUN_TASK, declare_queue
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -106,3 +106,34 @@ def broker_depths(rt: Runtime, queues: list[str]) -> dict[str, int]:
         for name in queues:
             depths[name] = declare_queue(name, channel)
     return depths
+
+
+def dispatch_deliveries(rt: Runtime, delivery_ids: list[str]) -> int:
+    """Publish the send tasks of committed deliveries and mark them; never raises."""
+    sent = []
+    for delivery_id in delivery_ids:
+        try:
+            rt.celery.send_task(DELIVER_TASK, args=[delivery_id], retry=True,
+                                retry_policy=PUBLISH_RETRY_POLICY)
+        except Exception as error:  # the sweeper sends it instead
+            log.warning("delivery publish failed; the sweeper will retry",
+                        extra={"delivery_id": delivery_id, "error": type(error).__name__})
+            continue
+        sent.append(delivery_id)
+    if sent:
+        try:
+            with rt.db.transaction() as session:
+                webhooks.mark_dispatched(session, delivery_ids=sent)
+        except Exception as error:  # published already: at worst a harmless second send task
+            log.warning("could not mark deliveries dispatched",
+                        extra={"error": f"{type(error).__name__}: {error}"})
+    return len(sent)
+
+
+def redispatch_deliveries(rt: Runtime) -> int:
+    """Publish deliveries that are due and have no send task on its way."""
+    settings = rt.settings
+    with rt.db.transaction() as session:
+        due = webhooks.due(session, grace_s=settings.dispatch_grace_s,
+                           lost_after_s=settings.redispatch_after_s, limit=SWEEP_BATCH)
+    return dispatch_deliveries(rt, due)

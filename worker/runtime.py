@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -14,7 +14,13 @@ from worker.db import Database
 from worker.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from worker.notifier import Sender
     from worker.supervisor import Supervisor
+
+DELIVERIES_KEY = "agentq.deliveries"
+TENANTS_KEY = "agentq.tenants"
 
 
 @dataclass
@@ -22,11 +28,16 @@ class Runtime:
     """The settings and the connections built from them: Postgres, Redis, Celery, agents."""
 
     settings: Settings
-    db: Database
     bus: Bus
     registry: Registry
     celery: Celery
     _supervisor: Supervisor | None = field(default=None, repr=False)
+    _sender: Sender | None = field(default=None, repr=False)
+    db: Database = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.db = Database(self.settings, before_commit=self.before_commit,
+                           after_commit=self.after_commit)
 
     def supervisor(self) -> Supervisor:
         """This worker process's supervisor of running attempts (one per process)."""
@@ -36,16 +47,45 @@ class Runtime:
             self._supervisor = Supervisor(self)
         return self._supervisor
 
+    def sender(self) -> Sender:
+        """This process's webhook sender (one HTTP client per process)."""
+        from worker.notifier import Sender
+
+        if self._sender is None or self._sender.pid != os.getpid():
+            self._sender = Sender(self.settings)
+        return self._sender
+
+    def before_commit(self, session: Session) -> None:
+        """A run that ends gets its deliveries in the same transaction (the outbox)."""
+        from worker import events, webhooks
+
+        created, tenants = webhooks.enqueue(session, events.recorded(session))
+        if created:
+            session.info[DELIVERIES_KEY] = created
+        if tenants:
+            session.info[TENANTS_KEY] = tenants
+
+    def after_commit(self, info: dict[str, Any]) -> None:
+        """Announce what the transaction committed, and send its deliveries on their way."""
+        from worker import dispatch, events
+
+        committed = info.get(events.SESSION_KEY, [])
+        if self.settings.fault == "exit_after_terminal_commit" and any(
+                event.is_terminal for event in committed):
+            os._exit(70)  # test-only: die between the commit and everything after it
+        if committed:
+            self.bus.announce(committed, info.get(TENANTS_KEY))
+        if info.get(DELIVERIES_KEY):
+            dispatch.dispatch_deliveries(self, info[DELIVERIES_KEY])
+
 
 def build_runtime(settings: Settings) -> Runtime:
     """Build a runtime; nothing connects until first used (safe before ``fork``)."""
     from worker.tasks import make_celery, register_tasks
 
-    bus = Bus(settings.redis_url)
     runtime = Runtime(
         settings=settings,
-        db=Database(settings, after_commit=bus.announce),
-        bus=bus,
+        bus=Bus(settings.redis_url),
         registry=load_agents(settings.agents),
         celery=make_celery(settings),
     )

@@ -6,6 +6,7 @@ Nothing else in agentq reads ``os.environ``: processes build a ``Settings`` with
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -85,6 +86,16 @@ class Settings(DatabaseSettings):
     # SSE and WebSocket: a keep-alive every so often, and a fresh connection every so often.
     stream_keepalive_s: float = Field(default=15.0, gt=0)
     stream_max_s: float = Field(default=3600.0, gt=0)
+    # Outbound webhooks (the notifier), after the Standard Webhooks / Svix conventions.
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    webhook_response_max_bytes: int = Field(default=20 * 1024, ge=0)
+    webhook_secret_overlap_s: float = Field(default=24 * 3600, ge=0)
+    webhook_disable_after_s: float = Field(default=5 * 24 * 3600, gt=0)
+    webhook_allowed_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Test-only: make a worker die right after committing a terminal transition.
+    fault: str | None = None
     backoff_base_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=300.0, ge=0)
     log_level: str = "INFO"
@@ -99,6 +110,21 @@ class Settings(DatabaseSettings):
     @classmethod
     def _agents(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("webhook_retry_schedule", "webhook_allowed_cidrs", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("webhook_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 127.0.0.0/8") from None
+        return value
 
     @field_validator("log_level")
     @classmethod

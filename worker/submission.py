@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker import dispatch, runs
+from worker import dispatch, runs, webhooks
 from worker.attempts import Dispatch
 from worker.errors import InvalidRequest
 from worker.follow import follow
@@ -41,6 +41,9 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
     except ValidationError as error:
         raise InvalidRequest.from_validation(error, prefix="input") from None
     settings = rt.settings
+    if request.webhook_url:
+        webhooks.refuse_internal(request.webhook_url, guard=rt.sender().guard,
+                                 field="webhook_url")
     timeout_s = request.timeout_s or spec.timeout_s or settings.default_timeout_s
     if timeout_s > settings.max_timeout_s:
         raise InvalidRequest(
@@ -65,6 +68,8 @@ def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
     """Store the run (committed before anything else) and dispatch it."""
     new = plan(rt, request)
     with rt.db.transaction() as session:
+        if new.webhook_url:
+            webhooks.require_default_secret(session, tenant_id=tenant_id)
         run = runs.create(session, tenant_id=tenant_id, new=new)
     dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
     return run

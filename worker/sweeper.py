@@ -26,6 +26,7 @@ def sweep(rt: Runtime) -> None:
         dispatch_due_retries,
         dispatch.redispatch_unpublished,
         dispatch.redispatch_lost,
+        dispatch.redispatch_deliveries,
     )
     for repair in repairs:
         try:

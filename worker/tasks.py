@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 
 RUN_TASK = "agentq.run"
 SWEEP_TASK = "agentq.sweep"
+DELIVER_TASK = "agentq.deliver"
 RUNS_QUEUE = "runs"
 MAINTENANCE_QUEUE = "maintenance"
+NOTIFY_QUEUE = "notify"
 
 # Publishing must not hang a request: a few quick tries, then the outbox takes over.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
@@ -67,8 +69,10 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=RUNS_QUEUE,
         task_default_exchange=RUNS_QUEUE,
         task_default_routing_key=RUNS_QUEUE,
-        task_queues=tuple(_queue(name) for name in (RUNS_QUEUE, MAINTENANCE_QUEUE)),
-        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_queues=tuple(_queue(name) for name in (RUNS_QUEUE, MAINTENANCE_QUEUE,
+                                                     NOTIFY_QUEUE)),
+        task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+                     DELIVER_TASK: {"queue": NOTIFY_QUEUE}},
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
@@ -89,7 +93,7 @@ def make_celery(settings: Settings) -> Celery:
 
 def register_tasks(rt: Runtime) -> None:
     """Attach agentq's tasks to the runtime's Celery app."""
-    from worker import execution, sweeper
+    from worker import execution, notifier, sweeper
 
     @rt.celery.task(name=RUN_TASK, bind=True)
     def run(task: Task, run_id: str) -> None:
@@ -99,6 +103,11 @@ def register_tasks(rt: Runtime) -> None:
         except (OperationalError, InterfaceError) as error:
             # Postgres is away: try the claim again later rather than drop the message.
             raise task.retry(exc=error, countdown=2, max_retries=None) from error
+
+    @rt.celery.task(name=DELIVER_TASK, acks_late=False)
+    def deliver(delivery_id: str) -> None:
+        """Make one attempt of webhook delivery ``delivery_id`` (a no-op if not due)."""
+        notifier.deliver(rt, delivery_id=delivery_id)
 
     @rt.celery.task(name=SWEEP_TASK)
     def sweep() -> None:

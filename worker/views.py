@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.events import Event
-from worker.models import Run, RunAttempt
+from worker.models import Delivery, DeliveryAttempt, Run, RunAttempt, WebhookEndpoint
 
 
 def iso(value: datetime | None) -> str | None:
@@ -52,4 +52,45 @@ def attempt_view(attempt: RunAttempt) -> dict[str, Any]:
         "finished_at": iso(attempt.finished_at),
         "outcome": attempt.outcome,
         "error": error,
+    }
+
+
+def endpoint_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """An endpoint without its secret (shown only when it is made or rotated)."""
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "events": endpoint.events,
+        "created_at": iso(endpoint.created_at),
+        "disabled_at": iso(endpoint.disabled_at),
+        "disabled_reason": endpoint.disabled_reason,
+        "previous_secret_expires_at": iso(endpoint.previous_expires_at),
+    }
+
+
+def delivery_view(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "run_id": delivery.run_id,
+        "endpoint_id": delivery.endpoint_id,
+        "url": delivery.url,
+        "type": delivery.event_type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "next_attempt_at": iso(delivery.next_attempt_at),
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "created_at": iso(delivery.created_at),
+        "delivered_at": iso(delivery.delivered_at),
+    }
+
+
+def delivery_attempt_view(attempt: DeliveryAttempt) -> dict[str, Any]:
+    return {
+        "attempt": attempt.attempt,
+        "started_at": iso(attempt.started_at),
+        "latency_ms": attempt.latency_ms,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "response_body": attempt.response_body,
     }

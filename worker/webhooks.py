@@ -1,0 +1,368 @@
+"""Outbound webhooks in Postgres: endpoints, secrets, and the deliveries outbox.
+
+A run's terminal transition and its delivery rows are written in one transaction (the
+database's ``before_commit`` hook calls ``enqueue``), so a crash between the commit and
+the send loses nothing: the sweeper sends what is due and was not sent.
+
+Every function takes a session and never commits: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from worker import signing
+from worker.errors import Conflict, InvalidRequest, NotFound
+from worker.events import Event
+from worker.models import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
+    Run,
+    Tenant,
+    WebhookEndpoint,
+    new_id,
+)
+from worker.ssrf import Guard, Refused
+from worker.views import iso, run_view
+
+EVENT_TYPES = ("run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered")
+
+
+def live_secrets(current: str | None, previous: str | None,
+                 previous_expires_at: datetime | None) -> list[str]:
+    """The secrets that sign now: the current one, and the previous during its overlap."""
+    secrets = [current] if current else []
+    if previous and previous_expires_at and previous_expires_at > datetime.now(UTC):
+        secrets.append(previous)
+    return secrets
+
+
+def refuse_internal(url: str, *, guard: Guard, field: str) -> None:
+    """Refuse a URL that names an internal address outright (names are checked at send)."""
+    try:
+        guard.check_url(url)
+    except Refused as refused:
+        raise InvalidRequest(f"{field} points at an internal network",
+                             [{"field": field, "message": str(refused)}]) from None
+
+
+# Endpoints ------------------------------------------------------------------------------
+
+def create_endpoint(session: Session, *, tenant_id: str, url: str,
+                    events: Sequence[str] | None, guard: Guard) -> WebhookEndpoint:
+    refuse_internal(url, guard=guard, field="url")
+    chosen = list(events) if events else list(EVENT_TYPES)
+    unknown = sorted(set(chosen) - set(EVENT_TYPES))
+    if unknown:
+        raise InvalidRequest("unknown event types", [{
+            "field": "events",
+            "message": f"{', '.join(unknown)} unknown; choose from {', '.join(EVENT_TYPES)}"}])
+    endpoint = WebhookEndpoint(id=new_id("ep"), tenant_id=tenant_id, url=url, events=chosen,
+                               secret=signing.new_secret())
+    session.add(endpoint)
+    session.flush()
+    return endpoint
+
+
+def endpoints(session: Session, *, tenant_id: str) -> list[WebhookEndpoint]:
+    query = (select(WebhookEndpoint)
+             .where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.deleted_at.is_(None))
+             .order_by(WebhookEndpoint.id.desc()))
+    return list(session.scalars(query))
+
+
+def get_endpoint(session: Session, *, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
+    endpoint = session.scalar(select(WebhookEndpoint).where(
+        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant_id,
+        WebhookEndpoint.deleted_at.is_(None)))
+    if endpoint is None:
+        raise NotFound("webhook endpoint", endpoint_id)
+    return endpoint
+
+
+def delete_endpoint(session: Session, *, tenant_id: str, endpoint_id: str) -> None:
+    """Stop delivering to it; past deliveries keep their history."""
+    endpoint = get_endpoint(session, tenant_id=tenant_id, endpoint_id=endpoint_id)
+    endpoint.deleted_at = datetime.now(UTC)
+    session.execute(
+        update(Delivery)
+        .where(Delivery.endpoint_id == endpoint_id,
+               Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
+        .values(status=DeliveryStatus.DEAD, last_error="the endpoint was deleted")
+    )
+
+
+def rotate_endpoint_secret(session: Session, *, tenant_id: str, endpoint_id: str,
+                           overlap_s: float) -> WebhookEndpoint:
+    """A new secret; the old one keeps signing beside it for ``overlap_s``."""
+    endpoint = get_endpoint(session, tenant_id=tenant_id, endpoint_id=endpoint_id)
+    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_expires_at = datetime.now(UTC) + timedelta(seconds=overlap_s)
+    endpoint.secret = signing.new_secret()
+    return endpoint
+
+
+# The tenant's default secret (for runs' own webhook_url) ---------------------------------
+
+def create_default_secret(session: Session, *, tenant_id: str) -> str:
+    tenant = session.get_one(Tenant, tenant_id, with_for_update=True)
+    if tenant.webhook_secret is not None:
+        raise Conflict("the tenant already has a webhook secret; rotate it instead")
+    tenant.webhook_secret = signing.new_secret()
+    return tenant.webhook_secret
+
+
+def rotate_default_secret(session: Session, *, tenant_id: str, overlap_s: float) -> Tenant:
+    tenant = session.get_one(Tenant, tenant_id, with_for_update=True)
+    if tenant.webhook_secret is None:
+        raise NotFound("webhook secret", "default")
+    tenant.webhook_previous_secret = tenant.webhook_secret
+    tenant.webhook_previous_expires_at = datetime.now(UTC) + timedelta(seconds=overlap_s)
+    tenant.webhook_secret = signing.new_secret()
+    return tenant
+
+
+def require_default_secret(session: Session, *, tenant_id: str) -> None:
+    """A run's webhook_url needs the tenant's secret, or its receiver could verify nothing."""
+    secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == tenant_id))
+    if secret is None:
+        raise InvalidRequest("webhook_url needs the tenant's webhook secret", [{
+            "field": "webhook_url",
+            "message": "create the secret that signs these deliveries first: "
+                       "POST /v1/webhook-secret"}])
+
+
+# The outbox -----------------------------------------------------------------------------
+
+def enqueue(session: Session, committed: list[Event]) -> tuple[list[str], dict[str, str]]:
+    """Create the deliveries for the runs that end in this transaction.
+
+    Returns the deliveries' ids, and the tenant of each run that ended.
+    """
+    created, tenants = [], {}
+    for event in committed:
+        if not event.is_terminal:
+            continue
+        run = session.get_one(Run, event.run_id, populate_existing=True)
+        tenants[run.id] = run.tenant_id
+        event_type = f"run.{event.data['status']}"
+        payload = {"type": event_type, "timestamp": iso(event.at), "data": run_view(run)}
+        for endpoint_id, url in _targets(session, run, event_type):
+            delivery = Delivery(
+                id=new_id("msg"), tenant_id=run.tenant_id, run_id=run.id,
+                endpoint_id=endpoint_id, url=url, event_type=event_type, payload=payload,
+                status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=func.now())
+            session.add(delivery)
+            created.append(delivery.id)
+    if created:
+        session.flush()
+    return created, tenants
+
+
+def _targets(session: Session, run: Run, event_type: str) -> list[tuple[str | None, str]]:
+    query = select(WebhookEndpoint.id, WebhookEndpoint.url).where(
+        WebhookEndpoint.tenant_id == run.tenant_id, WebhookEndpoint.deleted_at.is_(None),
+        WebhookEndpoint.disabled_at.is_(None), WebhookEndpoint.events.contains([event_type]))
+    targets: list[tuple[str | None, str]] = [(row.id, row.url) for row in session.execute(query)]
+    if run.webhook_url:
+        targets.append((None, run.webhook_url))
+    return targets
+
+
+def due(session: Session, *, grace_s: float, lost_after_s: float, limit: int) -> list[str]:
+    """Deliveries that are due with no send task on its way: a retry whose time has come,
+    a first attempt whose publish never happened, or one whose task was lost."""
+    now = func.now()
+    first_unpublished = and_(Delivery.attempts == 0, Delivery.dispatched_at.is_(None),
+                             Delivery.next_attempt_at < now - timedelta(seconds=grace_s))
+    retry_due = and_(Delivery.attempts > 0, Delivery.dispatched_at.is_(None),
+                     Delivery.next_attempt_at <= now)
+    lost = and_(Delivery.dispatched_at < now - timedelta(seconds=lost_after_s),
+                Delivery.next_attempt_at < now - timedelta(seconds=lost_after_s))
+    query = (
+        select(Delivery.id)
+        .where(Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
+               or_(Delivery.locked_until.is_(None), Delivery.locked_until < now),
+               or_(first_unpublished, retry_due, lost))
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def mark_dispatched(session: Session, *, delivery_ids: list[str]) -> None:
+    if delivery_ids:
+        session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids))
+                        .values(dispatched_at=func.now()))
+
+
+@dataclass(frozen=True)
+class Sending:
+    """A delivery held by one sender for one attempt."""
+
+    delivery_id: str
+    attempt: int
+    schedule_base: int
+    url: str
+    payload: dict[str, Any]
+    endpoint_id: str | None
+    secrets: list[str]
+
+
+def hold(session: Session, *, delivery_id: str, hold_s: float) -> Sending | None:
+    """Take the delivery's next attempt if it is due and nobody else holds it."""
+    now = func.now()
+    row = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id,
+               Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
+               Delivery.next_attempt_at <= now,
+               or_(Delivery.locked_until.is_(None), Delivery.locked_until < now))
+        .values(locked_until=now + timedelta(seconds=hold_s), attempts=Delivery.attempts + 1)
+        .returning(Delivery.attempts, Delivery.schedule_base, Delivery.url, Delivery.payload,
+                   Delivery.endpoint_id, Delivery.tenant_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.endpoint_id is not None:
+        endpoint = session.get_one(WebhookEndpoint, row.endpoint_id)
+        secrets = live_secrets(endpoint.secret, endpoint.previous_secret,
+                               endpoint.previous_expires_at)
+    else:
+        tenant = session.get_one(Tenant, row.tenant_id)
+        secrets = live_secrets(tenant.webhook_secret, tenant.webhook_previous_secret,
+                               tenant.webhook_previous_expires_at)
+    return Sending(delivery_id, row.attempts, row.schedule_base, row.url, row.payload,
+                   row.endpoint_id, secrets)
+
+
+@dataclass(frozen=True)
+class Response:
+    """What one HTTP attempt came to."""
+
+    status_code: int | None
+    latency_ms: float
+    started_at: datetime
+    error: str | None = None
+    body: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def record(session: Session, *, sending: Sending, response: Response,
+           schedule: list[float], disable_after_s: float) -> DeliveryStatus:
+    """Keep the attempt; decide whether the delivery is done, retried later, or dead."""
+    session.add(DeliveryAttempt(
+        delivery_id=sending.delivery_id, attempt=sending.attempt,
+        started_at=response.started_at, latency_ms=response.latency_ms,
+        status_code=response.status_code, error=response.error, response_body=response.body))
+    values: dict[str, Any] = {"locked_until": None, "last_status_code": response.status_code,
+                              "last_error": response.error, "dispatched_at": None}
+    if response.ok:
+        status = DeliveryStatus.DELIVERED
+        values.update(delivered_at=func.now(), next_attempt_at=None)
+        if sending.endpoint_id is not None:  # touches (and locks) the row only if it failed
+            session.execute(update(WebhookEndpoint)
+                            .where(WebhookEndpoint.id == sending.endpoint_id,
+                                   WebhookEndpoint.failing_since.is_not(None))
+                            .values(failing_since=None))
+    else:
+        status = _after_failure(sending, response, schedule, values)
+        endpoint = (session.get(WebhookEndpoint, sending.endpoint_id, with_for_update=True)
+                    if sending.endpoint_id else None)
+        if endpoint is not None:
+            _endpoint_failed(endpoint, response, disable_after_s)
+            if endpoint.disabled_at is not None:
+                status = DeliveryStatus.DEAD
+                values.update(next_attempt_at=None,
+                              last_error=f"endpoint disabled: {endpoint.disabled_reason}")
+    values["status"] = status
+    session.execute(update(Delivery).where(Delivery.id == sending.delivery_id).values(**values))
+    return status
+
+
+def _after_failure(sending: Sending, response: Response, schedule: list[float],
+                   values: dict[str, Any]) -> DeliveryStatus:
+    retries_used = sending.attempt - 1 - sending.schedule_base
+    if response.status_code == 410 or retries_used >= len(schedule):
+        values["next_attempt_at"] = None
+        return DeliveryStatus.DEAD
+    wait = max(schedule[retries_used], response.retry_after_s or 0)
+    values["next_attempt_at"] = func.now() + timedelta(seconds=wait)
+    return DeliveryStatus.RETRYING
+
+
+def _endpoint_failed(endpoint: WebhookEndpoint, response: Response,
+                     disable_after_s: float) -> None:
+    now = datetime.now(UTC)
+    if response.status_code == 410:
+        endpoint.disabled_at = now
+        endpoint.disabled_reason = "the receiver answered 410 Gone"
+        return
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now
+    elif now - endpoint.failing_since > timedelta(seconds=disable_after_s):
+        endpoint.disabled_at = now
+        endpoint.disabled_reason = (f"every delivery failed for {disable_after_s / 86400:g} days "
+                                    f"(since {iso(endpoint.failing_since)})")
+
+
+# Reading and retrying by hand -------------------------------------------------------------
+
+def deliveries(session: Session, *, tenant_id: str, run_id: str | None = None,
+               endpoint_id: str | None = None, status: DeliveryStatus | None = None,
+               limit: int = 50, before: str | None = None) -> list[Delivery]:
+    query = select(Delivery).where(Delivery.tenant_id == tenant_id)
+    if run_id is not None:
+        query = query.where(Delivery.run_id == run_id)
+    if endpoint_id is not None:
+        query = query.where(Delivery.endpoint_id == endpoint_id)
+    if status is not None:
+        query = query.where(Delivery.status == status)
+    if before is not None:
+        query = query.where(Delivery.id < before)
+    return list(session.scalars(query.order_by(Delivery.id.desc()).limit(limit)))
+
+
+def get_delivery(session: Session, *, tenant_id: str, delivery_id: str) -> Delivery:
+    delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id,
+                                                     Delivery.tenant_id == tenant_id))
+    if delivery is None:
+        raise NotFound("delivery", delivery_id)
+    return delivery
+
+
+def attempts_of(session: Session, *, delivery_id: str) -> list[DeliveryAttempt]:
+    query = (select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id)
+             .order_by(DeliveryAttempt.attempt))
+    return list(session.scalars(query))
+
+
+def retry(session: Session, *, tenant_id: str, delivery_id: str) -> Delivery:
+    """Send again now: a dead delivery gets another round of the schedule."""
+    delivery = get_delivery(session, tenant_id=tenant_id, delivery_id=delivery_id)
+    if delivery.status == DeliveryStatus.DELIVERED:
+        raise Conflict(f"delivery {delivery_id} was delivered; nothing to retry")
+    if delivery.endpoint_id is not None:
+        endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id)
+        if endpoint.deleted_at is not None:
+            raise Conflict("its endpoint was deleted")
+        endpoint.disabled_at = endpoint.disabled_reason = endpoint.failing_since = None
+    if delivery.status == DeliveryStatus.DEAD:
+        delivery.schedule_base = delivery.attempts  # a full schedule again; history kept
+    delivery.status = DeliveryStatus.PENDING
+    delivery.next_attempt_at = func.now()
+    delivery.locked_until = delivery.dispatched_at = None
+    session.flush()
+    session.refresh(delivery)
+    return delivery
