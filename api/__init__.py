@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import deliveries, errors, events, health, openapi, requestlog, runs, webhooks, ws
+from api import (
+    deliveries,
+    errors,
+    events,
+    health,
+    hook_sources,
+    hooks,
+    openapi,
+    requestlog,
+    runs,
+    webhooks,
+    ws,
+)
 from worker.logs import configure_logging
 from worker.runtime import Runtime, build_runtime
 from worker.settings import Settings, load_settings
@@ -27,7 +39,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     requestlog.init_app(app)
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
-                      openapi.bp):
+                      hook_sources.bp, hooks.bp, openapi.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
     return app

@@ -14,16 +14,22 @@ from worker.errors import InvalidRequest
 M = TypeVar("M", bound=BaseModel)
 
 
+def raw_body() -> bytes:
+    """The body exactly as sent, refused with 413 over ``AGENTQ_MAX_BODY_BYTES``."""
+    raw = request.get_data(cache=False)  # over the limit with a Content-Length: 413
+    if request.content_length is None and len(raw) >= (request.max_content_length or len(raw) + 1):
+        # A chunked body is cut at the limit rather than refused (werkzeug's LimitedStream
+        # raises only on the read after); reaching the limit means it was longer.
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def json_body(model: type[M]) -> M:
     """Validate the raw JSON body (size-limited) against ``model``."""
     if not request.is_json:
         raise Problem(415, "Unsupported media type",
                       "send a JSON body with 'Content-Type: application/json'", slug="media-type")
-    raw = request.get_data(cache=False)  # over AGENTQ_MAX_BODY_BYTES with a length: 413
-    if request.content_length is None and len(raw) >= (request.max_content_length or len(raw) + 1):
-        # A chunked body is cut at the limit rather than refused (werkzeug's LimitedStream
-        # raises only on the read after); reaching the limit means it was longer.
-        raise RequestEntityTooLarge()
+    raw = raw_body()
     try:
         return model.model_validate_json(raw)
     except ValidationError as error:

@@ -14,11 +14,14 @@ from api import schemas
 
 bp = Blueprint("openapi", __name__)
 
-_INPUT_MODELS: tuple[type[BaseModel], ...] = (schemas.RunCreate, schemas.EndpointCreate)
+_INPUT_MODELS: tuple[type[BaseModel], ...] = (
+    schemas.RunCreate, schemas.EndpointCreate, schemas.HookSourceCreate, schemas.HookSourceRotate,
+)
 _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunOut, schemas.RunPage, schemas.AttemptList, schemas.EventList,
     schemas.ProblemOut, schemas.HealthOut, schemas.EndpointOut, schemas.EndpointList,
-    schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage,
+    schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage, schemas.HookSourceOut,
+    schemas.HookSourceList,
 )
 
 
@@ -141,6 +144,7 @@ def _paths() -> dict[str, Any]:
             }, **_AUTH_ERRORS, **_NOT_FOUND},
         }},
         **_webhook_paths(),
+        **_inbound_paths(),
         "/v1/ws": {"get": {
             "summary": "WebSocket: submit runs ({type: run}), follow them ({type: subscribe, "
                        "run_id, after}) and cancel them ({type: cancel}); events arrive as "
@@ -220,6 +224,58 @@ def _webhook_paths() -> dict[str, Any]:
             "responses": {"202": _json(schemas.DeliveryOut, "The delivery, pending."),
                           **_AUTH_ERRORS, **no_delivery,
                           "409": _problem("It was delivered already.")},
+        }},
+    }
+
+
+def _inbound_paths() -> dict[str, Any]:
+    source = _json(schemas.HookSourceOut, "The hook source (never its secret).")
+    source_id = _param("source_id", "path", {"type": "string"}, "The hook source's id.",
+                       required=True)
+    missing = {"404": _problem("No such hook source for this tenant.")}
+
+    def body(model: type[BaseModel]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+    return {
+        "/v1/hook-sources": {
+            "post": {"summary": "Let a platform's signed events start runs of an agent; its "
+                                "url is where the platform delivers.",
+                     "requestBody": body(schemas.HookSourceCreate),
+                     "responses": {"201": source, **_AUTH_ERRORS,
+                                   "422": _problem("No secret, one too short to be safe, or "
+                                                   "an unknown agent.")}},
+            "get": {"summary": "The tenant's hook sources.",
+                    "responses": {"200": _json(schemas.HookSourceList, "The sources."),
+                                  **_AUTH_ERRORS}},
+        },
+        "/v1/hook-sources/{source_id}": {
+            "get": {"summary": "One hook source.", "parameters": [source_id],
+                    "responses": {"200": source, **_AUTH_ERRORS, **missing}},
+            "delete": {"summary": "Stop accepting its deliveries.", "parameters": [source_id],
+                       "responses": {"204": {"description": "Deleted."}, **_AUTH_ERRORS,
+                                     **missing}},
+        },
+        "/v1/hook-sources/{source_id}/rotate-secret": {"post": {
+            "summary": "Take the platform's new secret; the old one is accepted for 24 h.",
+            "parameters": [source_id], "requestBody": body(schemas.HookSourceRotate),
+            "responses": {"200": source, **_AUTH_ERRORS, **missing},
+        }},
+        "/hooks/{source_id}": {"post": {
+            "summary": "A platform's delivery (GitHub, Slack, Stripe, Standard Webhooks). No "
+                       "API key: the signature over the raw body is the credential. Answers "
+                       "200 {run_id} before the agent starts; a delivery seen before answers "
+                       "with the first one's run; Slack's url_verification and GitHub's ping "
+                       "are answered.",
+            "security": [], "parameters": [source_id],
+            "responses": {
+                "200": {"description": "{run_id, duplicate}, {ignored: true}, or a handshake "
+                                       "answer."},
+                "400": _problem("Signed, but unreadable."),
+                "401": _problem("Bad signature or stale timestamp; nothing was stored."),
+                "404": _problem("No such hook."),
+                "413": _problem("The body is over the size limit."),
+            },
         }},
     }
 

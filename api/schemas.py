@@ -201,6 +201,42 @@ class DeliveryPage(BaseModel):
     next_cursor: str | None
 
 
+class HookSourceCreate(BaseModel):
+    """Body of ``POST /v1/hook-sources``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["github", "slack", "stripe", "standard"]
+    secret: str = Field(min_length=1, max_length=500,
+                        description="The signing secret the platform gave you (or you chose).")
+    agent: str = Field(min_length=1, max_length=200)
+    events: list[str] | None = Field(default=None, min_length=1, max_length=100,
+                                     description="Only these event types start runs.")
+    reply: HttpUrl | None = Field(default=None, description="Where each run's result goes, "
+                                  "as a signed webhook.")
+
+
+class HookSourceRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(min_length=1, max_length=500)
+
+
+class HookSourceOut(BaseModel):
+    id: str
+    url: str
+    provider: str
+    agent: str
+    events: list[str] | None
+    reply: str | None
+    created_at: str
+    previous_secret_expires_at: str | None
+
+
+class HookSourceList(BaseModel):
+    items: list[HookSourceOut]
+
+
 class CheckOut(BaseModel):
     ok: bool
     latency_ms: float

@@ -135,3 +135,15 @@ def stubborn_cancel(ctx: RunContext, input: dict[str, Any]) -> None:
 @agent("test.parked", queue="test.nobody")
 def parked(ctx: RunContext, input: dict[str, Any]) -> None:
     """On a queue no worker consumes: it stays queued."""
+
+
+@agent("test.block")
+def block(ctx: RunContext, input: Any) -> dict[str, str]:
+    """Wait (up to 30 s) until the test sets the Redis key test:release:<run id>."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not client.exists(f"test:release:{ctx.run_id}"):
+        time.sleep(0.05)
+    return {"released": "yes", "text": str((input or {}).get("text", ""))}

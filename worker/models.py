@@ -165,6 +165,8 @@ class Run(Base):
     session_id: Mapped[str | None] = mapped_column(String(200))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Where a Slack-style answer goes when the run ends (e.g. Slack's response_url).
+    reply_url: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(200))
     queue: Mapped[str] = mapped_column(String(100))
     # The lease: a claim bumps the epoch; every later write of that attempt names it.
@@ -290,6 +292,8 @@ class Delivery(Base):
     )
     url: Mapped[str] = mapped_column(Text)
     event_type: Mapped[str] = mapped_column(String(40))
+    # "standard": a Standard Webhooks message, signed; "slack": {text} to a response_url.
+    format: Mapped[str] = mapped_column(String(20), server_default="standard")
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -321,3 +325,40 @@ class DeliveryAttempt(Base):
     status_code: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     response_body: Mapped[str | None] = mapped_column(Text)
+
+
+class HookSource(Base):
+    """A third-party sender (GitHub, Slack, Stripe, Standard Webhooks) whose signed events
+    start runs of one agent."""
+
+    __tablename__ = "hook_sources"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(20))
+    secret: Mapped[str] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_expires_at: Mapped[datetime | None]
+    agent: Mapped[str] = mapped_column(String(200))
+    events: Mapped[list[str] | None] = mapped_column(ARRAY(String(100)))
+    reply_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deleted_at: Mapped[datetime | None]
+
+
+class InboundEvent(Base):
+    """A delivery a hook source received, once per delivery id (the deduplication key)."""
+
+    __tablename__ = "inbound_events"
+
+    source_id: Mapped[str] = mapped_column(
+        ForeignKey("hook_sources.id", ondelete="CASCADE"), primary_key=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(100))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    ignored: Mapped[bool]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -92,20 +92,21 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
         return
     body = json.dumps(sending.payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": sending.delivery_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": signing.signature_header(sending.secrets, sending.delivery_id,
-                                                      timestamp, body),
-    }
+    headers = {"content-type": "application/json"}
+    if sending.format == webhooks.STANDARD:
+        headers.update({
+            "webhook-id": sending.delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signing.signature_header(sending.secrets, sending.delivery_id,
+                                                          timestamp, body),
+        })
     response = rt.sender().post(sending.url, headers, body)
     with rt.db.transaction() as session:
         status = webhooks.record(session, sending=sending, response=response,
                                  schedule=settings.webhook_retry_schedule,
                                  disable_after_s=settings.webhook_disable_after_s)
     log.info("delivery attempt", extra={
-        "delivery_id": delivery_id, "run_id": sending.payload["data"]["id"],
+        "delivery_id": delivery_id, "run_id": sending.run_id,
         "attempt": sending.attempt, "status_code": response.status_code,
         "outcome": status.value, "duration_ms": response.latency_ms, "error": response.error})
 

@@ -31,6 +31,7 @@ class NewRun:
     webhook_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
+    reply_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
         session_id=new.session_id,
         meta=new.metadata,
         webhook_url=new.webhook_url,
+        reply_url=new.reply_url,
         request_id=new.request_id,
         queue=new.queue,
         lease_epoch=0,

@@ -21,14 +21,15 @@ def new_secret() -> str:
     return PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-def _key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix(PREFIX))
+def key_bytes(secret: str) -> bytes:
+    """The HMAC key a ``whsec_`` secret stands for; ValueError if it is not base64."""
+    return base64.b64decode(secret.removeprefix(PREFIX), validate=True)
 
 
 def sign(secret: str, msg_id: str, timestamp: int | str, body: bytes) -> str:
     """The ``v1,`` signature of one message with one secret."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.new(key_bytes(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 

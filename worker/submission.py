@@ -31,6 +31,7 @@ class RunRequest:
     webhook_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
+    reply_url: str | None = None  # a Slack response_url: the answer goes there
 
 
 def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
@@ -61,6 +62,7 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
         webhook_url=request.webhook_url,
         metadata=request.metadata,
         request_id=request.request_id,
+        reply_url=request.reply_url,
     )
 
 

@@ -9,6 +9,7 @@ Every function takes a session and never commits: the caller owns the transactio
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,21 @@ from worker.ssrf import Guard, Refused
 from worker.views import iso, run_view
 
 EVENT_TYPES = ("run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered")
+STANDARD, SLACK = "standard", "slack"  # delivery formats
+_SLACK_TEXT_LIMIT = 3000
+
+
+def slack_message(run: Run) -> dict[str, Any]:
+    """The answer a Slack response_url shows: the result's text, or what went wrong."""
+    if run.status == "succeeded":
+        result = run.result
+        if isinstance(result, dict):
+            result = result.get("answer") or result.get("text") or result
+        text = result if isinstance(result, str) else json.dumps(result, indent=2)
+    else:
+        error = run.error or {}
+        text = f"The run {run.status.replace('_', ' ')}: {error.get('message', 'no detail')}"
+    return {"response_type": "in_channel", "text": text[:_SLACK_TEXT_LIMIT]}
 
 
 def live_secrets(current: str | None, previous: str | None,
@@ -154,11 +170,16 @@ def enqueue(session: Session, committed: list[Event]) -> tuple[list[str], dict[s
         tenants[run.id] = run.tenant_id
         event_type = f"run.{event.data['status']}"
         payload = {"type": event_type, "timestamp": iso(event.at), "data": run_view(run)}
-        for endpoint_id, url in _targets(session, run, event_type):
+        outgoing = [(endpoint_id, url, STANDARD, payload)
+                    for endpoint_id, url in _targets(session, run, event_type)]
+        if run.reply_url:
+            outgoing.append((None, run.reply_url, SLACK, slack_message(run)))
+        for endpoint_id, url, kind, body in outgoing:
             delivery = Delivery(
                 id=new_id("msg"), tenant_id=run.tenant_id, run_id=run.id,
-                endpoint_id=endpoint_id, url=url, event_type=event_type, payload=payload,
-                status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=func.now())
+                endpoint_id=endpoint_id, url=url, event_type=event_type, format=kind,
+                payload=body, status=DeliveryStatus.PENDING, attempts=0,
+                next_attempt_at=func.now())
             session.add(delivery)
             created.append(delivery.id)
     if created:
@@ -208,8 +229,10 @@ class Sending:
     """A delivery held by one sender for one attempt."""
 
     delivery_id: str
+    run_id: str
     attempt: int
     schedule_base: int
+    format: str
     url: str
     payload: dict[str, Any]
     endpoint_id: str | None
@@ -226,8 +249,8 @@ def hold(session: Session, *, delivery_id: str, hold_s: float) -> Sending | None
                Delivery.next_attempt_at <= now,
                or_(Delivery.locked_until.is_(None), Delivery.locked_until < now))
         .values(locked_until=now + timedelta(seconds=hold_s), attempts=Delivery.attempts + 1)
-        .returning(Delivery.attempts, Delivery.schedule_base, Delivery.url, Delivery.payload,
-                   Delivery.endpoint_id, Delivery.tenant_id)
+        .returning(Delivery.run_id, Delivery.attempts, Delivery.schedule_base, Delivery.format,
+                   Delivery.url, Delivery.payload, Delivery.endpoint_id, Delivery.tenant_id)
     ).one_or_none()
     if row is None:
         return None
@@ -239,8 +262,8 @@ def hold(session: Session, *, delivery_id: str, hold_s: float) -> Sending | None
         tenant = session.get_one(Tenant, row.tenant_id)
         secrets = live_secrets(tenant.webhook_secret, tenant.webhook_previous_secret,
                                tenant.webhook_previous_expires_at)
-    return Sending(delivery_id, row.attempts, row.schedule_base, row.url, row.payload,
-                   row.endpoint_id, secrets)
+    return Sending(delivery_id, row.run_id, row.attempts, row.schedule_base, row.format,
+                   row.url, row.payload, row.endpoint_id, secrets)
 
 
 @dataclass(frozen=True)
