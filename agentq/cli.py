@@ -56,21 +56,80 @@ def keys() -> None:
     """Manage API keys."""
 
 
-@keys.command("create")
-@click.option("--tenant", required=True, help="Tenant name; created if it does not exist.")
-@click.option("--name", default="", help="A label to recognise the key by.")
-def create_key(tenant: str, name: str) -> None:
-    """Create an API key and print it alone on stdout (it is not stored, only its hash)."""
-    from worker import keys as api_keys
+def _database() -> Any:
     from worker.db import Database
     from worker.settings import load_database_settings
 
-    db = Database(_configured(load_database_settings))
+    return Database(_configured(load_database_settings))
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant name; created if it does not exist.")
+@click.option("--name", default="", help="A label to recognise the key by.")
+@click.option("--scope", "scopes", multiple=True,
+              type=click.Choice(["runs:read", "runs:write", "admin"]),
+              help="Repeat to grant several; default: all three.")
+def create_key(tenant: str, name: str, scopes: tuple[str, ...]) -> None:
+    """Create an API key and print it alone on stdout (it is not stored, only its hash)."""
+    from worker import keys as api_keys
+
+    db = _database()
     with db.transaction() as session:
         owner = api_keys.ensure_tenant(session, name=tenant)
-        token = api_keys.create_key(session, tenant=owner, name=name)
+        token = api_keys.create_key(session, tenant=owner, name=name,
+                                    scopes=scopes or api_keys.DEFAULT_SCOPES)
     db.dispose()
     click.echo(token)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_keys(tenant: str | None, as_json: bool) -> None:
+    """List keys: prefix, name, scopes, created, last used, revoked (never the key)."""
+    import json
+
+    from sqlalchemy import select
+
+    from worker.models import ApiKey, Tenant
+    from worker.views import iso
+
+    db = _database()
+    with db.transaction() as session:
+        query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+        if tenant:
+            query = query.where(Tenant.name == tenant)
+        rows = [{"id": key.id, "tenant": owner, "prefix": key.prefix, "name": key.name,
+                 "scopes": key.scopes, "created_at": iso(key.created_at),
+                 "last_used_at": iso(key.last_used_at), "revoked_at": iso(key.revoked_at)}
+                for key, owner in session.execute(query.order_by(ApiKey.id)).all()]
+    db.dispose()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'ID':<32} {'TENANT':<16} {'PREFIX':<13} {'SCOPES':<30} {'LAST USED':<25} STATE")
+    for row in rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        click.echo(f"{row['id']:<32} {str(row['tenant'])[:16]:<16} {row['prefix']:<13} "
+                   f"{','.join(row['scopes']):<30} {row['last_used_at'] or '-':<25} {state}")
+
+
+@keys.command("revoke")
+@click.argument("key")
+def revoke_key(key: str) -> None:
+    """Revoke a key by its id or its display prefix; it stops working at once."""
+    from worker import keys as api_keys
+    from worker.errors import NotFound
+
+    db = _database()
+    try:
+        with db.transaction() as session:
+            record = api_keys.revoke(session, tenant_id=None, key_id=key)
+            click.echo(f"revoked {record.id} ({record.prefix}…)", err=True)
+    except NotFound:
+        raise click.ClickException(f"no API key has the id or prefix {key!r}") from None
+    finally:
+        db.dispose()
 
 
 @main.group()

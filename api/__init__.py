@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from api import (
+    api_keys,
     deliveries,
     errors,
     events,
@@ -14,6 +15,7 @@ from api import (
     openapi,
     requestlog,
     runs,
+    sessions,
     webhooks,
     ws,
 )
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     requestlog.init_app(app)
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
-                      hook_sources.bp, hooks.bp, openapi.bp):
+                      hook_sources.bp, hooks.bp, sessions.bp, api_keys.bp, openapi.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
     return app

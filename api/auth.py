@@ -1,31 +1,57 @@
-"""Bearer API keys: every ``/v1`` request names its tenant, and nothing else does."""
+"""Who is calling, and what they may do: every ``/v1`` request names its tenant.
+
+Credentials: an API key (``Authorization: Bearer aq_…``), or, if configured, a JWT from the
+product's own front end. Scopes: ``runs:read`` for reading, ``runs:write`` for creating,
+cancelling and replaying, ``admin`` for webhook endpoints, hook sources and API keys.
+Each key has a request rate limit, counted in Redis so all API processes share it.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+
+import redis
 from flask import g, request
 
-from api.deps import runtime
-from api.errors import unauthorized
+from api.deps import principal, runtime
+from api.errors import Problem, unauthorized
 from worker import keys
+from worker.errors import LimitExceeded
+
+log = logging.getLogger("agentq.api.auth")
 
 # Credentials must never travel in URLs (they end up in logs and browser history).
 _CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "auth"})
-
-
 SUBPROTOCOL_PREFIX = "bearer."
 
 
 def require_key() -> None:
-    """Authenticate the request's bearer key, or refuse it with 401."""
+    """Authenticate; reading needs ``runs:read``, anything else ``runs:write``."""
     _refuse_query_credentials()
     _authenticate(_header_token())
+    require_scope(keys.READ if request.method in {"GET", "HEAD"} else keys.WRITE)
+
+
+def require_admin() -> None:
+    """Authenticate; the ``admin`` scope is needed for everything here."""
+    _refuse_query_credentials()
+    _authenticate(_header_token())
+    require_scope(keys.ADMIN)
 
 
 def require_websocket_key() -> None:
-    """As ``require_key``; browsers, which cannot set headers on a WebSocket, may send the
-    key as the subprotocol ``bearer.<key>`` instead."""
+    """As ``require_key`` for reading; browsers, which cannot set headers on a WebSocket,
+    may send the key as the subprotocol ``bearer.<key>`` instead."""
     _refuse_query_credentials()
     _authenticate(_header_token() or _subprotocol_token())
+    require_scope(keys.READ)
+
+
+def require_scope(scope: str) -> None:
+    if scope not in principal().scopes:
+        raise Problem(403, "Forbidden", f"this credential lacks the {scope!r} scope",
+                      slug="forbidden")
 
 
 def _refuse_query_credentials() -> None:
@@ -50,8 +76,36 @@ def _subprotocol_token() -> str:
 def _authenticate(token: str) -> None:
     if not token:
         raise unauthorized("send your API key as 'Authorization: Bearer <key>'")
-    with runtime().db.transaction() as session:
-        caller = keys.authenticate(session, token=token)
+    rt = runtime()
+    with rt.db.transaction() as session:
+        if token.count(".") == 2 and (rt.settings.jwt_secret or rt.settings.jwt_public_key):
+            caller = keys.authenticate_jwt(session, token=token, settings=rt.settings)
+        else:
+            caller = keys.authenticate(session, token=token)
     if caller is None:
-        raise unauthorized("the API key is not valid (unknown or revoked)")
+        raise unauthorized("the credential is not valid (unknown, revoked, or expired)")
     g.principal = caller
+    _limit_rate(caller.key_id)
+
+
+def _limit_rate(key_id: str) -> None:
+    """Count the request against its key's per-minute budget; 429 once it is spent."""
+    rt = runtime()
+    limit = rt.settings.rate_limit_per_minute
+    if not limit:
+        return
+    now = time.time()
+    window = int(now // 60)
+    counter = f"agentq:rate:{key_id}:{window}"
+    try:
+        with rt.bus.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(counter)
+            pipe.expire(counter, 61)
+            count, _ = pipe.execute()
+    except redis.RedisError as error:  # fail open: an outage of Redis must not stop the API
+        log.warning("rate limit not checked", extra={"error": str(error)})
+        return
+    if count > limit:
+        raise LimitExceeded(f"over {limit} requests a minute for this key "
+                            "(AGENTQ_RATE_LIMIT_PER_MINUTE)",
+                            retry_after_s=max(1, int(60 - now % 60)))

@@ -10,7 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from worker.errors import Conflict, InvalidRequest, NotFound, UnknownAgent
+from worker.errors import Conflict, InvalidRequest, LimitExceeded, NotFound, UnknownAgent
 
 log = logging.getLogger("agentq.api")
 
@@ -94,7 +94,9 @@ def init_app(app: Flask) -> None:
         Problem: lambda e: e,
         NotFound: lambda e: Problem(404, "Not found", str(e), slug="not-found"),
         InvalidRequest: _invalid,
-        Conflict: lambda e: Problem(409, "Conflict", str(e), slug="conflict"),
+        Conflict: lambda e: Problem(409, "Conflict", str(e), slug="conflict", **e.extra),
+        LimitExceeded: lambda e: Problem(429, "Too many requests", str(e), slug="limit",
+                                         headers={"Retry-After": str(e.retry_after_s)}),
         HTTPException: _http,
         OperationalError: _database,
         InterfaceError: _database,

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from api.auth import require_key
+from api.auth import require_admin
 from api.bodies import json_body
 from api.deps import principal, runtime
+from api.idempotency import idempotent
 from api.schemas import HookSourceCreate, HookSourceRotate
 from worker import inbound
 from worker.models import HookSource
 from worker.views import iso
 
 bp = Blueprint("hook_sources", __name__, url_prefix="/v1/hook-sources")
-bp.before_request(require_key)
+bp.before_request(require_admin)
 
 
 def source_view(source: HookSource) -> dict[str, object]:
@@ -31,6 +32,7 @@ def source_view(source: HookSource) -> dict[str, object]:
 
 
 @bp.post("")
+@idempotent
 def create_source() -> tuple[Response, int]:
     body = json_body(HookSourceCreate)
     rt = runtime()

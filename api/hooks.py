@@ -15,9 +15,9 @@ from flask import Blueprint, Response, g, jsonify, request
 from api.bodies import raw_body
 from api.deps import runtime
 from api.errors import Problem, unauthorized
-from worker import dispatch, inbound
-from worker.attempts import Dispatch
+from worker import inbound
 from worker.providers import Rejected, Unreadable
+from worker.submission import launch
 
 bp = Blueprint("hooks", __name__)
 
@@ -41,7 +41,7 @@ def receive(source_id: str) -> tuple[Response, int]:
     run = received.run
     g.run_id = run.id
     response = jsonify({"run_id": run.id, "duplicate": received.duplicate})
-    if not received.duplicate:
-        job = Dispatch(run.id, run.queue, run.timeout_s)
-        response.call_on_close(lambda: dispatch.dispatch(rt, job))
+    stored = received.stored
+    if stored is not None:
+        response.call_on_close(lambda: launch(rt, stored))
     return response, 200

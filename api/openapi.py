@@ -16,12 +16,13 @@ bp = Blueprint("openapi", __name__)
 
 _INPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunCreate, schemas.EndpointCreate, schemas.HookSourceCreate, schemas.HookSourceRotate,
+    schemas.ApiKeyCreate,
 )
 _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunOut, schemas.RunPage, schemas.AttemptList, schemas.EventList,
     schemas.ProblemOut, schemas.HealthOut, schemas.EndpointOut, schemas.EndpointList,
     schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage, schemas.HookSourceOut,
-    schemas.HookSourceList,
+    schemas.HookSourceList, schemas.ApiKeyOut, schemas.ApiKeyList, schemas.SessionOut,
 )
 
 
@@ -49,7 +50,13 @@ _ENDPOINT_ID = _param("endpoint_id", "path", {"type": "string"}, "The endpoint's
                       required=True)
 _DELIVERY_ID = _param("delivery_id", "path", {"type": "string"}, "The delivery's id.",
                       required=True)
-_AUTH_ERRORS = {"401": _problem("Missing, unknown or revoked API key.")}
+_AUTH_ERRORS = {"401": _problem("Missing, unknown or revoked API key."),
+                "429": _problem("Over the key's request rate (Retry-After says when).")}
+_FORBIDDEN = {"403": _problem("The credential lacks the scope this needs.")}
+_IDEMPOTENCY_KEY = _param("Idempotency-Key", "header", {"type": "string", "maxLength": 255},
+                          "Repeat the request safely: the same key and body answer with the "
+                          "first request's result (Idempotent-Replayed: true); another body "
+                          "is 422.")
 _NOT_FOUND = {"404": _problem("No such run for this tenant.")}
 
 
@@ -70,7 +77,8 @@ def _paths() -> dict[str, Any]:
                 "summary": "Submit a run.",
                 "parameters": [_param("wait", "query", {"type": "number", "minimum": 0,
                                                         "maximum": 30},
-                                      "Seconds to wait for the run to finish (200 if it did).")],
+                                      "Seconds to wait for the run to finish (200 if it did)."),
+                               _IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref(schemas.RunCreate)}}},
                 "responses": {
@@ -81,6 +89,8 @@ def _paths() -> dict[str, Any]:
                     "413": _problem("The body is over the size limit."),
                     "415": _problem("The body is not JSON."),
                     "422": _problem("Unknown agent, bad or unknown field; errors lists each."),
+                    "409": _problem("multitask: reject, and the session has a run going."),
+                    **_FORBIDDEN,
                 },
             },
             "get": {
@@ -145,6 +155,7 @@ def _paths() -> dict[str, Any]:
         }},
         **_webhook_paths(),
         **_inbound_paths(),
+        **_account_paths(),
         "/v1/ws": {"get": {
             "summary": "WebSocket: submit runs ({type: run}), follow them ({type: subscribe, "
                        "run_id, after}) and cancel them ({type: cancel}); events arrive as "
@@ -224,6 +235,43 @@ def _webhook_paths() -> dict[str, Any]:
             "responses": {"202": _json(schemas.DeliveryOut, "The delivery, pending."),
                           **_AUTH_ERRORS, **no_delivery,
                           "409": _problem("It was delivered already.")},
+        }},
+    }
+
+
+def _account_paths() -> dict[str, Any]:
+    key_id = _param("key_id", "path", {"type": "string"}, "The key's id or prefix.",
+                    required=True)
+    session_id = _param("session_id", "path", {"type": "string"}, "The session's id.",
+                        required=True)
+    no_session = {"404": _problem("No such session for this tenant.")}
+    return {
+        "/v1/sessions/{session_id}": {
+            "get": {"summary": "A conversation's state, its version and its runs.",
+                    "parameters": [session_id],
+                    "responses": {"200": _json(schemas.SessionOut, "The session."),
+                                  **_AUTH_ERRORS, **no_session}},
+            "delete": {"summary": "Forget the session's state (its runs are kept).",
+                       "parameters": [session_id],
+                       "responses": {"204": {"description": "Forgotten."}, **_AUTH_ERRORS,
+                                     **no_session}},
+        },
+        "/v1/api-keys": {
+            "get": {"summary": "The tenant's keys (prefix, name, scopes, last used); admin.",
+                    "responses": {"200": _json(schemas.ApiKeyList, "The keys."),
+                                  **_AUTH_ERRORS, **_FORBIDDEN}},
+            "post": {"summary": "A new key, shown once; admin.",
+                     "parameters": [_IDEMPOTENCY_KEY],
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": _ref(schemas.ApiKeyCreate)}}},
+                     "responses": {"201": _json(schemas.ApiKeyOut, "The key."), **_AUTH_ERRORS,
+                                   **_FORBIDDEN}},
+        },
+        "/v1/api-keys/{key_id}": {"delete": {
+            "summary": "Revoke a key; it stops working at once; admin.",
+            "parameters": [key_id],
+            "responses": {"204": {"description": "Revoked."}, **_AUTH_ERRORS, **_FORBIDDEN,
+                          "404": _problem("No such key for this tenant.")},
         }},
     }
 

@@ -8,6 +8,7 @@ from api import pagination
 from api.auth import require_key
 from api.bodies import json_body, query
 from api.deps import principal, runtime
+from api.idempotency import idempotent
 from api.schemas import RunCreate, RunListQuery, WaitQuery
 from worker import attempts, dispatch, runs
 from worker.attempts import Dispatch
@@ -20,6 +21,7 @@ bp.before_request(require_key)
 
 
 @bp.post("")
+@idempotent
 def create_run() -> tuple[Response, int, dict[str, str]]:
     body = json_body(RunCreate)
     wait = query(WaitQuery).wait
@@ -28,7 +30,7 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
         agent=body.agent, input=body.input, timeout_s=body.timeout_s,
         max_attempts=body.max_attempts, session_id=body.session_id,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
-        metadata=body.metadata, request_id=g.request_id,
+        metadata=body.metadata, request_id=g.request_id, multitask=body.multitask,
     )
     run = submit(rt, tenant_id=tenant_id, request=request)
     g.run_id = run.id

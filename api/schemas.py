@@ -23,6 +23,9 @@ class RunCreate(BaseModel):
     timeout_s: int | None = Field(default=None, ge=1, description="Per-attempt time limit.")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     metadata: dict[str, JsonValue] = Field(default_factory=dict, max_length=64)
+    multitask: Literal["enqueue", "reject", "interrupt"] | None = Field(
+        default=None, description="When the session has a run going: wait behind it "
+        "(enqueue), refuse with 409 (reject), or cancel it first (interrupt).")
 
 
 class RunListQuery(BaseModel):
@@ -235,6 +238,43 @@ class HookSourceOut(BaseModel):
 
 class HookSourceList(BaseModel):
     items: list[HookSourceOut]
+
+
+Scope = Literal["runs:read", "runs:write", "admin"]
+_DEFAULT_KEY_SCOPES: tuple[Scope, ...] = ("runs:read", "runs:write")
+
+
+class ApiKeyCreate(BaseModel):
+    """Body of ``POST /v1/api-keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200)
+    scopes: list[Scope] = Field(default_factory=lambda: list(_DEFAULT_KEY_SCOPES), min_length=1)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    prefix: str
+    name: str
+    scopes: list[str]
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+    key: str | None = Field(default=None, description="Only when it is made.")
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+
+
+class SessionOut(BaseModel):
+    id: str
+    state: dict[str, JsonValue]
+    version: int
+    created_at: str
+    updated_at: str
+    runs: list[str]
 
 
 class CheckOut(BaseModel):

@@ -22,10 +22,11 @@ from simple_websocket import ConnectionClosed, Server
 
 from api.auth import SUBPROTOCOL_PREFIX, require_websocket_key
 from api.deps import principal, runtime
-from worker import runs
-from worker.errors import Conflict, InvalidRequest, NotFound
+from worker import keys, runs
+from worker.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from worker.events import Event
 from worker.follow import follow
+from worker.keys import Principal
 from worker.runtime import Runtime
 from worker.submission import RunRequest, submit
 
@@ -82,10 +83,11 @@ class BearerSubprotocols:
 class Connection:
     """One client's socket: a reader (this thread) and a follower per followed run."""
 
-    def __init__(self, ws: Server, rt: Runtime, tenant_id: str, request_id: str) -> None:
+    def __init__(self, ws: Server, rt: Runtime, caller: Principal, request_id: str) -> None:
         self._ws = ws
         self._rt = rt
-        self._tenant_id = tenant_id
+        self._tenant_id = caller.tenant_id
+        self._scopes = caller.scopes
         self._request_id = request_id
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
@@ -105,6 +107,10 @@ class Connection:
         try:
             message = ClientMessage.validate_json(raw)
             ref = message.ref
+            needed = keys.READ if isinstance(message, SubscribeMessage) else keys.WRITE
+            if needed not in self._scopes:
+                self._error("forbidden", f"this credential lacks the {needed!r} scope", ref)
+                return
             if isinstance(message, RunMessage):
                 self._run(message)
             elif isinstance(message, SubscribeMessage):
@@ -119,6 +125,8 @@ class Connection:
             self._error("not_found", str(error), ref)
         except Conflict as error:
             self._error("conflict", str(error), ref)
+        except LimitExceeded as error:
+            self._error("limit", str(error), ref, retry_after_s=error.retry_after_s)
 
     def _run(self, message: RunMessage) -> None:
         request = RunRequest(agent=message.agent, input=message.input,
@@ -219,4 +227,4 @@ def _ref_of(raw: str | bytes) -> _Ref:
 
 @sock.route("/v1/ws", bp=bp)
 def websocket(ws: Server) -> None:
-    Connection(ws, runtime(), principal().tenant_id, g.request_id).serve()
+    Connection(ws, runtime(), principal(), g.request_id).serve()

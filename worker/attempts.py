@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from worker import events
 from worker.errors import LeaseLost
 from worker.models import AttemptOutcome, Run, RunAttempt, RunStatus
+from worker.readiness import session_free, under_running_cap
 from worker.views import iso
 
 
@@ -73,15 +74,20 @@ _CLAIMABLE = or_(
 )
 
 
-def claim(session: Session, *, run_id: str, worker: str) -> Claim | None:
+def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -> Claim | None:
     """Take the next attempt of a queued (or due retrying) run; None if it is not claimable.
 
     Only one claim can win, so a message delivered twice (a second publish, a broker
-    redelivery) does nothing the second time.
+    redelivery) does nothing the second time. A run whose session has an earlier run still
+    going, or whose tenant is at its running cap, is held back: its message is dropped and
+    it is dispatched again when it may start.
     """
+    if running_cap > 0:  # count and claim one at a time per tenant, so the cap holds
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(
+            select(Run.tenant_id).where(Run.id == run_id).scalar_subquery()))))
     query = (
         update(Run)
-        .where(Run.id == run_id, _CLAIMABLE)
+        .where(Run.id == run_id, _CLAIMABLE, session_free(), under_running_cap(running_cap))
         .values(
             status=RunStatus.RUNNING,
             attempt=Run.attempt + 1,
@@ -100,6 +106,10 @@ def claim(session: Session, *, run_id: str, worker: str) -> Claim | None:
     )
     row = session.execute(query).one_or_none()
     if row is None:
+        # Held back (or a duplicate message): a held-back run waits to be dispatched again.
+        session.execute(update(Run)
+                        .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                        .values(dispatched_at=None))
         return None
     session.add(RunAttempt(run_id=run_id, attempt=row.attempt, lease_epoch=row.lease_epoch,
                            worker=worker))

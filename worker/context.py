@@ -16,7 +16,9 @@ class RunContext:
     """The handle an agent gets for one attempt of one run.
 
     ``emit`` appends a progress event to the run's log; ``cancelled`` says whether someone
-    asked the run to stop; ``time_left()`` is what remains of the attempt's timeout.
+    asked the run to stop; ``time_left()`` is what remains of the attempt's timeout;
+    ``session`` is the conversation's state (a dict, saved when the attempt succeeds; without
+    a session_id it is an empty dict that is not kept).
     """
 
     run_id: str
@@ -28,6 +30,7 @@ class RunContext:
     session_id: str | None
     request_id: str | None
     log: logging.LoggerAdapter[logging.Logger]
+    session: dict[str, Any]
     _emit: Callable[[dict[str, Any]], int] = field(repr=False)
     _is_cancelled: Callable[[], bool] = field(repr=False)
     _deadline: float = field(default=0.0, repr=False)

@@ -70,7 +70,8 @@ def redispatch_unpublished(rt: Runtime) -> int:
     """Publish queued runs that were committed but never published."""
     with rt.db.transaction() as session:
         due = runs.due_for_dispatch(session, grace_s=rt.settings.dispatch_grace_s,
-                                    limit=SWEEP_BATCH)
+                                    limit=SWEEP_BATCH,
+                                    running_cap=rt.settings.tenant_max_running)
         sent = publish_all(rt, due, reason="never published")
         runs.mark_dispatched(session, run_ids=sent)
     return len(sent)

@@ -8,9 +8,11 @@ The hierarchy::
     ├── InvalidRequest       the request is well-formed but cannot be accepted (422)
     │   └── UnknownAgent     no agent is registered under that name
     ├── Conflict             the object's state forbids the request (409)
+    ├── LimitExceeded        a rate or a cap was reached (429, with when to retry)
     ├── LeaseLost            a write named a lease epoch that is no longer current
     └── AgentError           raised by agent code to say how its attempt ended
         ├── RetryableError   try again later (optionally after ``delay_s``)
+        │   └── SessionConflict  (worker.sessions) another run saved the session first
         ├── FatalError       give up now: another attempt will not help
         └── Cancelled        the run was cancelled; raised by ``ctx.check_cancelled()``
 
@@ -75,6 +77,18 @@ class UnknownAgent(InvalidRequest):
 
 class Conflict(AgentqError):
     """The object's current state does not allow the request."""
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class LimitExceeded(AgentqError):
+    """A rate limit or a cap was reached; try again after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class LeaseLost(AgentqError):

@@ -7,12 +7,13 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from worker import attempts, dispatch, events, retry
+from worker import attempts, dispatch, events, retry, sessions
 from worker.agents import AgentSpec
 from worker.attempts import Claim, Dispatch, Outcome
 from worker.context import RunContext
@@ -29,17 +30,19 @@ _RECORD_PATIENCE_S = 60.0  # how long to keep trying to record an outcome throug
 def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
     """Run one attempt of ``run_id`` if this worker can claim it; otherwise do nothing."""
     with rt.db.transaction() as session:
-        claim = attempts.claim(session, run_id=run_id, worker=worker)
+        claim = attempts.claim(session, run_id=run_id, worker=worker,
+                               running_cap=rt.settings.tenant_max_running)
     if claim is None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
         return
     started = time.monotonic()
+    state = _session_state(rt, claim)
     supervisor = rt.supervisor()
     active = supervisor.begin(claim)
     try:
         with Heartbeat(rt, claim, active) as lease:
-            outcome = _attempt(rt, claim, lease, active)
-            recorded = _record(rt, claim, outcome)
+            outcome = _attempt(rt, claim, lease, active, state)
+            outcome, recorded = _record(rt, claim, outcome, state)
     finally:
         supervisor.end(active)
     if not recorded:
@@ -90,8 +93,31 @@ class Heartbeat:
                 return
 
 
-def _attempt(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active) -> Outcome:
-    ctx = _context(rt, claim, lease, active)
+@dataclass
+class SessionState:
+    """The session's state as the attempt loaded it, and the dict the agent changes."""
+
+    version: int
+    loaded: str
+    current: dict[str, Any]
+
+    @property
+    def changed(self) -> bool:
+        return json.dumps(self.current, sort_keys=True) != self.loaded
+
+
+def _session_state(rt: Runtime, claim: Claim) -> SessionState | None:
+    if claim.session_id is None:
+        return None
+    with rt.db.transaction() as session:
+        state, version = sessions.load(session, tenant_id=claim.tenant_id,
+                                       session_id=claim.session_id)
+    return SessionState(version, json.dumps(state, sort_keys=True), state)
+
+
+def _attempt(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
+             state: SessionState | None) -> Outcome:
+    ctx = _context(rt, claim, lease, active, state.current if state else {})
     try:
         spec = rt.registry.get(claim.agent)
         result = _json(spec.fn(ctx, spec.parse_input(claim.input)))
@@ -131,25 +157,35 @@ def _failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
     return Outcome(RunStatus.RETRYING, kind, error=described, traceback=trace, retry_in_s=wait)
 
 
-def _record(rt: Runtime, claim: Claim, outcome: Outcome) -> bool:
-    """Write the outcome, waiting out a short database outage; False if it was not written."""
+def _record(rt: Runtime, claim: Claim, outcome: Outcome,
+            state: SessionState | None) -> tuple[Outcome, bool]:
+    """Write the outcome (and, on success, the session's state) in one transaction, waiting
+    out a short database outage; the outcome written, and False if nothing was."""
     deadline = time.monotonic() + _RECORD_PATIENCE_S
     pause = 0.5
     while True:
         try:
             with rt.db.transaction() as session:
+                if (outcome.status == RunStatus.SUCCEEDED and state is not None
+                        and claim.session_id is not None and state.changed):
+                    sessions.save(session, tenant_id=claim.tenant_id,
+                                  session_id=claim.session_id, state=state.current,
+                                  version=state.version)
                 attempts.finish(session, claim=claim, outcome=outcome)
-            return True
+            return outcome, True
+        except sessions.SessionConflict as conflict:
+            outcome = _failed(rt, claim, conflict)  # retried on the newer state
+            state = None
         except LeaseLost:
             log.warning("stale attempt's outcome refused",
                         extra={"run_id": claim.run_id, "attempt": claim.attempt,
                                "status": outcome.status.value})
-            return False
+            return outcome, False
         except (OperationalError, InterfaceError) as error:
             if time.monotonic() > deadline:
                 log.error("outcome not recorded; the sweeper will re-queue the run",
                           extra={"run_id": claim.run_id, "error": type(error).__name__})
-                return False
+                return outcome, False
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -168,7 +204,8 @@ def _json(result: Any) -> Any:
         raise TypeError(f"agent result is not JSON-serialisable: {error}") from None
 
 
-def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active) -> RunContext:
+def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
+             session_state: dict[str, Any]) -> RunContext:
     fields = {"run_id": claim.run_id, "tenant": claim.tenant_id, "agent": claim.agent,
               "attempt": claim.attempt, "request_id": claim.request_id}
 
@@ -191,6 +228,7 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active) -> Run
         session_id=claim.session_id,
         request_id=claim.request_id,
         log=logging.LoggerAdapter(logging.getLogger(f"agentq.agent.{claim.agent}"), fields),
+        session=session_state,
         _emit=emit,
         _is_cancelled=is_cancelled,
     )

@@ -19,12 +19,12 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from worker import providers, runs, webhooks
+from worker import providers, webhooks
 from worker.errors import InvalidRequest, NotFound
 from worker.models import HookSource, InboundEvent, Run, new_id
 from worker.providers import Inbound
 from worker.runtime import Runtime
-from worker.submission import RunRequest, plan
+from worker.submission import RunRequest, Stored, plan, store
 from worker.webhooks import live_secrets
 
 
@@ -92,6 +92,7 @@ class Received:
     duplicate: bool = False
     ignored: bool = False
     answer: dict[str, Any] | None = None
+    stored: Stored | None = None  # a new run: launch it once the answer has gone out
 
 
 def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: bytes,
@@ -120,12 +121,12 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
     with rt.db.transaction() as session:
         if not _claim_delivery(session, source, inbound):
             return _duplicate(session, source, inbound)
-        run = runs.create(session, tenant_id=source.tenant_id, new=new)
+        stored = store(rt, session, tenant_id=source.tenant_id, new=new)
         session.execute(update(InboundEvent)
                         .where(InboundEvent.source_id == source.id,
                                InboundEvent.delivery_id == inbound.delivery_id)
-                        .values(run_id=run.id))
-    return Received(run=run)
+                        .values(run_id=stored.run.id))
+    return Received(run=stored.run, stored=stored)
 
 
 def _wanted(source: HookSource, inbound: Inbound) -> bool:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+import jwt
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from worker.errors import InvalidRequest, NotFound
 from worker.models import ApiKey, Tenant, new_id
+from worker.settings import Settings
 
 KEY_PREFIX = "aq_"
-DEFAULT_SCOPES = ("runs:read", "runs:write")
+READ, WRITE, ADMIN = "runs:read", "runs:write", "admin"
+SCOPES = (READ, WRITE, ADMIN)
+DEFAULT_SCOPES = SCOPES  # keys made by an operator can do everything unless narrowed
+JWT_DEFAULT_SCOPES = (READ, WRITE)
 _LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 
@@ -41,21 +48,74 @@ def ensure_tenant(session: Session, *, name: str) -> Tenant:
 
 
 def create_key(
-    session: Session, *, tenant: Tenant, name: str = "", scopes: tuple[str, ...] = DEFAULT_SCOPES
+    session: Session, *, tenant: Tenant, name: str = "", scopes: Sequence[str] = DEFAULT_SCOPES
 ) -> str:
     """Create a key for ``tenant`` and return it; it cannot be read back later."""
+    return issue_key(session, tenant_id=tenant.id, name=name, scopes=scopes)[0]
+
+
+def issue_key(session: Session, *, tenant_id: str, name: str,
+              scopes: Sequence[str]) -> tuple[str, ApiKey]:
+    """Create a key; return it (shown once) and its stored record (hash and prefix only)."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise InvalidRequest("unknown scopes", [{
+            "field": "scopes", "message": f"{', '.join(unknown)} unknown; "
+                                          f"choose from {', '.join(SCOPES)}"}])
     token = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(
-        ApiKey(
-            id=new_id("key"),
-            tenant_id=tenant.id,
-            name=name,
-            prefix=token[:12],
-            key_hash=hash_key(token),
-            scopes=list(scopes),
-        )
-    )
-    return token
+    record = ApiKey(id=new_id("key"), tenant_id=tenant_id, name=name, prefix=token[:12],
+                    key_hash=hash_key(token), scopes=sorted(set(scopes)))
+    session.add(record)
+    session.flush()
+    return token, record
+
+
+def keys_of(session: Session, *, tenant_id: str) -> list[ApiKey]:
+    query = select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.id)
+    return list(session.scalars(query))
+
+
+def revoke(session: Session, *, tenant_id: str | None, key_id: str) -> ApiKey:
+    """Revoke a key by id or display prefix (in a tenant, or any tenant for an operator)."""
+    query = select(ApiKey).where(or_(ApiKey.id == key_id, ApiKey.prefix == key_id))
+    if tenant_id is not None:
+        query = query.where(ApiKey.tenant_id == tenant_id)
+    record = session.scalar(query)
+    if record is None:
+        raise NotFound("API key", key_id)
+    if record.revoked_at is None:
+        record.revoked_at = datetime.now(UTC)
+    return record
+
+
+def authenticate_jwt(session: Session, *, token: str, settings: Settings) -> Principal | None:
+    """The principal of a valid JWT from the product's own front end, or None.
+
+    The key is chosen by the token's algorithm and only from what is configured (HS256:
+    the shared secret, RS256: the public key), so neither ``none`` nor a key confusion
+    can pass; issuer, audience and expiry are checked; the tenant comes from a claim.
+    """
+    try:
+        algorithm = jwt.get_unverified_header(token).get("alg")
+    except jwt.InvalidTokenError:
+        return None
+    key = {"HS256": settings.jwt_secret, "RS256": settings.jwt_public_key}.get(algorithm or "")
+    if not key:
+        return None
+    try:
+        claims = jwt.decode(token, key, algorithms=[algorithm or ""],
+                            audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+                            options={"require": ["exp", "iss", "aud"]})
+    except jwt.InvalidTokenError:
+        return None
+    tenant = session.scalar(select(Tenant).where(
+        Tenant.name == str(claims.get(settings.jwt_tenant_claim, ""))))
+    if tenant is None:
+        return None
+    granted = claims.get(settings.jwt_scopes_claim, JWT_DEFAULT_SCOPES)
+    scopes = granted.split() if isinstance(granted, str) else list(granted)
+    return Principal(tenant_id=tenant.id, key_id=f"jwt:{claims.get('sub', '')}",
+                     scopes=frozenset(scopes) & set(SCOPES))
 
 
 def authenticate(session: Session, *, token: str) -> Principal | None:

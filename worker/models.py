@@ -126,6 +126,8 @@ class Run(Base):
         CheckConstraint(f"status IN ({_values(RunStatus)})", name="status"),
         Index("ix_runs_tenant_id_id", "tenant_id", text("id DESC")),
         Index("ix_runs_tenant_id_status_id", "tenant_id", "status", text("id DESC")),
+        Index("ix_runs_tenant_id_session_id_id", "tenant_id", "session_id", "id",
+              postgresql_where=text("session_id IS NOT NULL")),
         Index(
             "ix_runs_running_heartbeat",
             "heartbeat_at",
@@ -246,6 +248,24 @@ class DeliveryStatus(enum.StrEnum):
     DELIVERED = "delivered"
     RETRYING = "retrying"
     DEAD = "dead"
+
+
+class IdempotencyKey(Base):
+    """A POST's ``Idempotency-Key``: the first request's answer, replayed to its repeats."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # method, path and body, hashed
+    # NULL while the first request is in flight.
+    status_code: Mapped[int | None]
+    response: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True))
+    run_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class WebhookEndpoint(Base):

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import false, func, or_, select, true, update
+from sqlalchemy.orm import Session, aliased
 
 from worker import events
 from worker.attempts import Dispatch
 from worker.errors import Conflict, NotFound
-from worker.models import Run, RunStatus, new_id
+from worker.models import TERMINAL_STATUSES, Run, RunStatus, new_id
+from worker.readiness import session_free, under_running_cap
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class NewRun:
     metadata: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
     reply_url: str | None = None
+    multitask: str = "enqueue"
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,66 @@ def mark_dispatched(session: Session, *, run_ids: list[str]) -> None:
         )
 
 
-def due_for_dispatch(session: Session, *, grace_s: float, limit: int) -> list[Dispatch]:
-    """Lock and return queued runs whose publish never happened."""
+def may_start(session: Session, *, run_id: str, running_cap: int) -> bool:
+    """Whether the run could be claimed now (its session is free, its tenant under cap)."""
+    found = session.scalar(select(Run.id).where(
+        Run.id == run_id, session_free(), under_running_cap(running_cap)))
+    return found is not None
+
+
+def active_in_session(session: Session, *, tenant_id: str, session_id: str) -> list[Run]:
+    """The session's runs that have not ended, oldest first."""
+    query = (select(Run)
+             .where(Run.tenant_id == tenant_id, Run.session_id == session_id,
+                    Run.status.not_in(list(TERMINAL_STATUSES)))
+             .order_by(Run.id))
+    return list(session.scalars(query))
+
+
+def waiting_count(session: Session, *, tenant_id: str) -> int:
+    """The tenant's runs waiting to start (queued or retrying)."""
+    count = session.scalar(select(func.count()).select_from(Run).where(
+        Run.tenant_id == tenant_id, Run.status.in_([RunStatus.QUEUED, RunStatus.RETRYING])))
+    return int(count or 0)
+
+
+def running_count(session: Session, *, tenant_id: str) -> int:
+    count = session.scalar(select(func.count()).select_from(Run).where(
+        Run.tenant_id == tenant_id, Run.status == RunStatus.RUNNING))
+    return int(count or 0)
+
+
+def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
+                  limit: int = 50) -> list[Dispatch]:
+    """Held-back runs that may start now that these runs ended: later runs of their
+    sessions, and other runs of their tenants waiting under a running cap."""
+    ended = aliased(Run)
+    related = select(ended.tenant_id).where(ended.id.in_(run_ids))
+    same_session = select(ended.session_id).where(ended.id.in_(run_ids),
+                                                  ended.session_id.is_not(None))
+    query = (
+        select(Run.id, Run.queue, Run.timeout_s)
+        .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_(None),
+               Run.tenant_id.in_(related),
+               or_(Run.session_id.in_(same_session), true() if running_cap > 0 else false()),
+               session_free(), under_running_cap(running_cap))
+        .order_by(Run.id)
+        .limit(limit)
+    )
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+
+
+def due_for_dispatch(session: Session, *, grace_s: float, limit: int,
+                     running_cap: int = 0) -> list[Dispatch]:
+    """Lock and return queued runs whose publish never happened and that may start."""
     query = (
         select(Run.id, Run.queue, Run.timeout_s)
         .where(
             Run.status == RunStatus.QUEUED,
             Run.dispatched_at.is_(None),
             Run.created_at < func.now() - timedelta(seconds=grace_s),
+            session_free(),
+            under_running_cap(running_cap),
         )
         .order_by(Run.created_at)
         .limit(limit)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 DELIVERIES_KEY = "agentq.deliveries"
 TENANTS_KEY = "agentq.tenants"
+SUCCESSORS_KEY = "agentq.successors"
+_FREEING = frozenset({"succeeded", "failed", "cancelled", "dead_lettered", "retrying"})
 
 
 @dataclass
@@ -56,14 +58,22 @@ class Runtime:
         return self._sender
 
     def before_commit(self, session: Session) -> None:
-        """A run that ends gets its deliveries in the same transaction (the outbox)."""
-        from worker import events, webhooks
+        """A run that ends gets its deliveries in the same transaction (the outbox), and
+        the runs it held back (later runs of its session, its tenant's runs over a running
+        cap) are picked to be dispatched."""
+        from worker import events, runs, webhooks
 
-        created, tenants = webhooks.enqueue(session, events.recorded(session))
+        recorded = events.recorded(session)
+        created, tenants = webhooks.enqueue(session, recorded)
         if created:
             session.info[DELIVERIES_KEY] = created
         if tenants:
             session.info[TENANTS_KEY] = tenants
+        freed = [event.run_id for event in recorded
+                 if event.type == events.STATUS and event.data.get("status") in _FREEING]
+        if freed:
+            session.info[SUCCESSORS_KEY] = runs.next_to_start(
+                session, run_ids=freed, running_cap=self.settings.tenant_max_running)
 
     def after_commit(self, info: dict[str, Any]) -> None:
         """Announce what the transaction committed, and send its deliveries on their way."""
@@ -75,6 +85,8 @@ class Runtime:
             os._exit(70)  # test-only: die between the commit and everything after it
         if committed:
             self.bus.announce(committed, info.get(TENANTS_KEY))
+        for job in info.get(SUCCESSORS_KEY, []):
+            dispatch.dispatch(self, job)
         if info.get(DELIVERIES_KEY):
             dispatch.dispatch_deliveries(self, info[DELIVERIES_KEY])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -94,6 +94,21 @@ class Settings(DatabaseSettings):
     webhook_secret_overlap_s: float = Field(default=24 * 3600, ge=0)
     webhook_disable_after_s: float = Field(default=5 * 24 * 3600, gt=0)
     webhook_allowed_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Safe to expose: idempotency, rate limits, per-tenant caps, input caps.
+    idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
+    rate_limit_per_minute: int = Field(default=6000, ge=0)  # per API key; 0 turns it off
+    tenant_max_queued: int = Field(default=10_000, ge=0)  # 0: no cap
+    tenant_max_running: int = Field(default=0, ge=0)  # 0: no cap
+    tenant_running_cap_mode: Literal["queue", "reject"] = "queue"
+    max_input_bytes: int = Field(default=256 * 1024, ge=1)
+    max_json_depth: int = Field(default=32, ge=1)
+    # Optional JWT bearer tokens for a product's own front end (HS256 or RS256).
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    jwt_scopes_claim: str = "scope"
     # Test-only: make a worker die right after committing a terminal transition.
     fault: str | None = None
     backoff_base_s: float = Field(default=2.0, ge=0)
@@ -141,6 +156,10 @@ class Settings(DatabaseSettings):
                 "AGENTQ_DEFAULT_TIMEOUT_S must not exceed AGENTQ_MAX_TIMEOUT_S "
                 f"({self.default_timeout_s} > {self.max_timeout_s})"
             )
+        if (self.jwt_secret or self.jwt_public_key) and not (self.jwt_issuer
+                                                            and self.jwt_audience):
+            raise ValueError("AGENTQ_JWT_ISSUER and AGENTQ_JWT_AUDIENCE are required when "
+                             "JWTs are accepted (AGENTQ_JWT_SECRET or AGENTQ_JWT_PUBLIC_KEY)")
         if self.heartbeat_interval_s * 2 > self.lease_timeout_s:
             raise ValueError(
                 "AGENTQ_LEASE_TIMEOUT_S must be at least twice AGENTQ_HEARTBEAT_INTERVAL_S "
@@ -200,7 +219,7 @@ def _describe(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
             message = "is required but not set"
-        problems.append(f"{name} {message}")
+        problems.append(f"{name} {message}" if field else message)
     return "; ".join(problems)
 
 

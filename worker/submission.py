@@ -5,14 +5,16 @@ Every way in (HTTP, WebSocket, inbound webhooks) goes through ``submit``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
-from worker import dispatch, runs, webhooks
+from worker import dispatch, runs, sessions, webhooks
 from worker.attempts import Dispatch
-from worker.errors import InvalidRequest
+from worker.errors import Conflict, InvalidRequest, LimitExceeded
 from worker.follow import follow
 from worker.models import Run, RunStatus
 from worker.runtime import Runtime
@@ -32,16 +34,18 @@ class RunRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
     reply_url: str | None = None  # a Slack response_url: the answer goes there
+    multitask: str | None = None  # enqueue, reject or interrupt (default: the agent's)
 
 
 def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
     """Resolve the run's policy and check its input; raise InvalidRequest listing problems."""
     spec = rt.registry.get(request.agent)
+    settings = rt.settings
+    _check_size(request.input, settings.max_input_bytes, settings.max_json_depth)
     try:
         spec.parse_input(request.input)
     except ValidationError as error:
         raise InvalidRequest.from_validation(error, prefix="input") from None
-    settings = rt.settings
     if request.webhook_url:
         webhooks.refuse_internal(request.webhook_url, guard=rt.sender().guard,
                                  field="webhook_url")
@@ -63,18 +67,90 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
         metadata=request.metadata,
         request_id=request.request_id,
         reply_url=request.reply_url,
+        multitask=request.multitask or spec.multitask,
     )
 
 
+def _check_size(value: Any, max_bytes: int, max_depth: int) -> None:
+    """Refuse an input that is too big, or nested too deep (resource exhaustion)."""
+    if len(json.dumps(value)) > max_bytes:
+        raise InvalidRequest("input is too large", [{
+            "field": "input", "message": f"at most {max_bytes} bytes as JSON "
+                                         "(AGENTQ_MAX_INPUT_BYTES)"}])
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > max_depth:
+            raise InvalidRequest("input is nested too deeply", [{
+                "field": "input", "message": f"at most {max_depth} levels of nesting "
+                                             "(AGENTQ_MAX_JSON_DEPTH)"}])
+        level = [child for item in level if isinstance(item, dict | list)
+                 for child in (item.values() if isinstance(item, dict) else item)]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A run just stored: may it start now, and which runs must be told to stop first."""
+
+    run: Run
+    ready: bool
+    interrupted: list[str]
+
+
+def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) -> Stored:
+    """Store a planned run under the tenant's caps and its session's double-texting policy
+    (``enqueue`` waits its turn; ``reject`` is 409 while a run is going; ``interrupt``
+    cancels the runs going first). Call within the transaction that creates it."""
+    settings = rt.settings
+    if new.webhook_url:
+        webhooks.require_default_secret(session, tenant_id=tenant_id)
+    _check_caps(rt, session, tenant_id)
+    interrupted = []
+    if new.session_id:
+        sessions.ensure(session, tenant_id=tenant_id, session_id=new.session_id)
+        active = runs.active_in_session(session, tenant_id=tenant_id,
+                                        session_id=new.session_id)
+        if active and new.multitask == "reject":
+            raise Conflict(f"session {new.session_id!r} has run {active[0].id} in progress "
+                           "(multitask: reject)", run_id=active[0].id)
+        if active and new.multitask == "interrupt":
+            for earlier in active:
+                if runs.cancel(session, tenant_id=tenant_id, run_id=earlier.id).notify_worker:
+                    interrupted.append(earlier.id)
+    run = runs.create(session, tenant_id=tenant_id, new=new)
+    ready = runs.may_start(session, run_id=run.id, running_cap=settings.tenant_max_running)
+    return Stored(run, ready, interrupted)
+
+
+def _check_caps(rt: Runtime, session: Session, tenant_id: str) -> None:
+    settings = rt.settings
+    cap = settings.tenant_max_queued
+    if cap and runs.waiting_count(session, tenant_id=tenant_id) >= cap:
+        raise LimitExceeded(f"the tenant has {cap} runs waiting (AGENTQ_TENANT_MAX_QUEUED); "
+                            "try again when some have started", retry_after_s=5)
+    running_cap = settings.tenant_max_running
+    if running_cap and settings.tenant_running_cap_mode == "reject" and runs.running_count(
+            session, tenant_id=tenant_id) >= running_cap:
+        raise LimitExceeded(f"the tenant has {running_cap} runs running "
+                            "(AGENTQ_TENANT_MAX_RUNNING)", retry_after_s=5)
+
+
+def launch(rt: Runtime, stored: Stored) -> None:
+    """After commit: tell interrupted runs to stop, and dispatch the run if it may start."""
+    for run_id in stored.interrupted:
+        rt.bus.request_cancel(run_id)
+    if stored.ready:
+        run = stored.run
+        dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
+
+
 def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
-    """Store the run (committed before anything else) and dispatch it."""
+    """Store the run (committed before anything else) and dispatch it if it may start."""
     new = plan(rt, request)
     with rt.db.transaction() as session:
-        if new.webhook_url:
-            webhooks.require_default_secret(session, tenant_id=tenant_id)
-        run = runs.create(session, tenant_id=tenant_id, new=new)
-    dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
-    return run
+        stored = store(rt, session, tenant_id=tenant_id, new=new)
+    launch(rt, stored)
+    return stored.run
 
 
 def wait_until_finished(rt: Runtime, *, tenant_id: str, run_id: str, timeout_s: float) -> Run:

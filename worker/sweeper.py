@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from worker import attempts, dispatch, runs
+from worker import attempts, dispatch, idempotency, runs
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -27,6 +27,7 @@ def sweep(rt: Runtime) -> None:
         dispatch.redispatch_unpublished,
         dispatch.redispatch_lost,
         dispatch.redispatch_deliveries,
+        idempotency.purge_expired,
     )
     for repair in repairs:
         try:

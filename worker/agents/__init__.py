@@ -38,6 +38,7 @@ class AgentSpec:
     backoff_max_s: float | None = None  # default: AGENTQ_BACKOFF_MAX_S
     queue: str | None = None
     input_model: type[BaseModel] | None = None
+    multitask: str = "enqueue"  # per run: multitask (enqueue, reject, interrupt)
 
     def parse_input(self, raw: Any) -> Any:
         """Return what the agent receives: the parsed model if one is declared, else ``raw``."""

@@ -1,0 +1,77 @@
+"""The ``Idempotency-Key`` header on POSTs that create something."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import Response, g, jsonify, make_response, request, url_for
+
+from api.deps import principal, runtime
+from worker import idempotency, runs
+from worker.errors import InvalidRequest
+from worker.models import RunStatus
+from worker.views import run_view
+
+F = TypeVar("F", bound=Callable[..., Any])
+HEADER = "Idempotency-Key"
+
+
+def idempotent(view: F) -> F:
+    """Answer a repeat of the same request with the first one's answer; create nothing."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = request.headers.get(HEADER)
+        if key is None:
+            return view(*args, **kwargs)
+        if not 1 <= len(key) <= 255 or not key.isprintable():
+            raise InvalidRequest(f"{HEADER} is not usable", [
+                {"field": HEADER, "message": "1 to 255 printable characters"}])
+        rt, tenant_id = runtime(), principal().tenant_id
+        stored = idempotency.begin(rt, tenant_id=tenant_id, key=key, fingerprint=_fingerprint())
+        if stored is not None:
+            return _replay(stored)
+        try:
+            response = make_response(view(*args, **kwargs))
+        except BaseException:
+            idempotency.abandon(rt, tenant_id=tenant_id, key=key)
+            raise
+        if 200 <= response.status_code < 300:
+            idempotency.complete(rt, tenant_id=tenant_id, key=key,
+                                 status_code=response.status_code,
+                                 response=response.get_json(silent=True),
+                                 run_id=g.get("run_id"))
+        else:
+            idempotency.abandon(rt, tenant_id=tenant_id, key=key)
+        return response
+
+    return cast(F, wrapper)
+
+
+def _fingerprint() -> str:
+    """The request, as far as repeating it goes: method, path and (canonical) body."""
+    body = request.get_data(cache=True)
+    with contextlib.suppress(ValueError):  # not JSON: the bytes as they are
+        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n"
+                          + body).hexdigest()
+
+
+def _replay(stored: idempotency.Stored) -> Response:
+    if stored.run_id is not None:  # a run: as it stands now (200 when finished, else 202)
+        with runtime().db.transaction() as session:
+            run = runs.get(session, tenant_id=principal().tenant_id, run_id=stored.run_id)
+        g.run_id = run.id
+        response = jsonify(run_view(run))
+        response.status_code = 200 if RunStatus(run.status).is_terminal else 202
+        response.headers["Location"] = url_for("runs.get_run", run_id=run.id)
+    else:
+        response = jsonify(stored.response)
+        response.status_code = stored.status_code
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
