@@ -147,3 +147,34 @@ def block(ctx: RunContext, input: Any) -> dict[str, str]:
     while time.monotonic() < deadline and not client.exists(f"test:release:{ctx.run_id}"):
         time.sleep(0.05)
     return {"released": "yes", "text": str((input or {}).get("text", ""))}
+
+
+ORDER_QUEUE = "test.order"
+
+
+@agent("test.chat")
+def chat(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Remember each message in the session's history; return the history."""
+    history = ctx.session.setdefault("history", [])
+    history.append(input.get("message"))
+    time.sleep(float(input.get("pause_s", 0)))
+    return {"history": list(history), "tenant": ctx.tenant_id}
+
+
+@agent("test.ordered", queue=ORDER_QUEUE)
+def ordered(ctx: RunContext, input: dict[str, Any]) -> dict[str, float]:
+    """Work ``seconds``; report when it started and ended (wall clock)."""
+    began = time.time()
+    time.sleep(float(input.get("seconds", 0.3)))
+    return {"began": began, "ended": time.time()}
+
+
+CAPPED_QUEUE = "test.capped"
+
+
+@agent("test.capped", queue=CAPPED_QUEUE)
+def capped(ctx: RunContext, input: dict[str, Any]) -> dict[str, float]:
+    """Work ``seconds`` on the capped workers' queue; report when."""
+    began = time.time()
+    time.sleep(float(input.get("seconds", 0.5)))
+    return {"began": began, "ended": time.time()}

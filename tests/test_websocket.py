@@ -164,3 +164,21 @@ def test_subscribe_to_every_run_of_the_tenant(ws: Socket, api: ApiClient,
     frame = ws.receive()
     assert frame["type"] == "event" and frame["run_id"] == run["id"]
     assert frame["data"]["status"] == "succeeded" and frame["data"]["result"] == {"all": 1}
+
+
+def test_a_read_only_key_may_follow_but_not_submit(api_server: ApiServer, api: ApiClient,
+                                                   runtime: Any) -> None:
+    from worker import keys
+
+    with runtime.db.transaction() as session:
+        reader, _ = keys.issue_key(session, tenant_id=api.tenant.id, name="r",
+                                   scopes=("runs:read",))
+    client = Client.connect(ws_url(api_server), headers={"Authorization": f"Bearer {reader}"})
+    socket = Socket(client)
+    socket.send({"type": "run", "agent": "echo", "ref": "no"})
+    refused = socket.receive()
+    assert refused["code"] == "forbidden" and refused["ref"] == "no"
+    run = api.post("/v1/runs?wait=10", json={"agent": "echo"}).get_json()
+    socket.send({"type": "subscribe", "run_id": run["id"]})
+    assert socket.until_terminal(run["id"])[-1]["data"]["status"] == "succeeded"
+    client.close()

@@ -1,0 +1,76 @@
+"""Per-tenant caps and input caps: one tenant at its cap never delays another."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from api import create_app
+from tests.agents import CAPPED_QUEUE
+from tests.conftest import ApiClient, Services, make_tenant
+from tests.harness import Worker
+from worker.runtime import Runtime, build_runtime
+from worker.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+@pytest.fixture
+def capped_worker(env: dict[str, str], services: Services,
+                  runtime: Runtime) -> Iterator[Worker]:
+    """A worker whose tenants may each run one run at a time."""
+    process = Worker(env={**env, "AGENTQ_TENANT_MAX_RUNNING": "1"},
+                     log=services.root / "capped.log", name="capped", concurrency=3,
+                     queues=CAPPED_QUEUE)
+    process.start()
+    process.wait_ready(runtime.celery)
+    yield process
+    process.stop(timeout=5)
+
+
+def test_a_tenant_at_its_running_cap_does_not_delay_another(
+    app: Flask, runtime: Runtime, capped_worker: Worker, settings: Settings
+) -> None:
+    capped_app = create_app(runtime=build_runtime(settings.model_copy(
+        update={"tenant_max_running": 1}))).test_client()
+    busy = ApiClient(capped_app, make_tenant(runtime))
+    calm = ApiClient(capped_app, make_tenant(runtime))
+    # Given a tenant with a backlog of 4 runs, capped at one running at a time
+    backlog = [busy.submit("test.capped", {"seconds": 0.6})["id"] for _ in range(4)]
+    # When another tenant submits one
+    quick = calm.submit("test.capped", {"seconds": 0.1})
+    done = calm.wait(quick["id"], timeout=10)
+    # Then it runs at once, beside the busy tenant's one running run
+    busy_done = [busy.wait(run_id, timeout=30)["result"] for run_id in backlog]
+    assert done["result"]["began"] < busy_done[1]["began"]
+    spans = sorted((r["began"], r["ended"]) for r in busy_done)
+    assert all(spans[i][1] <= spans[i + 1][0] + 0.05 for i in range(3)), spans
+
+
+def test_the_queued_cap_is_429(settings: Settings, runtime: Runtime) -> None:
+    capped = ApiClient(create_app(runtime=build_runtime(settings.model_copy(
+        update={"tenant_max_queued": 2}))).test_client(), make_tenant(runtime))
+    for _ in range(2):
+        assert capped.post("/v1/runs", json={"agent": "test.parked"}).status_code == 202
+    refused = capped.post("/v1/runs", json={"agent": "test.parked"})
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"]
+    assert "AGENTQ_TENANT_MAX_QUEUED" in refused.get_json()["detail"]
+
+
+def test_an_input_too_large_or_too_deep_is_422(api: ApiClient, settings: Settings) -> None:
+    big = {"blob": "x" * (settings.max_input_bytes + 1)}
+    assert api.post("/v1/runs", json={"agent": "echo", "input": big}).status_code in {413, 422}
+    deep: Any = "leaf"
+    for _ in range(settings.max_json_depth + 1):
+        deep = {"nested": deep}
+    response = api.post("/v1/runs", json={"agent": "echo", "input": deep})
+    assert response.status_code == 422
+    assert "AGENTQ_MAX_JSON_DEPTH" in response.get_json()["errors"][0]["message"]
+
+
+def test_page_size_is_capped(api: ApiClient) -> None:
+    assert api.get("/v1/runs?limit=1000").status_code == 422
