@@ -38,7 +38,8 @@ def processes(dev: DevSettings, data_dir: Path) -> dict[str, str]:
     return {
         "web": f"{_bin('gunicorn')} --bind 127.0.0.1:{dev.port} --worker-class gevent "
                "--workers 1 --worker-connections 2000 --graceful-timeout 10 'api:create_app()'",
-        "worker": f"{celery} worker --loglevel INFO --queues runs,maintenance --concurrency 4 "
+        "worker": f"{celery} worker --loglevel INFO --queues "
+                  "runs.high,runs.normal,runs.low,maintenance --concurrency 4 "
                   "--hostname dev-worker@%h",
         "notifier": f"{celery} worker --loglevel INFO --queues notify --pool threads "
                     "--concurrency 8 --hostname dev-notifier@%h",

@@ -23,6 +23,9 @@ class RunCreate(BaseModel):
     timeout_s: int | None = Field(default=None, ge=1, description="Per-attempt time limit.")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     metadata: dict[str, JsonValue] = Field(default_factory=dict, max_length=64)
+    priority: Literal["high", "normal", "low"] = Field(
+        default="normal", description="Which queue the run waits in (unless its agent names "
+        "one): high is never stuck behind a backlog of low.")
     multitask: Literal["enqueue", "reject", "interrupt"] | None = Field(
         default=None, description="When the session has a run going: wait behind it "
         "(enqueue), refuse with 409 (reject), or cancel it first (interrupt).")
@@ -73,6 +76,7 @@ class RunOut(BaseModel):
     attempt: int
     max_attempts: int
     timeout_s: int
+    priority: Literal["high", "normal", "low"]
     session_id: str | None
     metadata: dict[str, JsonValue]
     created_at: str

@@ -69,14 +69,15 @@ def test_compose_runs_every_process_and_bakes_in_no_secret() -> None:
     assert "${POSTGRES_PASSWORD:?" in text
 
 
-@pytest.mark.parametrize("service", ["migrate", "api", "worker", "notifier", "beat", "flower"])
+@pytest.mark.parametrize("service", ["migrate", "api", "worker", "urgent", "notifier", "beat",
+                                     "flower"])
 def test_compose_commands_are_accepted(service: str, env: dict[str, str]) -> None:
     services = _compose()["services"]
     assert isinstance(services, dict)
     _accepted(shlex.join(services[service]["command"]), env)
 
 
-@pytest.mark.parametrize("process", ["web", "worker", "notifier", "beat", "flower"])
+@pytest.mark.parametrize("process", ["web", "worker", "urgent", "notifier", "beat", "flower"])
 def test_procfile_commands_are_accepted(process: str, env: dict[str, str]) -> None:
     _accepted(_procfile()[process], env)
 

@@ -15,7 +15,7 @@ from worker.runtime import Runtime
 
 
 def make_run(runtime: Runtime, tenant: Tenant, agent: str = "echo") -> str:
-    new = runs.NewRun(agent=agent, input={}, timeout_s=30, max_attempts=3, queue="runs")
+    new = runs.NewRun(agent=agent, input={}, timeout_s=30, max_attempts=3, queue="runs.normal")
     with runtime.db.transaction() as session:
         return runs.create(session, tenant_id=tenant.id, new=new).id
 

@@ -149,3 +149,12 @@ def test_worker_logs_a_json_line_per_run_with_its_run_id(api: ApiClient, worker:
                    and '"duration_ms"' in line for line in worker.output().splitlines())
 
     wait_for(logged, timeout=5, what="the worker's log line for the run")
+
+
+def test_a_high_priority_run_is_not_stuck_behind_a_low_backlog(api: ApiClient) -> None:
+    low = [api.submit("sleep", {"seconds": 0.3}, priority="low")["id"] for _ in range(20)]
+    high = api.submit("echo", {"urgent": True}, priority="high")
+    assert high["priority"] == "high"
+    done = api.wait(high["id"], timeout=30)
+    last_low = api.wait(low[-1], timeout=60)
+    assert done["finished_at"] < last_low["started_at"]

@@ -171,6 +171,7 @@ class Run(Base):
     reply_url: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(200))
     queue: Mapped[str] = mapped_column(String(100))
+    priority: Mapped[str] = mapped_column(String(10), server_default="normal")
     # The lease: a claim bumps the epoch; every later write of that attempt names it.
     lease_epoch: Mapped[int] = mapped_column(Integer, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(200))

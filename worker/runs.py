@@ -34,6 +34,7 @@ class NewRun:
     request_id: str | None = None
     reply_url: str | None = None
     multitask: str = "enqueue"
+    priority: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
         reply_url=new.reply_url,
         request_id=new.request_id,
         queue=new.queue,
+        priority=new.priority,
         lease_epoch=0,
         last_seq=1,
     )

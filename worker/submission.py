@@ -18,7 +18,6 @@ from worker.errors import Conflict, InvalidRequest, LimitExceeded
 from worker.follow import follow
 from worker.models import Run, RunStatus
 from worker.runtime import Runtime
-from worker.tasks import RUNS_QUEUE
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,7 @@ class RunRequest:
     request_id: str | None = None
     reply_url: str | None = None  # a Slack response_url: the answer goes there
     multitask: str | None = None  # enqueue, reject or interrupt (default: the agent's)
+    priority: str = "normal"  # high, normal or low: its queue, unless the agent names one
 
 
 def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
@@ -61,7 +61,8 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
         input=request.input,
         timeout_s=timeout_s,
         max_attempts=request.max_attempts or spec.max_attempts or settings.default_max_attempts,
-        queue=spec.queue or RUNS_QUEUE,
+        queue=spec.queue or f"runs.{request.priority}",
+        priority=request.priority,
         session_id=request.session_id,
         webhook_url=request.webhook_url,
         metadata=request.metadata,

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 RUN_TASK = "agentq.run"
 SWEEP_TASK = "agentq.sweep"
 DELIVER_TASK = "agentq.deliver"
-RUNS_QUEUE = "runs"
+PRIORITIES = ("high", "normal", "low")
+RUNS_QUEUE = "runs.normal"
+RUN_QUEUES = tuple(f"runs.{priority}" for priority in PRIORITIES)
 MAINTENANCE_QUEUE = "maintenance"
 NOTIFY_QUEUE = "notify"
 
@@ -69,7 +71,9 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=RUNS_QUEUE,
         task_default_exchange=RUNS_QUEUE,
         task_default_routing_key=RUNS_QUEUE,
-        task_queues=tuple(_queue(name) for name in (RUNS_QUEUE, MAINTENANCE_QUEUE,
+        # A worker started without -Q consumes every queue here (high first); name queues
+        # with -Q to give high-priority runs workers of their own.
+        task_queues=tuple(_queue(name) for name in (*RUN_QUEUES, MAINTENANCE_QUEUE,
                                                      NOTIFY_QUEUE)),
         task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
                      DELIVER_TASK: {"queue": NOTIFY_QUEUE}},

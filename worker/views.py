@@ -27,6 +27,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "attempt": run.attempt,
         "max_attempts": run.max_attempts,
         "timeout_s": run.timeout_s,
+        "priority": run.priority,
         "session_id": run.session_id,
         "metadata": run.meta,
         "created_at": iso(run.created_at),
