@@ -12,6 +12,7 @@ from api import (
     health,
     hook_sources,
     hooks,
+    metrics,
     openapi,
     requestlog,
     runs,
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     requestlog.init_app(app)
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
-                      hook_sources.bp, hooks.bp, sessions.bp, api_keys.bp, openapi.bp):
+                      hook_sources.bp, hooks.bp, sessions.bp, api_keys.bp, metrics.bp,
+                      openapi.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -11,6 +12,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from api.deps import runtime
+from worker import observe
 from worker.runtime import Runtime
 
 bp = Blueprint("health", __name__)
@@ -55,6 +57,7 @@ def _describe(error: Exception) -> str:
 
 @bp.get("/health")
 def health() -> tuple[Response, int]:
+    """Readiness: the database, the broker and a worker all answer."""
     rt = runtime()
     checks = {
         "database": _check(_database, rt),
@@ -63,5 +66,25 @@ def health() -> tuple[Response, int]:
     }
     ok = all(check["ok"] for check in checks.values())
     body = {"status": "ok" if ok else "unavailable", "version": version("agentq"),
-            "checks": checks}
+            "checks": checks, **_backlog(rt, broker_ok=checks["broker"]["ok"],
+                                         database_ok=checks["database"]["ok"])}
     return jsonify(body), 200 if ok else 503
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    """Liveness: this process serves requests (no dependency is checked)."""
+    return jsonify({"status": "ok"})
+
+
+def _backlog(rt: Runtime, *, broker_ok: bool, database_ok: bool) -> dict[str, Any]:
+    """Queue depths and the oldest queued run's age, when they can be read."""
+    backlog: dict[str, Any] = {}
+    if broker_ok:
+        with contextlib.suppress(Exception):  # the checks above report the failure
+            backlog["queues"] = observe.queue_depths(rt)
+    if database_ok:
+        with contextlib.suppress(Exception):
+            _, oldest = observe.waiting(rt)
+            backlog["oldest_queued_age_s"] = None if oldest is None else round(oldest, 1)
+    return backlog

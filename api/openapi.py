@@ -68,6 +68,17 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json(schemas.HealthOut, "Every check passed."),
                           "503": _json(schemas.HealthOut, "At least one check failed.")},
         }},
+        "/health/live": {"get": {
+            "summary": "Liveness for orchestrators: the process answers (no dependency checked).",
+            "security": [], "responses": {"200": {"description": "Alive."}},
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics: runs, durations, retries, dead letters, queues, "
+                       "workers, deliveries, inbound webhooks, HTTP requests.",
+            "security": [], "responses": {"200": {"description": "Prometheus text format."},
+                                          "401": _problem("AGENTQ_METRICS_TOKEN is set and "
+                                                          "was not sent.")},
+        }},
         "/openapi.json": {"get": {
             "summary": "This document.", "security": [],
             "responses": {"200": {"description": "The OpenAPI document."}},

@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 log = logging.getLogger("agentq.api.request")
 
@@ -23,13 +23,19 @@ def _start() -> None:
 def _finish(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     principal = g.get("principal")
+    seconds = time.monotonic() - g.get("started", time.monotonic())
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics = current_app.extensions["agentq"].metrics
+    metrics.inc("agentq_http_requests", route=route, method=request.method,
+                status=str(response.status_code))
+    metrics.observe("agentq_http_request_duration_seconds", seconds, route=route)
     log.info(
         "request",
         extra={
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
-            "duration_ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
+            "duration_ms": round(seconds * 1000, 1),
             "request_id": g.get("request_id"),
             "tenant": principal.tenant_id if principal else None,
             "run_id": g.get("run_id"),

@@ -291,3 +291,5 @@ class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
     checks: dict[str, CheckOut]
+    queues: dict[str, int] | None = None
+    oldest_queued_age_s: float | None = None

@@ -50,6 +50,7 @@ class Claim:
     session_id: str | None
     request_id: str | None
     worker: str
+    waited_s: float = 0.0  # from submission to this claim
 
     @property
     def attempts_left(self) -> int:
@@ -102,6 +103,7 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
             Run.tenant_id, Run.agent, Run.input, Run.attempt, Run.max_attempts,
             Run.free_attempts, Run.lease_epoch, Run.timeout_s, Run.queue, Run.session_id,
             Run.request_id, Run.last_seq,
+            func.extract("epoch", func.now() - Run.created_at).label("waited_s"),
         )
     )
     row = session.execute(query).one_or_none()
@@ -120,6 +122,7 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
         attempt=row.attempt, max_attempts=row.max_attempts, free_attempts=row.free_attempts,
         epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
         session_id=row.session_id, request_id=row.request_id, worker=worker,
+        waited_s=float(row.waited_s),
     )
 
 
@@ -213,6 +216,7 @@ class Recovery:
     """What the sweeper did with a run whose attempt died."""
 
     run_id: str
+    agent: str
     status: RunStatus
     outcome: AttemptOutcome
     dispatch: Dispatch | None
@@ -229,8 +233,8 @@ def recover_stale(
     process is alive after all, its writes are refused.
     """
     stale = session.execute(
-        select(Run.id, Run.attempt, Run.max_attempts, Run.free_attempts, Run.timeout_s,
-               Run.queue, RunAttempt.started_at, func.now().label("now"))
+        select(Run.id, Run.agent, Run.attempt, Run.max_attempts, Run.free_attempts,
+               Run.timeout_s, Run.queue, RunAttempt.started_at, func.now().label("now"))
         .join(RunAttempt, and_(RunAttempt.run_id == Run.id, RunAttempt.attempt == Run.attempt))
         .where(Run.status == RunStatus.RUNNING,
                Run.heartbeat_at < func.now() - timedelta(seconds=lease_timeout_s))
@@ -248,7 +252,7 @@ def recover_stale(
         _abandon(session, run_id=row.id, attempt=row.attempt, status=status,
                  outcome=outcome, error=error)
         dispatch = None if exhausted else Dispatch(row.id, row.queue, row.timeout_s)
-        recovered.append(Recovery(row.id, status, outcome, dispatch))
+        recovered.append(Recovery(row.id, row.agent, status, outcome, dispatch))
     return recovered
 
 

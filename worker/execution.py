@@ -36,6 +36,8 @@ def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
         return
     started = time.monotonic()
+    if claim.attempt == 1:
+        rt.metrics.observe("agentq_run_queue_wait_seconds", claim.waited_s, agent=claim.agent)
     state = _session_state(rt, claim)
     supervisor = rt.supervisor()
     active = supervisor.begin(claim)
@@ -48,6 +50,7 @@ def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
     if not recorded:
         return
     if outcome.status == RunStatus.RETRYING:
+        rt.metrics.inc("agentq_run_retries", agent=claim.agent)
         dispatch.dispatch(rt, Dispatch(claim.run_id, claim.queue, claim.timeout_s,
                                        countdown_s=outcome.retry_in_s))
     log.info("run attempt finished", extra=_fields(claim, outcome, started))

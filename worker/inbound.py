@@ -10,6 +10,7 @@ broker or on the agent.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -105,13 +106,24 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
             raise NotFound("hook", source_id)
         secrets = live_secrets(source.secret, source.previous_secret,
                                source.previous_expires_at)
-    providers.verify(source.provider, secrets, headers, body)
-    inbound = providers.PROVIDERS[source.provider].parse(headers, body)
+    count = functools.partial(rt.metrics.inc, "agentq_inbound_deliveries",
+                              provider=source.provider)
+    try:
+        providers.verify(source.provider, secrets, headers, body)
+        inbound = providers.PROVIDERS[source.provider].parse(headers, body)
+    except providers.Rejected:
+        count(outcome="rejected")
+        raise
+    except providers.Unreadable:
+        count(outcome="unreadable")
+        raise
     if inbound.answer is not None:
+        count(outcome="handshake")
         return Received(answer=inbound.answer)
     assert inbound.delivery_id is not None
     if not _wanted(source, inbound):
         _record_ignored(rt, source, inbound)
+        count(outcome="ignored")
         return Received(ignored=True)
     new = plan(rt, RunRequest(
         agent=source.agent, input=_agent_input(source, inbound), request_id=request_id,
@@ -120,12 +132,14 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
                   "event": inbound.event_type}))
     with rt.db.transaction() as session:
         if not _claim_delivery(session, source, inbound):
+            count(outcome="duplicate")
             return _duplicate(session, source, inbound)
         stored = store(rt, session, tenant_id=source.tenant_id, new=new)
         session.execute(update(InboundEvent)
                         .where(InboundEvent.source_id == source.id,
                                InboundEvent.delivery_id == inbound.delivery_id)
                         .values(run_id=stored.run.id))
+    count(outcome="accepted")
     return Received(run=stored.run, stored=stored)
 
 

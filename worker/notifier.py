@@ -105,6 +105,8 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
         status = webhooks.record(session, sending=sending, response=response,
                                  schedule=settings.webhook_retry_schedule,
                                  disable_after_s=settings.webhook_disable_after_s)
+    rt.metrics.inc("agentq_deliveries", outcome=status.value)
+    rt.metrics.observe("agentq_delivery_latency_seconds", response.latency_ms / 1000)
     log.info("delivery attempt", extra={
         "delivery_id": delivery_id, "run_id": sending.run_id,
         "attempt": sending.attempt, "status_code": response.status_code,

@@ -11,6 +11,7 @@ from celery import Celery
 from worker.agents import Registry, load_agents
 from worker.bus import Bus
 from worker.db import Database
+from worker.metrics import Metrics
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 DELIVERIES_KEY = "agentq.deliveries"
 TENANTS_KEY = "agentq.tenants"
 SUCCESSORS_KEY = "agentq.successors"
+ENDED_KEY = "agentq.ended"
 _FREEING = frozenset({"succeeded", "failed", "cancelled", "dead_lettered", "retrying"})
 
 
@@ -36,10 +38,12 @@ class Runtime:
     _supervisor: Supervisor | None = field(default=None, repr=False)
     _sender: Sender | None = field(default=None, repr=False)
     db: Database = field(init=False)
+    metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.db = Database(self.settings, before_commit=self.before_commit,
                            after_commit=self.after_commit)
+        self.metrics = Metrics(self.bus.redis)
 
     def supervisor(self) -> Supervisor:
         """This worker process's supervisor of running attempts (one per process)."""
@@ -62,13 +66,17 @@ class Runtime:
         the runs it held back (later runs of its session, its tenant's runs over a running
         cap) are picked to be dispatched."""
         from worker import events, runs, webhooks
+        from worker.models import Run
 
         recorded = events.recorded(session)
-        created, tenants = webhooks.enqueue(session, recorded)
+        ended = [(event, session.get_one(Run, event.run_id, populate_existing=True))
+                 for event in recorded if event.is_terminal]
+        created = webhooks.enqueue(session, ended)
         if created:
             session.info[DELIVERIES_KEY] = created
-        if tenants:
-            session.info[TENANTS_KEY] = tenants
+        if ended:
+            session.info[TENANTS_KEY] = {run.id: run.tenant_id for _, run in ended}
+            session.info[ENDED_KEY] = [_ending(run) for _, run in ended]
         freed = [event.run_id for event in recorded
                  if event.type == events.STATUS and event.data.get("status") in _FREEING]
         if freed:
@@ -85,6 +93,12 @@ class Runtime:
             os._exit(70)  # test-only: die between the commit and everything after it
         if committed:
             self.bus.announce(committed, info.get(TENANTS_KEY))
+        for agent, status, duration_s in info.get(ENDED_KEY, []):
+            self.metrics.inc("agentq_runs_finished", agent=agent, status=status)
+            if status == "dead_lettered":
+                self.metrics.inc("agentq_runs_dead_lettered", agent=agent)
+            if duration_s is not None:
+                self.metrics.observe("agentq_run_duration_seconds", duration_s, agent=agent)
         for job in info.get(SUCCESSORS_KEY, []):
             dispatch.dispatch(self, job)
         if info.get(DELIVERIES_KEY):
@@ -103,3 +117,11 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     register_tasks(runtime)
     return runtime
+
+
+def _ending(run: Any) -> tuple[str, str, float | None]:
+    """What the metrics keep of a run that ended: agent, status, and how long it ran."""
+    duration = None
+    if run.started_at is not None and run.finished_at is not None:
+        duration = max(0.0, (run.finished_at - run.started_at).total_seconds())
+    return run.agent, run.status, duration

@@ -109,6 +109,7 @@ class Settings(DatabaseSettings):
     jwt_audience: str | None = None
     jwt_tenant_claim: str = "tenant"
     jwt_scopes_claim: str = "scope"
+    metrics_token: str | None = None  # if set, GET /metrics needs it as a bearer token
     # Test-only: make a worker die right after committing a terminal transition.
     fault: str | None = None
     backoff_base_s: float = Field(default=2.0, ge=0)

@@ -138,6 +138,7 @@ def _check_caps(rt: Runtime, session: Session, tenant_id: str) -> None:
 
 def launch(rt: Runtime, stored: Stored) -> None:
     """After commit: tell interrupted runs to stop, and dispatch the run if it may start."""
+    rt.metrics.inc("agentq_runs_submitted", agent=stored.run.agent)
     for run_id in stored.interrupted:
         rt.bus.request_cancel(run_id)
     if stored.ready:

@@ -48,6 +48,8 @@ def recover_stale_attempts(rt: Runtime) -> int:
         sent = dispatch.publish_all(rt, jobs, reason="attempt's lease went stale")
         runs.mark_dispatched(session, run_ids=sent)
     for item in recovered:
+        if item.dispatch is not None:
+            rt.metrics.inc("agentq_run_retries", agent=item.agent)
         log.warning("stale attempt recovered", extra={
             "run_id": item.run_id, "status": item.status.value, "outcome": item.outcome.value})
     return len(recovered)

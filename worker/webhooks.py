@@ -157,17 +157,11 @@ def require_default_secret(session: Session, *, tenant_id: str) -> None:
 
 # The outbox -----------------------------------------------------------------------------
 
-def enqueue(session: Session, committed: list[Event]) -> tuple[list[str], dict[str, str]]:
-    """Create the deliveries for the runs that end in this transaction.
-
-    Returns the deliveries' ids, and the tenant of each run that ended.
-    """
-    created, tenants = [], {}
-    for event in committed:
-        if not event.is_terminal:
-            continue
-        run = session.get_one(Run, event.run_id, populate_existing=True)
-        tenants[run.id] = run.tenant_id
+def enqueue(session: Session, ended: list[tuple[Event, Run]]) -> list[str]:
+    """Create the deliveries of the runs that end in this transaction (with their terminal
+    events); return the deliveries' ids."""
+    created = []
+    for event, run in ended:
         event_type = f"run.{event.data['status']}"
         payload = {"type": event_type, "timestamp": iso(event.at), "data": run_view(run)}
         outgoing = [(endpoint_id, url, STANDARD, payload)
@@ -184,7 +178,7 @@ def enqueue(session: Session, committed: list[Event]) -> tuple[list[str], dict[s
             created.append(delivery.id)
     if created:
         session.flush()
-    return created, tenants
+    return created
 
 
 def _targets(session: Session, run: Run, event_type: str) -> list[tuple[str | None, str]]:
