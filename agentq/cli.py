@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from worker.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -39,6 +42,18 @@ def dev() -> None:
     from worker.settings import load_dev_settings
 
     sys.exit(devserver.run(_configured(load_dev_settings)))
+
+
+@main.command(context_settings={"ignore_unknown_options": True,
+                                "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Start a Celery worker: agentq worker [celery worker options, e.g. -Q runs.high -c 4]."""
+    import os
+    import shutil
+
+    celery = shutil.which("celery", path=os.path.dirname(sys.executable)) or "celery"
+    os.execvp(celery, [celery, "-A", "worker", "worker", *ctx.args])  # noqa: S606 - argv, no shell
 
 
 @main.command()
@@ -137,11 +152,15 @@ def dlq() -> None:
     """Dead-lettered runs: list them, replay them, or purge (dismiss) them."""
 
 
-def _runtime() -> Any:
+def load_runtime() -> Runtime:
+    """The runtime from the environment, or a one-line configuration error (exit 2)."""
     from worker.runtime import build_runtime
     from worker.settings import load_settings
 
     return build_runtime(_configured(load_settings))
+
+
+_runtime = load_runtime
 
 
 _tenant_option = click.option("--tenant", default=None, help="Only this tenant's runs.")
@@ -185,3 +204,12 @@ def dlq_purge(run_ids: tuple[str, ...], everything: bool, tenant: str | None) ->
     count = dead_letters.purge(_runtime(), run_ids=run_ids, everything=everything,
                                tenant=tenant)
     click.echo(f"{count} run(s) purged", err=True)
+
+
+def _register() -> None:
+    from agentq.runs_cli import runs_group
+
+    main.add_command(runs_group)
+
+
+_register()

@@ -178,3 +178,13 @@ def capped(ctx: RunContext, input: dict[str, Any]) -> dict[str, float]:
     began = time.time()
     time.sleep(float(input.get("seconds", 0.5)))
     return {"began": began, "ended": time.time()}
+
+
+SCALE_QUEUE = "test.scale"
+
+
+@agent("test.scaled", queue=SCALE_QUEUE)
+def scaled(ctx: RunContext, input: dict[str, Any]) -> dict[str, str]:
+    """Sleep ``seconds`` on the scaling test's queue."""
+    time.sleep(float(input.get("seconds", 1)))
+    return {"done": "yes"}

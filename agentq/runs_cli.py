@@ -1,0 +1,145 @@
+"""``agentq runs``: an operator's view of runs across tenants: list, show, cancel, replay."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker import attempts, dispatch, events, runs, webhooks
+from worker.attempts import Dispatch
+from worker.errors import Conflict
+from worker.models import Run, RunStatus, Tenant
+from worker.runtime import Runtime
+from worker.views import attempt_view, delivery_view, event_view, iso, run_view
+
+
+def _runtime() -> Runtime:
+    from agentq.cli import load_runtime
+
+    return load_runtime()
+
+
+def _find(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise click.ClickException(f"no such run: {run_id}")
+    return run
+
+
+@click.group("runs")
+def runs_group() -> None:
+    """Runs of every tenant: list, show (the whole story), cancel, replay."""
+
+
+@runs_group.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's runs (by name).")
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), default=None)
+@click.option("--agent", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_runs(tenant: str | None, status: str | None, agent: str | None, limit: int,
+              as_json: bool) -> None:
+    """The newest runs first."""
+    rt = _runtime()
+    with rt.db.transaction() as session:
+        query = select(Run, Tenant.name).join(Tenant, Tenant.id == Run.tenant_id)
+        if tenant:
+            query = query.where(Tenant.name == tenant)
+        if status:
+            query = query.where(Run.status == status)
+        if agent:
+            query = query.where(Run.agent == agent)
+        rows = session.execute(query.order_by(Run.id.desc()).limit(limit)).all()
+        items = [{**run_view(run), "tenant": owner} for run, owner in rows]
+    if as_json:
+        click.echo(json.dumps(items))
+        return
+    click.echo(f"{'RUN':<32} {'TENANT':<16} {'AGENT':<20} {'STATUS':<14} {'ATT':>3}  CREATED")
+    for item in items:
+        click.echo(f"{item['id']:<32} {str(item['tenant'])[:16]:<16} {item['agent'][:20]:<20} "
+                   f"{item['status']:<14} {item['attempt']:>3}  {item['created_at']}")
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def show_run(run_id: str, as_json: bool) -> None:
+    """A run's whole story: the run, its attempts, its events and its deliveries."""
+    rt = _runtime()
+    with rt.db.transaction() as session:
+        run = _find(session, run_id)
+        story = {
+            "run": {**run_view(run), "tenant_id": run.tenant_id, "queue": run.queue,
+                    "request_id": run.request_id, "worker": run.worker},
+            "attempts": [attempt_view(item) for item in attempts.attempts(session,
+                                                                          run_id=run_id)],
+            "events": [event_view(item) for item in events.after(session, run_id=run_id,
+                                                                seq=0, limit=10_000)],
+            "deliveries": [delivery_view(item) for item in webhooks.deliveries(
+                session, tenant_id=run.tenant_id, run_id=run_id, limit=1000)],
+        }
+    if as_json:
+        click.echo(json.dumps(story))
+        return
+    _tell(story)
+
+
+def _tell(story: dict[str, Any]) -> None:
+    run = story["run"]
+    click.echo(f"run {run['id']}  agent {run['agent']}  status {run['status']}  "
+               f"tenant {run['tenant_id']}  queue {run['queue']}")
+    click.echo(f"  created {run['created_at']}  started {run['started_at']}  "
+               f"finished {run['finished_at']}  request {run['request_id']}")
+    if run["error"]:
+        click.echo(f"  error {run['error']['type']}: {run['error']['message']}")
+    click.echo("attempts:")
+    for item in story["attempts"]:
+        error = item["error"] or {}
+        reason = f"  {error.get('type')}: {error.get('message')}" if error else ""
+        click.echo(f"  attempt {item['attempt']} on {item['worker']}  {item['started_at']} -> "
+                   f"{item['finished_at']}  {item['outcome']}{reason}")
+    click.echo("events:")
+    for item in story["events"]:
+        data = item["data"]
+        summary = data.get("status") or data.get("message") or json.dumps(data)[:80]
+        click.echo(f"  {item['seq']:>4}  {item['at']}  {item['type']:<8} {summary}")
+    click.echo("deliveries:")
+    for item in story["deliveries"]:
+        click.echo(f"  {item['id']}  {item['type']}  {item['status']}  attempts "
+                   f"{item['attempts']}  {item['url']}")
+
+
+@runs_group.command("cancel")
+@click.argument("run_id")
+def cancel_run(run_id: str) -> None:
+    """Cancel a run (exit code 1 if it already ended otherwise)."""
+    rt = _runtime()
+    try:
+        with rt.db.transaction() as session:
+            run = _find(session, run_id)
+            outcome = runs.cancel(session, tenant_id=run.tenant_id, run_id=run_id)
+            status = outcome.run.status
+    except Conflict as conflict:
+        raise click.ClickException(str(conflict)) from None
+    if outcome.notify_worker:
+        rt.bus.request_cancel(run_id)
+    click.echo(f"{run_id} {status}")
+
+
+@runs_group.command("replay")
+@click.argument("run_id")
+def replay_run(run_id: str) -> None:
+    """Queue a failed, dead-lettered or cancelled run again (its attempts are kept)."""
+    rt = _runtime()
+    try:
+        with rt.db.transaction() as session:
+            run = runs.replay(session, run=_find(session, run_id))
+            job = Dispatch(run.id, run.queue, run.timeout_s)
+    except Conflict as conflict:
+        raise click.ClickException(str(conflict)) from None
+    dispatch.dispatch(rt, job)
+    click.echo(f"{run_id} queued at {iso(run.created_at)}")
