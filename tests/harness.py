@@ -76,6 +76,18 @@ class Process:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def restart(self, timeout: float = 60.0) -> None:
+        """What a deploy does: SIGTERM to the main process only, wait for it, start again."""
+        assert self.popen is not None
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        self.start()
+
 
 class Worker(Process):
     """``celery -A worker worker`` as a real process, optionally with beat (-B)."""
@@ -110,8 +122,8 @@ class ApiServer(Process):
     """The API under gunicorn (gevent), as in production, on a free port."""
 
     def __init__(self, *, env: dict[str, str], log: Path,
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
+                 extra_args: tuple[str, ...] = (), port: int | None = None) -> None:
+        self.port = port or free_port()
         args = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--worker-class",
                 "gevent", "--workers", "1", "--graceful-timeout", "5", *extra_args,
                 "api:create_app()"]
