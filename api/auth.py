@@ -77,7 +77,7 @@ def _authenticate(token: str) -> None:
     if not token:
         raise unauthorized("send your API key as 'Authorization: Bearer <key>'")
     rt = runtime()
-    with rt.db.transaction() as session:
+    with rt.db.autocommit() as session:
         if token.count(".") == 2 and (rt.settings.jwt_secret or rt.settings.jwt_public_key):
             caller = keys.authenticate_jwt(session, token=token, settings=rt.settings)
         else:

@@ -45,7 +45,7 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
 @bp.get("/<run_id>")
 def get_run(run_id: str) -> tuple[Response, dict[str, str]]:
     g.run_id = run_id
-    with runtime().db.transaction() as session:
+    with runtime().db.autocommit() as session:
         run = runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
     headers = {} if RunStatus(run.status).is_terminal else {"Retry-After": "2"}
     return jsonify(run_view(run)), headers
@@ -55,7 +55,7 @@ def get_run(run_id: str) -> tuple[Response, dict[str, str]]:
 def list_runs() -> Response:
     q = query(RunListQuery)
     where = runs.RunFilter(status=q.status, agent=q.agent, session_id=q.session_id)
-    with runtime().db.transaction() as session:
+    with runtime().db.autocommit() as session:
         items, last = runs.page(session, tenant_id=principal().tenant_id, where=where,
                                 limit=q.limit, before=pagination.decode(q.cursor, prefix="run_"))
     return jsonify({"items": [run_view(run) for run in items],

@@ -46,3 +46,9 @@ def ticker(ctx: RunContext, input: dict[str, Any]) -> dict[str, int]:
 @agent("bench.noop")
 def noop(ctx: RunContext, input: Any) -> None:
     """Do nothing: the platform's own cost, measured."""
+
+
+@agent("bench.stamp")
+def stamp(ctx: RunContext, input: Any) -> dict[str, float]:
+    """Return the wall-clock time of the agent's first line."""
+    return {"t": time.time()}

@@ -17,6 +17,9 @@ from worker.runtime import Runtime, build_runtime
 from worker.settings import load_settings
 
 FAST = {
+    # Benchmarks measure the platform, not its guard rails: no rate limit, no queued cap.
+    "AGENTQ_RATE_LIMIT_PER_MINUTE": "0",
+    "AGENTQ_TENANT_MAX_QUEUED": "0",
     "AGENTQ_SWEEP_INTERVAL_S": "1",
     "AGENTQ_DISPATCH_GRACE_S": "1",
     "AGENTQ_REDISPATCH_AFTER_S": "5",
@@ -64,6 +67,13 @@ class Cluster:
             self.api = ApiServer(env=self.env, log=root / "api.log", extra_args=api_args)
             self.api.start()
             self.api.wait_ready()
+
+    def process(self, name: str, args: list[str]) -> Process:
+        """Start another process of the cluster's (a baseline, say); stopped by ``close``."""
+        started = Process(args, env=self.env, log=self.root / f"{name}.log")
+        started.start()
+        self.processes.append(started)
+        return started
 
     def _worker(self, index: int) -> Worker:
         worker = Worker(env=self.env, log=self.root / f"worker{index}.log",

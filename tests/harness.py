@@ -93,8 +93,9 @@ class Worker(Process):
     """``celery -A worker worker`` as a real process, optionally with beat (-B)."""
 
     def __init__(self, *, env: dict[str, str], log: Path, name: str, concurrency: int = 2,
-                 beat: bool = False, queues: str | None = None, pool: str | None = None) -> None:
-        args = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
+                 beat: bool = False, queues: str | None = None, pool: str | None = None,
+                 app: str = "worker") -> None:
+        args = [str(BIN / "celery"), "-A", app, "worker", "--loglevel", "INFO",
                 "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
                 "--without-mingle", "--without-gossip"]
         if beat:

@@ -9,17 +9,17 @@ Every function takes a session and never commits: the caller owns the transactio
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from worker import events
 from worker.errors import LeaseLost
-from worker.models import AttemptOutcome, Run, RunAttempt, RunStatus
-from worker.readiness import session_free, under_running_cap
+from worker.models import TERMINAL_STATUSES, AttemptOutcome, Run, RunAttempt, RunStatus
 from worker.views import iso
 
 
@@ -69,6 +69,78 @@ class Outcome:
     retry_in_s: float | None = None  # with status RETRYING
 
 
+ENDED_RUNS_KEY = "agentq.ended_runs"  # run id -> (the run as it ended, endpoints to notify)
+
+_ENDED = ", ".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
+
+# The claim, its attempt row and its status event in one statement: atomic even without a
+# transaction, and one round trip (a hot path: every attempt). The conditions are those of
+# worker.readiness: claimable, the session's earlier runs ended, the tenant under its cap.
+_CLAIM = text("""
+    WITH claimed AS (
+        UPDATE runs SET status = 'running', attempt = attempt + 1,
+            lease_epoch = lease_epoch + 1, worker = :worker,
+            started_at = coalesce(started_at, now()), heartbeat_at = now(),
+            next_attempt_at = NULL, last_seq = last_seq + 1
+        WHERE id = :run_id
+          AND (status = 'queued' OR (status = 'retrying' AND next_attempt_at <= now()))
+          AND (session_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM runs AS earlier
+                WHERE earlier.tenant_id = runs.tenant_id
+                  AND earlier.session_id = runs.session_id AND earlier.id < runs.id
+                  AND earlier.status NOT IN (:ended_statuses)))
+          AND (:cap = 0 OR (SELECT count(*) FROM runs AS busy
+                            WHERE busy.tenant_id = runs.tenant_id
+                              AND busy.status = 'running') < :cap)
+        RETURNING id, tenant_id, agent, input, attempt, max_attempts, free_attempts,
+                  lease_epoch, timeout_s, queue, session_id, request_id, last_seq,
+                  extract(epoch FROM now() - created_at) AS waited_s
+    ), attempt_row AS (
+        INSERT INTO run_attempts (run_id, attempt, lease_epoch, worker)
+        SELECT id, attempt, lease_epoch, :worker FROM claimed
+        RETURNING run_id
+    ), status_event AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT id, last_seq, 'status',
+               jsonb_build_object('status', 'running', 'attempt', attempt)
+        FROM claimed
+        RETURNING at
+    )
+    SELECT claimed.*, status_event.at AS event_at
+    FROM claimed, status_event WHERE EXISTS (SELECT 1 FROM attempt_row)
+""".replace(":ended_statuses", _ENDED))  # constants only
+
+# The outcome: the run, its attempt and its status event in one statement, returning the
+# run as it now stands and, if it ended, the tenant's endpoints that want to hear of it.
+_FINISH = text("""
+    WITH finished AS (
+        UPDATE runs SET status = :status, result = CAST(:result AS jsonb),
+            error = CAST(:error AS jsonb),
+            finished_at = CASE WHEN :terminal THEN now() END,
+            next_attempt_at = :next_attempt_at,
+            dispatched_at = CASE WHEN :retrying THEN NULL ELSE dispatched_at END,
+            last_seq = last_seq + 1
+        WHERE id = :run_id AND lease_epoch = :epoch AND status = 'running'
+        RETURNING *
+    ), attempt_row AS (
+        UPDATE run_attempts SET finished_at = now(), outcome = :outcome,
+            error_type = :error_type, error_message = :error_message, traceback = :traceback
+        WHERE run_id = (SELECT id FROM finished) AND attempt = :attempt
+        RETURNING run_id
+    ), status_event AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT id, last_seq, 'status', CAST(:data AS jsonb) FROM finished
+        RETURNING at
+    )
+    SELECT finished.*, status_event.at AS event_at,
+        CASE WHEN :terminal THEN (
+            SELECT coalesce(json_agg(json_build_array(e.id, e.url)), '[]'::json)
+            FROM webhook_endpoints AS e
+            WHERE e.tenant_id = finished.tenant_id AND e.deleted_at IS NULL
+              AND e.disabled_at IS NULL AND :event_type = ANY(e.events)) END AS targets
+    FROM finished, status_event WHERE EXISTS (SELECT 1 FROM attempt_row)
+""")
+
 _CLAIMABLE = or_(
     Run.status == RunStatus.QUEUED,
     and_(Run.status == RunStatus.RETRYING, Run.next_attempt_at <= func.now()),
@@ -86,37 +158,18 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
     if running_cap > 0:  # count and claim one at a time per tenant, so the cap holds
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext(
             select(Run.tenant_id).where(Run.id == run_id).scalar_subquery()))))
-    query = (
-        update(Run)
-        .where(Run.id == run_id, _CLAIMABLE, session_free(), under_running_cap(running_cap))
-        .values(
-            status=RunStatus.RUNNING,
-            attempt=Run.attempt + 1,
-            lease_epoch=Run.lease_epoch + 1,
-            worker=worker,
-            started_at=func.coalesce(Run.started_at, func.now()),
-            heartbeat_at=func.now(),
-            next_attempt_at=None,
-            last_seq=Run.last_seq + 1,
-        )
-        .returning(
-            Run.tenant_id, Run.agent, Run.input, Run.attempt, Run.max_attempts,
-            Run.free_attempts, Run.lease_epoch, Run.timeout_s, Run.queue, Run.session_id,
-            Run.request_id, Run.last_seq,
-            func.extract("epoch", func.now() - Run.created_at).label("waited_s"),
-        )
-    )
-    row = session.execute(query).one_or_none()
+    row = session.execute(_CLAIM, {"run_id": run_id, "worker": worker,
+                                   "cap": running_cap}).one_or_none()
     if row is None:
         # Held back (or a duplicate message): a held-back run waits to be dispatched again.
         session.execute(update(Run)
-                        .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                        .where(Run.id == run_id, Run.status == RunStatus.QUEUED,
+                               Run.dispatched_at.is_not(None))
                         .values(dispatched_at=None))
         return None
-    session.add(RunAttempt(run_id=run_id, attempt=row.attempt, lease_epoch=row.lease_epoch,
-                           worker=worker))
-    events.record(session, run_id=run_id, seq=row.last_seq, type=events.STATUS,
-                  data={"status": RunStatus.RUNNING, "attempt": row.attempt})
+    events.remember(session, events.Event(
+        run_id, row.last_seq, events.STATUS,
+        {"status": RunStatus.RUNNING.value, "attempt": row.attempt}, row.event_at))
     return Claim(
         run_id=run_id, tenant_id=row.tenant_id, agent=row.agent, input=row.input,
         attempt=row.attempt, max_attempts=row.max_attempts, free_attempts=row.free_attempts,
@@ -149,42 +202,40 @@ def heartbeat(session: Session, *, run_id: str, epoch: int) -> Lease:
 def finish(session: Session, *, claim: Claim, outcome: Outcome) -> events.Event:
     """Write the attempt's outcome under its lease; return its status event.
 
-    Raises LeaseLost when the attempt no longer holds the run: a zombie's write is never
-    applied.
+    One statement updates the run and the attempt and appends the status event, and
+    returns the run as it now stands with the endpoints to notify if it ended (for the
+    deliveries, in the same transaction). Raises LeaseLost when the attempt no longer holds
+    the run: a zombie's write is never applied.
     """
     retrying = outcome.status == RunStatus.RETRYING
-    values: dict[str, Any] = {
-        "status": outcome.status,
-        "result": outcome.result,
-        "error": outcome.error,
-        "finished_at": func.now() if outcome.status.is_terminal else None,
-        "next_attempt_at": _after(outcome.retry_in_s) if retrying else None,
-        "last_seq": Run.last_seq + 1,
-    }
-    if retrying:
-        values["dispatched_at"] = None  # the retry is dispatched afresh
-    query = (
-        update(Run)
-        .where(Run.id == claim.run_id, Run.lease_epoch == claim.epoch,
-               Run.status == RunStatus.RUNNING)
-        .values(**values)
-        .returning(Run.last_seq, Run.next_attempt_at)
-    )
-    row = session.execute(query).one_or_none()
-    if row is None:
-        raise LeaseLost(f"run {claim.run_id}: lease epoch {claim.epoch} is no longer current")
-    _end_attempt(session, run_id=claim.run_id, attempt=claim.attempt,
-                 outcome=outcome.attempt_outcome, error=outcome.error,
-                 traceback=outcome.traceback)
-    data: dict[str, Any] = {"status": outcome.status, "attempt": claim.attempt}
+    next_attempt_at = (datetime.now(UTC) + timedelta(seconds=outcome.retry_in_s or 0)
+                       if retrying else None)
+    data: dict[str, Any] = {"status": outcome.status.value, "attempt": claim.attempt}
     if outcome.status == RunStatus.SUCCEEDED:
         data["result"] = outcome.result
     elif outcome.error is not None:
         data["error"] = outcome.error
     if retrying:
-        data["next_attempt_at"] = iso(row.next_attempt_at)
-    return events.record(session, run_id=claim.run_id, seq=row.last_seq, type=events.STATUS,
-                         data=data)
+        data["next_attempt_at"] = iso(next_attempt_at)
+    error = outcome.error or {}
+    terminal = outcome.status.is_terminal
+    row = session.execute(_FINISH, {
+        "run_id": claim.run_id, "epoch": claim.epoch, "attempt": claim.attempt,
+        "status": outcome.status.value, "terminal": terminal, "retrying": retrying,
+        "result": None if outcome.result is None else json.dumps(outcome.result),
+        "error": None if outcome.error is None else json.dumps(outcome.error),
+        "next_attempt_at": next_attempt_at, "outcome": outcome.attempt_outcome.value,
+        "error_type": error.get("type"), "error_message": error.get("message"),
+        "traceback": outcome.traceback, "data": json.dumps(data),
+        "event_type": f"run.{outcome.status.value}",
+    }).one_or_none()
+    if row is None:
+        raise LeaseLost(f"run {claim.run_id}: lease epoch {claim.epoch} is no longer current")
+    if terminal:
+        session.info.setdefault(ENDED_RUNS_KEY, {})[claim.run_id] = (Run.from_row(row),
+                                                                     row.targets)
+    return events.remember(session, events.Event(claim.run_id, row.last_seq, events.STATUS,
+                                                 json.loads(json.dumps(data)), row.event_at))
 
 
 def due_retries(session: Session, *, grace_s: float, limit: int) -> list[Dispatch]:
@@ -307,10 +358,6 @@ def _lost_error(attempt: int, *, overran: bool) -> dict[str, str]:
     return {"type": "WorkerLost",
             "message": f"the worker running attempt {attempt} stopped renewing its lease "
                        "(killed, out of memory, or lost)"}
-
-
-def _after(seconds: float | None) -> Any:
-    return func.now() + timedelta(seconds=seconds or 0)
 
 
 def attempts(session: Session, *, run_id: str) -> list[RunAttempt]:

@@ -64,6 +64,11 @@ class Bus:
         """Publish events after their transaction committed (one round trip). Terminal
         events also go to their tenant's channel (``tenants`` maps run ids to tenants)."""
         tenants = tenants or {}
+        # Event 1 of a run is its creation: no one can be watching a run before they know
+        # its id, so there is nobody to tell (the tenant channel only carries ends).
+        committed = [event for event in committed if event.seq > 1]
+        if not committed:
+            return
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for event in committed:

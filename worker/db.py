@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.settings import DatabaseSettings
@@ -43,11 +45,11 @@ class Database:
             s.database_url,
             pool_size=s.db_pool_size,
             max_overflow=s.db_pool_size,
-            pool_pre_ping=True,
             pool_timeout=10,
             pool_recycle=1800,
             connect_args={"connect_timeout": s.db_connect_timeout_s},
         )
+        event.listen(self._engine, "checkout", _refuse_closed)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._pid = os.getpid()
 
@@ -71,8 +73,35 @@ class Database:
         if info and self._after_commit is not None:
             self._after_commit(info)
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Session]:
+        """Yield a session whose every statement commits by itself: no BEGIN or COMMIT
+        round trips. For reads, and for writes that are one (atomic) statement; events
+        recorded are still announced, after the statement."""
+        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            with Session(bind=connection, expire_on_commit=False) as session:
+                yield session
+                info = dict(session.info)
+        finally:
+            connection.close()
+        if info and self._after_commit is not None:
+            self._after_commit(info)
+
     def dispose(self) -> None:
         """Drop the pool; its connections are closed only if this process opened them."""
         if self._engine is not None:
             self._engine.dispose(close=self._pid == os.getpid())
         self._engine = None
+
+
+def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Refuse a pooled connection the server has closed (a restart, say) before using it.
+
+    An idle connection has nothing to read; if its socket is readable, the server hung up
+    (or sent an error). Checking costs a poll of the socket, not a round trip as
+    ``pool_pre_ping`` would, on every checkout.
+    """
+    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    if readable:
+        raise DisconnectionError("the server closed this pooled connection")

@@ -11,6 +11,9 @@ the same run is harmless: only one claim can win.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from worker import runs, webhooks
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
+_MARK_EVERY_S = 0.05
 
 
 def publish(rt: Runtime, job: Dispatch) -> bool:
@@ -46,16 +50,52 @@ def publish(rt: Runtime, job: Dispatch) -> bool:
 
 
 def dispatch(rt: Runtime, job: Dispatch) -> bool:
-    """Publish a committed run and mark it dispatched; never raises."""
+    """Publish a committed run and have it marked dispatched (in a batch); never raises."""
     if not publish(rt, job):
         return False
-    try:
-        with rt.db.transaction() as session:
-            runs.mark_dispatched(session, run_ids=[job.run_id])
-    except Exception as error:  # published already: the worst case is a harmless re-publish
-        log.warning("could not mark run dispatched",
-                    extra={"run_id": job.run_id, "error": f"{type(error).__name__}: {error}"})
+    rt.marker().add(job.run_id)
     return True
+
+
+class Marker:
+    """Marks published runs dispatched in batches: one UPDATE every 50 ms, not one per run.
+
+    A run published but not yet marked when its process dies is published again by the
+    sweeper (``AGENTQ_DISPATCH_GRACE_S`` later, if no worker has claimed it by then); a
+    second message is harmless.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self.pid = os.getpid()
+        self._rt = rt
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="agentq-marker", daemon=True).start()
+
+    def add(self, run_id: str) -> None:
+        with self._lock:
+            self._pending.add(run_id)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(_MARK_EVERY_S)  # let a batch gather
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = sorted(self._pending), set()
+        if not batch:
+            return
+        try:
+            with self._rt.db.autocommit() as session:
+                runs.mark_dispatched(session, run_ids=batch)
+        except Exception as error:  # published already: at worst a harmless re-publish
+            log.warning("could not mark runs dispatched",
+                        extra={"runs": len(batch), "error": f"{type(error).__name__}: {error}"})
 
 
 def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:

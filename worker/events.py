@@ -49,7 +49,8 @@ class Event:
         return self.type == STATUS and self.data.get("status") in TERMINAL_STATUSES
 
 
-def _keep(session: Session, event: Event) -> Event:
+def remember(session: Session, event: Event) -> Event:
+    """Note an event written in this transaction, to be announced after it commits."""
     session.info.setdefault(SESSION_KEY, []).append(event)
     return event
 
@@ -61,7 +62,7 @@ def record(session: Session, *, run_id: str, seq: int, type: str,
         insert(RunEvent).values(run_id=run_id, seq=seq, type=type, data=data)
         .returning(RunEvent.at)
     ).scalar_one()
-    return _keep(session, Event(run_id, seq, type, json.loads(json.dumps(data)), at))
+    return remember(session, Event(run_id, seq, type, json.loads(json.dumps(data)), at))
 
 
 _APPEND = text(
@@ -88,7 +89,7 @@ def append(
     ).one_or_none()
     if row is None:
         raise LeaseLost(f"run {run_id}: attempt with lease epoch {epoch} no longer holds it")
-    return _keep(session, Event(run_id, int(row.seq), type, json.loads(encoded), row.at))
+    return remember(session, Event(run_id, int(row.seq), type, json.loads(encoded), row.at))
 
 
 def after(session: Session, *, run_id: str, seq: int, limit: int = 1000) -> list[Event]:

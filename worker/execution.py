@@ -29,9 +29,10 @@ _RECORD_PATIENCE_S = 60.0  # how long to keep trying to record an outcome throug
 
 def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
     """Run one attempt of ``run_id`` if this worker can claim it; otherwise do nothing."""
-    with rt.db.transaction() as session:
-        claim = attempts.claim(session, run_id=run_id, worker=worker,
-                               running_cap=rt.settings.tenant_max_running)
+    cap = rt.settings.tenant_max_running
+    # One atomic statement, unless a running cap needs its lock held for a transaction.
+    with (rt.db.transaction() if cap else rt.db.autocommit()) as session:
+        claim = attempts.claim(session, run_id=run_id, worker=worker, running_cap=cap)
     if claim is None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
         return
@@ -80,7 +81,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self._rt.settings.heartbeat_interval_s):
             try:
-                with self._rt.db.transaction() as session:
+                with self._rt.db.autocommit() as session:
                     lease = attempts.heartbeat(session, run_id=self._claim.run_id,
                                                epoch=self._claim.epoch)
             except Exception as error:  # an outage: keep trying until the attempt ends
@@ -112,7 +113,7 @@ class SessionState:
 def _session_state(rt: Runtime, claim: Claim) -> SessionState | None:
     if claim.session_id is None:
         return None
-    with rt.db.transaction() as session:
+    with rt.db.autocommit() as session:
         state, version = sessions.load(session, tenant_id=claim.tenant_id,
                                        session_id=claim.session_id)
     return SessionState(version, json.dumps(state, sort_keys=True), state)
@@ -213,7 +214,7 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
               "attempt": claim.attempt, "request_id": claim.request_id}
 
     def emit(data: dict[str, Any]) -> int:
-        with rt.db.transaction() as session:
+        with rt.db.autocommit() as session:  # one atomic statement
             event = events.append(session, run_id=claim.run_id, epoch=claim.epoch,
                                   type=events.PROGRESS, data=data)
         return event.seq

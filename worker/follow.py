@@ -65,11 +65,11 @@ def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float,
 
 
 def _catch_up(rt: Runtime, run_id: str, last: int) -> list[Event]:
-    with rt.db.transaction() as session:
+    with rt.db.autocommit() as session:
         return events.after(session, run_id=run_id, seq=last, limit=_BATCH)
 
 
 def _has_ended(rt: Runtime, run_id: str) -> bool:
-    with rt.db.transaction() as session:
+    with rt.db.autocommit() as session:
         status = session.scalar(select(Run.status).where(Run.id == run_id))
     return status is None or RunStatus(status).is_terminal

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
 from worker.errors import InvalidRequest, NotFound
@@ -118,11 +118,15 @@ def authenticate_jwt(session: Session, *, token: str, settings: Settings) -> Pri
                      scopes=frozenset(scopes) & set(SCOPES))
 
 
+_BY_HASH = text(  # every request runs it
+    "SELECT id, tenant_id, scopes, last_used_at FROM api_keys "
+    "WHERE key_hash = :key_hash AND revoked_at IS NULL"
+)
+
+
 def authenticate(session: Session, *, token: str) -> Principal | None:
     """Return the principal for a live key, or None. Lookup is by hash, never by the key."""
-    key = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
-    )
+    key = session.execute(_BY_HASH, {"key_hash": hash_key(token)}).one_or_none()
     if key is None:
         return None
     now = datetime.now(UTC)

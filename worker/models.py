@@ -188,6 +188,12 @@ class Run(Base):
     finished_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
 
+    @classmethod
+    def from_row(cls, row: Any) -> Run:
+        """A detached Run from a row holding the table's columns (by column name)."""
+        return cls(**{attribute.key: getattr(row, attribute.columns[0].name)
+                      for attribute in cls.__mapper__.column_attrs})
+
 
 class RunAttempt(Base):
     """One execution of a run by one worker under one lease epoch."""

@@ -7,12 +7,15 @@ dispatched) and dispatched when an earlier run ends.
 
 from __future__ import annotations
 
+import functools
+
 from sqlalchemy import ColumnElement, exists, func, or_, select, true
 from sqlalchemy.orm import aliased
 
 from worker.models import TERMINAL_STATUSES, Run, RunStatus
 
 
+@functools.cache
 def session_free() -> ColumnElement[bool]:
     """The run has no earlier run of its session still going (runs of a session execute
     one at a time, in submission order)."""
@@ -22,6 +25,7 @@ def session_free() -> ColumnElement[bool]:
         earlier.id < Run.id, earlier.status.not_in(list(TERMINAL_STATUSES))))
 
 
+@functools.cache
 def under_running_cap(cap: int) -> ColumnElement[bool]:
     """The run's tenant has fewer than ``cap`` runs running (always true without a cap)."""
     if cap <= 0:

@@ -5,11 +5,12 @@ Every function takes a session and never commits: the caller owns the transactio
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import false, func, or_, select, true, update
+from sqlalchemy import false, func, or_, select, text, true, update
 from sqlalchemy.orm import Session, aliased
 
 from worker import events
@@ -44,34 +45,41 @@ class RunFilter:
     session_id: str | None = None
 
 
+_QUEUED_EVENT = {"status": RunStatus.QUEUED.value, "attempt": 0}
+
+# The run and its first event in one statement (a hot path: every submission).
+_CREATE = text("""
+    WITH stored AS (
+        INSERT INTO runs (id, tenant_id, agent, status, input, attempt, max_attempts,
+                          timeout_s, session_id, metadata, webhook_url, reply_url,
+                          request_id, queue, priority, lease_epoch, last_seq)
+        VALUES (:id, :tenant_id, :agent, 'queued', CAST(:input AS jsonb), 0, :max_attempts,
+                :timeout_s, :session_id, CAST(:metadata AS jsonb), :webhook_url, :reply_url,
+                :request_id, :queue, :priority, 0, 1)
+        RETURNING *
+    ), first AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT id, 1, 'status', CAST(:event AS jsonb) FROM stored
+        RETURNING at
+    )
+    SELECT stored.*, first.at AS event_at FROM stored, first
+""")
+
+
 def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
-    """Store a queued run and its first event; the caller dispatches it after commit."""
-    run = Run(
-        id=new_id("run"),
-        tenant_id=tenant_id,
-        agent=new.agent,
-        status=RunStatus.QUEUED,
-        input=new.input,
-        attempt=0,
-        max_attempts=new.max_attempts,
-        timeout_s=new.timeout_s,
-        session_id=new.session_id,
-        meta=new.metadata,
-        webhook_url=new.webhook_url,
-        reply_url=new.reply_url,
-        request_id=new.request_id,
-        queue=new.queue,
-        priority=new.priority,
-        lease_epoch=0,
-        last_seq=1,
-    )
-    session.add(run)
-    session.flush()
-    events.record(
-        session, run_id=run.id, seq=1, type=events.STATUS,
-        data={"status": RunStatus.QUEUED, "attempt": 0},
-    )
-    return run
+    """Store a queued run and its first event in one statement; the caller dispatches it
+    after commit. Returns the stored run (detached from the session)."""
+    row = session.execute(_CREATE, {
+        "id": new_id("run"), "tenant_id": tenant_id, "agent": new.agent,
+        "input": json.dumps(new.input), "max_attempts": new.max_attempts,
+        "timeout_s": new.timeout_s, "session_id": new.session_id,
+        "metadata": json.dumps(new.metadata), "webhook_url": new.webhook_url,
+        "reply_url": new.reply_url, "request_id": new.request_id, "queue": new.queue,
+        "priority": new.priority, "event": json.dumps(_QUEUED_EVENT),
+    }).one()
+    events.remember(session, events.Event(row.id, 1, events.STATUS, dict(_QUEUED_EVENT),
+                                          row.event_at))
+    return Run.from_row(row)
 
 
 def get(session: Session, *, tenant_id: str, run_id: str) -> Run:
@@ -101,12 +109,13 @@ def page(
     return rows, (rows[-1].id if more else None)
 
 
+_MARK_DISPATCHED = text("UPDATE runs SET dispatched_at = now() WHERE id = ANY(:ids)")
+
+
 def mark_dispatched(session: Session, *, run_ids: list[str]) -> None:
     """Record that these runs' messages reached the broker."""
     if run_ids:
-        session.execute(
-            update(Run).where(Run.id.in_(run_ids)).values(dispatched_at=func.now())
-        )
+        session.execute(_MARK_DISPATCHED, {"ids": run_ids})
 
 
 def may_start(session: Session, *, run_id: str, running_cap: int) -> bool:

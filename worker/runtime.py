@@ -17,6 +17,7 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from worker.dispatch import Marker
     from worker.notifier import Sender
     from worker.supervisor import Supervisor
 
@@ -37,6 +38,7 @@ class Runtime:
     celery: Celery
     _supervisor: Supervisor | None = field(default=None, repr=False)
     _sender: Sender | None = field(default=None, repr=False)
+    _marker: Marker | None = field(default=None, repr=False)
     db: Database = field(init=False)
     metrics: Metrics = field(init=False)
 
@@ -61,27 +63,47 @@ class Runtime:
             self._sender = Sender(self.settings)
         return self._sender
 
+    def marker(self) -> Marker:
+        """This process's batcher of "dispatched" marks."""
+        from worker.dispatch import Marker
+
+        if self._marker is None or self._marker.pid != os.getpid():
+            self._marker = Marker(self)
+        return self._marker
+
     def before_commit(self, session: Session) -> None:
         """A run that ends gets its deliveries in the same transaction (the outbox), and
         the runs it held back (later runs of its session, its tenant's runs over a running
         cap) are picked to be dispatched."""
         from worker import events, runs, webhooks
+        from worker.attempts import ENDED_RUNS_KEY
         from worker.models import Run
 
         recorded = events.recorded(session)
-        ended = [(event, session.get_one(Run, event.run_id, populate_existing=True))
+        known = session.info.get(ENDED_RUNS_KEY, {})  # what attempts.finish already read
+        ended = [(event, *(known.get(event.run_id) or (
+                    session.get_one(Run, event.run_id, populate_existing=True), None)))
                  for event in recorded if event.is_terminal]
         created = webhooks.enqueue(session, ended)
         if created:
             session.info[DELIVERIES_KEY] = created
         if ended:
-            session.info[TENANTS_KEY] = {run.id: run.tenant_id for _, run in ended}
-            session.info[ENDED_KEY] = [_ending(run) for _, run in ended]
+            session.info[TENANTS_KEY] = {run.id: run.tenant_id for _, run, _ in ended}
+            session.info[ENDED_KEY] = [_ending(run) for _, run, _ in ended]
         freed = [event.run_id for event in recorded
                  if event.type == events.STATUS and event.data.get("status") in _FREEING]
-        if freed:
+        if freed and self._may_hold_back(session, freed):
             session.info[SUCCESSORS_KEY] = runs.next_to_start(
                 session, run_ids=freed, running_cap=self.settings.tenant_max_running)
+
+    def _may_hold_back(self, session: Session, freed: list[str]) -> bool:
+        """Could the runs that freed up have held others back (a session, a cap)?"""
+        if self.settings.tenant_max_running > 0:
+            return True
+        from worker.attempts import ENDED_RUNS_KEY
+
+        known = session.info.get(ENDED_RUNS_KEY, {})
+        return any(run_id not in known or known[run_id][0].session_id for run_id in freed)
 
     def after_commit(self, info: dict[str, Any]) -> None:
         """Announce what the transaction committed, and send its deliveries on their way."""

@@ -119,7 +119,9 @@ def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) ->
                 if runs.cancel(session, tenant_id=tenant_id, run_id=earlier.id).notify_worker:
                     interrupted.append(earlier.id)
     run = runs.create(session, tenant_id=tenant_id, new=new)
-    ready = runs.may_start(session, run_id=run.id, running_cap=settings.tenant_max_running)
+    held_back = new.session_id is not None or settings.tenant_max_running > 0
+    ready = not held_back or runs.may_start(session, run_id=run.id,
+                                            running_cap=settings.tenant_max_running)
     return Stored(run, ready, interrupted)
 
 

@@ -79,8 +79,8 @@ def make_celery(settings: Settings) -> Celery:
                      DELIVER_TASK: {"queue": NOTIFY_QUEUE}},
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=True,  # what Flower shows; "task-sent" events would cost
+        task_send_sent_event=False,    # every submission another Redis publish
         enable_utc=True,
         timezone="UTC",
         beat_schedule_filename=settings.beat_schedule_file,

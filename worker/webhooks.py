@@ -157,15 +157,22 @@ def require_default_secret(session: Session, *, tenant_id: str) -> None:
 
 # The outbox -----------------------------------------------------------------------------
 
-def enqueue(session: Session, ended: list[tuple[Event, Run]]) -> list[str]:
+def enqueue(session: Session,
+            ended: list[tuple[Event, Run, list[list[str]] | None]]) -> list[str]:
     """Create the deliveries of the runs that end in this transaction (with their terminal
-    events); return the deliveries' ids."""
+    events, and their endpoints if already known); return the deliveries' ids."""
     created = []
-    for event, run in ended:
+    for event, run, known in ended:
         event_type = f"run.{event.data['status']}"
+        endpoints = known if known is not None else _endpoints(session, run, event_type)
+        targets: list[tuple[str | None, str]] = [(endpoint_id, url)
+                                                 for endpoint_id, url in endpoints]
+        if run.webhook_url:
+            targets.append((None, run.webhook_url))
+        if not targets and not run.reply_url:
+            continue
         payload = {"type": event_type, "timestamp": iso(event.at), "data": run_view(run)}
-        outgoing = [(endpoint_id, url, STANDARD, payload)
-                    for endpoint_id, url in _targets(session, run, event_type)]
+        outgoing = [(endpoint_id, url, STANDARD, payload) for endpoint_id, url in targets]
         if run.reply_url:
             outgoing.append((None, run.reply_url, SLACK, slack_message(run)))
         for endpoint_id, url, kind, body in outgoing:
@@ -181,14 +188,12 @@ def enqueue(session: Session, ended: list[tuple[Event, Run]]) -> list[str]:
     return created
 
 
-def _targets(session: Session, run: Run, event_type: str) -> list[tuple[str | None, str]]:
+def _endpoints(session: Session, run: Run, event_type: str) -> list[list[str]]:
+    """The tenant's live endpoints that want ``event_type``, as [id, url] pairs."""
     query = select(WebhookEndpoint.id, WebhookEndpoint.url).where(
         WebhookEndpoint.tenant_id == run.tenant_id, WebhookEndpoint.deleted_at.is_(None),
         WebhookEndpoint.disabled_at.is_(None), WebhookEndpoint.events.contains([event_type]))
-    targets: list[tuple[str | None, str]] = [(row.id, row.url) for row in session.execute(query)]
-    if run.webhook_url:
-        targets.append((None, run.webhook_url))
-    return targets
+    return [[row.id, row.url] for row in session.execute(query)]
 
 
 def due(session: Session, *, grace_s: float, lost_after_s: float, limit: int) -> list[str]:
