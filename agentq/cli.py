@@ -136,15 +136,14 @@ def revoke_key(key: str) -> None:
     from worker import keys as api_keys
     from worker.errors import NotFound
 
-    db = _database()
+    rt = load_runtime()
     try:
-        with db.transaction() as session:
+        with rt.db.transaction() as session:
             record = api_keys.revoke(session, tenant_id=None, key_id=key)
             click.echo(f"revoked {record.id} ({record.prefix}…)", err=True)
     except NotFound:
         raise click.ClickException(f"no API key has the id or prefix {key!r}") from None
-    finally:
-        db.dispose()
+    api_keys.announce_revocation(rt.bus.redis)  # API processes forget it at once
 
 
 @main.group()

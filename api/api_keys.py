@@ -43,6 +43,9 @@ def create_key() -> tuple[Response, int]:
 
 @bp.delete("/<key_id>")
 def revoke_key(key_id: str) -> tuple[str, int]:
-    with runtime().db.transaction() as session:
+    rt = runtime()
+    with rt.db.transaction() as session:
         keys.revoke(session, tenant_id=principal().tenant_id, key_id=key_id)
+    rt.key_cache().forget()  # this process at once; the others when they hear of it
+    keys.announce_revocation(rt.bus.redis)
     return "", 204

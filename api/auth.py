@@ -77,11 +77,18 @@ def _authenticate(token: str) -> None:
     if not token:
         raise unauthorized("send your API key as 'Authorization: Bearer <key>'")
     rt = runtime()
-    with rt.db.autocommit() as session:
-        if token.count(".") == 2 and (rt.settings.jwt_secret or rt.settings.jwt_public_key):
+    jwt_enabled = bool(rt.settings.jwt_secret or rt.settings.jwt_public_key)
+    if token.count(".") == 2 and jwt_enabled:
+        with rt.db.autocommit() as session:
             caller = keys.authenticate_jwt(session, token=token, settings=rt.settings)
-        else:
-            caller = keys.authenticate(session, token=token)
+    else:
+        key_hash = keys.hash_key(token)
+        caller = rt.key_cache().get(key_hash)
+        if caller is None:
+            with rt.db.autocommit() as session:
+                caller = keys.authenticate(session, token=token)
+            if caller is not None:
+                rt.key_cache().put(key_hash, caller)
     if caller is None:
         raise unauthorized("the credential is not valid (unknown, revoked, or expired)")
     g.principal = caller

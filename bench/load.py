@@ -79,7 +79,11 @@ async def _python_async(url: str, body: dict[str, object], headers: dict[str, st
             nonlocal errors
             while time.monotonic() < deadline:
                 began = time.perf_counter()
-                response = await client.post(url, json=body)
+                try:
+                    response = await client.post(url, json=body)
+                except httpx.TransportError:  # counted like wrk's socket errors
+                    errors += 1
+                    continue
                 latencies.append((time.perf_counter() - began) * 1000)
                 errors += response.status_code >= 300
 

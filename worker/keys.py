@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import secrets
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
+import redis
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
@@ -122,6 +127,55 @@ _BY_HASH = text(  # every request runs it
     "SELECT id, tenant_id, scopes, last_used_at FROM api_keys "
     "WHERE key_hash = :key_hash AND revoked_at IS NULL"
 )
+
+
+class KeyCache:
+    """What an API process remembers of valid keys, to spare the database a lookup on
+    every request. Entries last ``AGENTQ_KEY_CACHE_S``; a revocation anywhere is announced
+    on Redis and clears every process's cache at once (the TTL bounds the staleness if the
+    announcement is lost)."""
+
+    CHANNEL = "agentq:keys:revoked"
+
+    def __init__(self, redis_url: str, ttl_s: float) -> None:
+        self.pid = os.getpid()
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._pubsub = redis.Redis.from_url(redis_url, socket_connect_timeout=2).pubsub(
+            ignore_subscribe_messages=True)
+        threading.Thread(target=self._listen, name="agentq-key-cache", daemon=True).start()
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, caller: Principal) -> None:
+        if self._ttl_s > 0:
+            self._entries[key_hash] = (caller, time.monotonic() + self._ttl_s)
+
+    def forget(self) -> None:
+        """Drop every remembered key (this process revoked one, or heard of a revocation)."""
+        self._entries.clear()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                if not self._pubsub.channels:
+                    self._pubsub.subscribe(self.CHANNEL)
+                    self._entries.clear()  # (re)subscribed: anything may have been missed
+                if self._pubsub.get_message(timeout=5.0) is not None:
+                    self._entries.clear()
+            except (redis.RedisError, OSError):
+                self._entries.clear()
+                time.sleep(1.0)
+
+
+def announce_revocation(redis_client: redis.Redis) -> None:
+    """Tell every API process to forget the keys it remembers (best effort)."""
+    with contextlib.suppress(redis.RedisError):  # else caches expire in AGENTQ_KEY_CACHE_S
+        redis_client.publish(KeyCache.CHANNEL, "revoked")
 
 
 def authenticate(session: Session, *, token: str) -> Principal | None:

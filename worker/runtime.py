@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from worker.dispatch import Marker
+    from worker.keys import KeyCache
     from worker.notifier import Sender
+    from worker.submission import Backlog
     from worker.supervisor import Supervisor
 
 DELIVERIES_KEY = "agentq.deliveries"
@@ -39,6 +41,8 @@ class Runtime:
     _supervisor: Supervisor | None = field(default=None, repr=False)
     _sender: Sender | None = field(default=None, repr=False)
     _marker: Marker | None = field(default=None, repr=False)
+    _key_cache: KeyCache | None = field(default=None, repr=False)
+    _backlog: Backlog | None = field(default=None, repr=False)
     db: Database = field(init=False)
     metrics: Metrics = field(init=False)
 
@@ -62,6 +66,22 @@ class Runtime:
         if self._sender is None or self._sender.pid != os.getpid():
             self._sender = Sender(self.settings)
         return self._sender
+
+    def key_cache(self) -> KeyCache:
+        """This process's memory of valid API keys."""
+        from worker.keys import KeyCache
+
+        if self._key_cache is None or self._key_cache.pid != os.getpid():
+            self._key_cache = KeyCache(self.settings.redis_url, self.settings.key_cache_s)
+        return self._key_cache
+
+    def backlog(self) -> Backlog:
+        """This process's estimate of each tenant's waiting runs (for AGENTQ_TENANT_MAX_QUEUED)."""
+        from worker.submission import Backlog
+
+        if self._backlog is None or self._backlog.pid != os.getpid():
+            self._backlog = Backlog()
+        return self._backlog
 
     def marker(self) -> Marker:
         """This process's batcher of "dispatched" marks."""

@@ -102,6 +102,8 @@ class Settings(DatabaseSettings):
     tenant_running_cap_mode: Literal["queue", "reject"] = "queue"
     max_input_bytes: int = Field(default=256 * 1024, ge=1)
     max_json_depth: int = Field(default=32, ge=1)
+    # API processes remember a valid key this long; a revocation clears it at once.
+    key_cache_s: float = Field(default=30.0, ge=0)
     # Optional JWT bearer tokens for a product's own front end (HS256 or RS256).
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
