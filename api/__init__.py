@@ -17,6 +17,7 @@ from api import (
     requestlog,
     runs,
     sessions,
+    usage,
     webhooks,
     ws,
 )
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     requestlog.init_app(app)
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
-                      hook_sources.bp, hooks.bp, sessions.bp, api_keys.bp, metrics.bp,
+                      hook_sources.bp, hooks.bp, sessions.bp, usage.bp, api_keys.bp, metrics.bp,
                       openapi.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)

@@ -23,6 +23,7 @@ _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.ProblemOut, schemas.HealthOut, schemas.EndpointOut, schemas.EndpointList,
     schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage, schemas.HookSourceOut,
     schemas.HookSourceList, schemas.ApiKeyOut, schemas.ApiKeyList, schemas.SessionOut,
+    schemas.StepList, schemas.UsageOut,
 )
 
 
@@ -143,6 +144,18 @@ def _paths() -> dict[str, Any]:
             "parameters": [_RUN_ID],
             "responses": {"200": _json(schemas.AttemptList, "The attempts."), **_AUTH_ERRORS,
                           **_NOT_FOUND},
+        }},
+        "/v1/runs/{run_id}/steps": {"get": {
+            "summary": "The run's finished durable steps (ctx.step, ctx.llm), in the order "
+                       "they finished; later attempts reuse these instead of running them.",
+            "parameters": [_RUN_ID],
+            "responses": {"200": _json(schemas.StepList, "The steps."), **_AUTH_ERRORS,
+                          **_NOT_FOUND},
+        }},
+        "/v1/usage": {"get": {
+            "summary": "The tenant's LLM use today (UTC) and over the last 7 days, and its "
+                       "daily token budget (AGENTQ_TENANT_DAILY_TOKENS).",
+            "responses": {"200": _json(schemas.UsageOut, "The usage."), **_AUTH_ERRORS},
         }},
         "/v1/runs/{run_id}/events": {"get": {
             "summary": "The run's event log after a seq: JSON, or with 'Accept: "

@@ -10,11 +10,11 @@ from api.bodies import json_body, query
 from api.deps import principal, runtime
 from api.idempotency import idempotent
 from api.schemas import RunCreate, RunListQuery, WaitQuery
-from worker import attempts, dispatch, runs
+from worker import attempts, dispatch, runs, steps
 from worker.attempts import Dispatch
 from worker.models import RunStatus
 from worker.submission import RunRequest, submit, wait_until_finished
-from worker.views import attempt_view, run_view
+from worker.views import attempt_view, run_view, step_view
 
 bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
 bp.before_request(require_key)
@@ -91,3 +91,12 @@ def list_attempts(run_id: str) -> Response:
         runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = attempts.attempts(session, run_id=run_id)
     return jsonify({"items": [attempt_view(item) for item in items]})
+
+
+@bp.get("/<run_id>/steps")
+def list_steps(run_id: str) -> Response:
+    g.run_id = run_id
+    with runtime().db.autocommit() as session:
+        runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        items = steps.listed(session, run_id=run_id)
+    return jsonify({"items": [step_view(item) for item in items]})

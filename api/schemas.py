@@ -64,6 +64,14 @@ class RunError(BaseModel):
     message: str
 
 
+class RunUsage(BaseModel):
+    """What the run's LLM calls cost (ctx.llm), summed as each call is stored."""
+
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+
+
 class RunOut(BaseModel):
     """A run as every endpoint (and every webhook) shows it."""
 
@@ -83,6 +91,7 @@ class RunOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     next_attempt_at: str | None
+    usage: RunUsage
 
 
 class RunPage(BaseModel):
@@ -107,6 +116,36 @@ class AttemptOut(BaseModel):
 
 class AttemptList(BaseModel):
     items: list[AttemptOut]
+
+
+class StepOut(BaseModel):
+    name: str
+    attempt: int
+    result: JsonValue
+    duration_ms: int
+    usage: dict[str, JsonValue] | None
+    finished_at: str
+
+
+class StepList(BaseModel):
+    items: list[StepOut]
+
+
+class UsageDay(BaseModel):
+    day: str
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+
+
+class UsageOut(BaseModel):
+    day: str
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+    daily_token_budget: int | None
+    tokens_left: int | None
+    days: list[UsageDay]
 
 
 class EventOut(BaseModel):

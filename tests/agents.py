@@ -188,3 +188,31 @@ def scaled(ctx: RunContext, input: dict[str, Any]) -> dict[str, str]:
     """Sleep ``seconds`` on the scaling test's queue."""
     time.sleep(float(input.get("seconds", 1)))
     return {"done": "yes"}
+
+
+@agent("test.durable", max_attempts=3, backoff_base_s=0.1, backoff_max_s=0.2)
+def stepped(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Step "a" works; step "b" fails on the first attempt; each attempt notes its keys."""
+    ctx.emit("keys", "this attempt's idempotency key", key=ctx.idempotency_key("charge"))
+    a = ctx.step("a", lambda x: {"x": x + 1, "attempt": ctx.attempt}, input.get("x", 1))
+
+    def b() -> str:
+        if ctx.attempt == 1:
+            raise RetryableError("b fails the first time")
+        return "b done"
+
+    return {"a": a, "b": ctx.step("b", b)}
+
+
+@agent("test.durable.mismatch")
+def mismatched(ctx: RunContext, input: dict[str, Any]) -> None:
+    """Reuse one step name with other arguments (a loop that forgot to number its steps)."""
+    for i in range(2):
+        ctx.step("search", lambda query: query.upper(), f"query {i}")
+
+
+@agent("test.llm.four", queue=CRASH_QUEUE, max_attempts=2)
+def four_calls(ctx: RunContext, input: dict[str, Any]) -> list[str | None]:
+    """Four LLM calls, with prompts ``<tag>:1`` to ``<tag>:4``."""
+    return [ctx.llm.chat([{"role": "user", "content": f"{input['tag']}:{n}"}])["content"]
+            for n in range(1, 5)]

@@ -7,8 +7,9 @@ of its own, so tests never see each other's runs.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ from flask.testing import FlaskClient
 from agentq import migrate
 from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
 from api import create_app
-from tests.harness import ROOT, ApiServer, Receiver, Worker, wait_for
+from tests.agents import CRASH_QUEUE
+from tests.harness import ROOT, ApiServer, FakeLLM, Receiver, Worker, wait_for
 from worker import keys
 from worker.models import TERMINAL_STATUSES, new_id
 from worker.runtime import Runtime, build_runtime
 from worker.settings import Settings, load_settings
 
 TEST_AGENTS = "tests.agents"
+LLM_KEY = "sk-test-not-a-secret"
 # Short intervals so the sweeper's repairs show up within a test's patience.
 FAST = {
     "AGENTQ_SWEEP_INTERVAL_S": "0.5",
@@ -76,13 +79,23 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 
 @pytest.fixture(scope="session")
-def env(services: Services) -> dict[str, str]:
+def fake_llm() -> Iterator[FakeLLM]:
+    """An OpenAI-compatible endpoint on loopback; every process the tests start uses it."""
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def env(services: Services, fake_llm: FakeLLM) -> dict[str, str]:
     """The environment of every process the tests start."""
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AGENTQ_", "CELERY"))},
         "DATABASE_URL": services.database_url,
         "REDIS_URL": services.redis_url,
         "AGENTQ_AGENTS": TEST_AGENTS,
+        "AGENTQ_LLM_BASE_URL": fake_llm.base_url,
+        "AGENTQ_LLM_API_KEY": LLM_KEY,
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         **FAST,
@@ -90,10 +103,11 @@ def env(services: Services) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def settings(services: Services) -> Settings:
+def settings(services: Services, fake_llm: FakeLLM) -> Settings:
     fast = {name.removeprefix("AGENTQ_").lower(): value for name, value in FAST.items()}
     return load_settings(database_url=services.database_url, redis_url=services.redis_url,
-                         agents=[TEST_AGENTS], **fast)
+                         agents=[TEST_AGENTS], llm_base_url=fake_llm.base_url,
+                         llm_api_key=LLM_KEY, **fast)
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +214,27 @@ def api(app: Flask, tenant: Tenant) -> ApiClient:
 def other_api(app: Flask, runtime: Runtime) -> ApiClient:
     """A second tenant, to show isolation."""
     return ApiClient(app.test_client(), make_tenant(runtime))
+
+
+_names = itertools.count(1)
+StartWorker = Callable[..., Worker]
+
+
+@pytest.fixture
+def crash_worker(env: dict[str, str], services: Services,
+                 runtime: Runtime) -> Iterator[StartWorker]:
+    """Start workers that consume only the crash queue; stopped after the test."""
+    started: list[Worker] = []
+
+    def start(concurrency: int = 1, **env_overrides: str) -> Worker:
+        name = f"crash{next(_names)}"
+        process = Worker(env={**env, **env_overrides}, log=services.root / f"{name}.log",
+                         name=name, concurrency=concurrency, queues=CRASH_QUEUE)
+        process.start()
+        process.wait_ready(runtime.celery)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop(timeout=5)

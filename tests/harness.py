@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -225,5 +227,101 @@ class Receiver:
             return [item for item in self.received if item.path == path]
 
     def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class LLMCall:
+    prompt: str
+    at: float
+    authorization: str | None
+    body: dict[str, Any]
+
+
+class FakeLLM:
+    """An OpenAI-compatible chat completions server on loopback, for tests without internet.
+
+    It answers ``POST /v1/chat/completions`` with ``echo: <last message>`` and usage
+    ``{prompt_tokens: 10, completion_tokens: 5}``. ``script(prompt, [429, (503, headers)])``
+    makes the next calls with that last message get those answers first; ``hold(prompt)``
+    makes the first such call wait until ``release()`` (a call in flight when a worker dies).
+    """
+
+    INPUT_TOKENS, OUTPUT_TOKENS = 10, 5
+
+    def __init__(self) -> None:
+        self.calls: list[LLMCall] = []
+        self._scripts: dict[str, list[int | tuple[int, dict[str, str]]]] = {}
+        self._held: dict[str, threading.Event] = {}
+        self._gates: list[threading.Event] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                prompt = str(body["messages"][-1].get("content"))
+                with fake._lock:
+                    fake.calls.append(LLMCall(prompt, time.time(),
+                                              self.headers.get("authorization"), body))
+                    script = fake._scripts.get(prompt)
+                    answer = script.pop(0) if script else 200
+                    gate = fake._held.pop(prompt, None)
+                if gate is not None:
+                    gate.wait(timeout=60)
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                if status == 200:
+                    payload = {"id": "chatcmpl-test", "object": "chat.completion",
+                               "model": body.get("model"),
+                               "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                   "role": "assistant", "content": f"echo: {prompt}"}}],
+                               "usage": {"prompt_tokens": fake.INPUT_TOKENS,
+                                         "completion_tokens": fake.OUTPUT_TOKENS,
+                                         "total_tokens": fake.INPUT_TOKENS + fake.OUTPUT_TOKENS}}
+                else:
+                    payload = {"error": {"message": f"scripted {status}"}}
+                encoded = json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(encoded)))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the caller died while it was held
+                    self.wfile.write(encoded)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def script(self, prompt: str, answers: list[int | tuple[int, dict[str, str]]]) -> None:
+        with self._lock:
+            self._scripts[prompt] = list(answers)
+
+    def hold(self, prompt: str) -> None:
+        with self._lock:
+            self._held[prompt] = threading.Event()
+            self._gates.append(self._held[prompt])
+
+    def release(self) -> None:
+        for gate in self._gates:
+            gate.set()
+
+    def calls_for(self, prompt: str) -> list[LLMCall]:
+        with self._lock:
+            return [call for call in self.calls if call.prompt == prompt]
+
+    def close(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()

@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import select
 
-from tests.agents import CRASH_QUEUE
-from tests.conftest import ApiClient, Services
-from tests.harness import Receiver, Worker, wait_for
+from tests.conftest import ApiClient, StartWorker
+from tests.harness import Receiver, wait_for
 from worker.models import RunEvent
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("worker")  # the session worker runs the sweeper
-
-_names = itertools.count(1)
-StartWorker = Callable[..., Worker]
-
-
-@pytest.fixture
-def crash_worker(env: dict[str, str], services: Services,
-                 runtime: Runtime) -> Iterator[StartWorker]:
-    """Start workers that consume only the crash queue; stopped after the test."""
-    started: list[Worker] = []
-
-    def start(concurrency: int = 1, **env_overrides: str) -> Worker:
-        name = f"crash{next(_names)}"
-        process = Worker(env={**env, **env_overrides}, log=services.root / f"{name}.log",
-                         name=name, concurrency=concurrency, queues=CRASH_QUEUE)
-        process.start()
-        process.wait_ready(runtime.celery)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop(timeout=5)
-
 
 def terminal_transitions(runtime: Runtime, run_id: str) -> list[str]:
     with runtime.db.transaction() as session:

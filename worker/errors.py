@@ -113,3 +113,15 @@ class FatalError(AgentError):
 
 class Cancelled(AgentError):
     """The run was cancelled while the agent was working."""
+
+
+class StepMismatch(FatalError):
+    """A step name was reused in one run with other arguments."""
+
+
+class BudgetExceeded(FatalError):
+    """The tenant's daily LLM token budget is used up."""
+
+
+class LLMError(FatalError):
+    """The LLM endpoint refused the request in a way a retry will not fix (a 4xx)."""

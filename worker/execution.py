@@ -13,11 +13,12 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from worker import attempts, dispatch, events, retry, sessions
+from worker import attempts, dispatch, events, retry, sessions, steps
 from worker.agents import AgentSpec
 from worker.attempts import Claim, Dispatch, Outcome
 from worker.context import RunContext
 from worker.errors import Cancelled, LeaseLost
+from worker.llm import LLM
 from worker.models import AttemptOutcome, RunStatus
 from worker.runtime import Runtime
 from worker.supervisor import Active
@@ -200,12 +201,10 @@ def _describe(error: BaseException) -> dict[str, str]:
 
 def _json(result: Any) -> Any:
     """Return the agent's result as plain JSON, or raise TypeError naming what is wrong."""
-    if hasattr(result, "model_dump"):
-        result = result.model_dump(mode="json")
     try:
-        return json.loads(json.dumps(result))
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"agent result is not JSON-serialisable: {error}") from None
+        return steps.as_json(result)
+    except TypeError as error:
+        raise TypeError(f"agent result is {error}") from None
 
 
 def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
@@ -222,6 +221,12 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
     def is_cancelled() -> bool:
         return lease.lost or active.cancelled.is_set()
 
+    log = logging.LoggerAdapter(logging.getLogger(f"agentq.agent.{claim.agent}"), fields)
+    runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
+                              attempt=claim.attempt, emit=emit)
+    deadline = time.monotonic() + claim.timeout_s
+    llm = LLM(rt, steps=runner, tenant_id=claim.tenant_id, agent=claim.agent, log=log,
+              time_left=lambda: deadline - time.monotonic(), cancelled=is_cancelled)
     return RunContext(
         run_id=claim.run_id,
         tenant_id=claim.tenant_id,
@@ -231,10 +236,12 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
         timeout_s=claim.timeout_s,
         session_id=claim.session_id,
         request_id=claim.request_id,
-        log=logging.LoggerAdapter(logging.getLogger(f"agentq.agent.{claim.agent}"), fields),
+        log=log,
         session=session_state,
         _emit=emit,
         _is_cancelled=is_cancelled,
+        _steps=runner,
+        _llm=llm,
     )
 
 

@@ -48,6 +48,11 @@ DEFINITIONS = {
         "Webhook receivers' answer time.", (), _SECONDS),
     "agentq_inbound_deliveries": Definition(
         "Inbound webhook deliveries, by provider and outcome.", ("provider", "outcome")),
+    "agentq_llm_calls": Definition("LLM calls made (ctx.llm).", ("agent", "model")),
+    "agentq_llm_tokens": Definition("LLM tokens used, by kind (input, output).",
+                                    ("agent", "model", "kind")),
+    "agentq_llm_call_seconds": Definition(
+        "LLM call latency, retries within the call included.", ("agent", "model"), _SECONDS),
     "agentq_http_requests": Definition("HTTP requests.", ("route", "method", "status")),
     "agentq_http_request_duration_seconds": Definition(
         "HTTP request handling time (headers out, for streams).", ("route",), _SECONDS),

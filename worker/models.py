@@ -5,11 +5,12 @@ from __future__ import annotations
 import enum
 import secrets
 import time
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -187,6 +188,10 @@ class Run(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
+    # What the run's LLM calls cost, summed as each call's step is stored.
+    llm_calls: Mapped[int] = mapped_column(Integer, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
 
     @classmethod
     def from_row(cls, row: Any) -> Run:
@@ -217,6 +222,40 @@ class RunAttempt(Base):
     error_type: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
+
+
+class RunStep(Base):
+    """A durable step's result: later attempts of the run get it back instead of running
+    the step again."""
+
+    __tablename__ = "run_steps"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # The step's arguments, hashed: reusing a name with other arguments is an error.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    result: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True))
+    attempt: Mapped[int]  # the attempt that ran it
+    duration_ms: Mapped[int]
+    # An LLM call's {model, input_tokens, output_tokens, latency_ms}; NULL for other steps.
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    finished_at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp())
+
+
+class TenantUsage(Base):
+    """A tenant's LLM use on one day (UTC), for its daily token budget and GET /v1/usage."""
+
+    __tablename__ = "tenant_usage"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    llm_calls: Mapped[int] = mapped_column(Integer, server_default="0")
+    input_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class RunEvent(Base):

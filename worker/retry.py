@@ -7,8 +7,10 @@ raised by httpx. Anything else fails the run at once: another attempt would not 
 
 from __future__ import annotations
 
+import email.utils
 import random
 import socket
+from datetime import UTC, datetime
 
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
@@ -58,11 +60,25 @@ def delay_s(error: BaseException, attempt: int, *, base_s: float, max_s: float) 
 
 
 def _retry_after(error: BaseException) -> float | None:
-    """Honour an HTTP 429/503 ``Retry-After: <seconds>`` from httpx."""
+    """Honour an HTTP 429/503 ``Retry-After`` from httpx."""
     if not isinstance(error, httpx.HTTPStatusError):
         return None
-    value = error.response.headers.get("Retry-After", "")
+    return retry_after_s(error.response)
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """A response's ``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -112,6 +112,14 @@ class Settings(DatabaseSettings):
     jwt_tenant_claim: str = "tenant"
     jwt_scopes_claim: str = "scope"
     metrics_token: str | None = None  # if set, GET /metrics needs it as a bearer token
+    # ctx.llm and the llm.chat agent: any OpenAI-compatible chat completions endpoint.
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: str | None = None  # sent as a bearer token; never logged
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = Field(default=120.0, gt=0)  # a call's read timeout
+    llm_max_retries: int = Field(default=4, ge=0, le=20)  # 429, 5xx, connection errors
+    # Each tenant's LLM tokens (input + output) per UTC day; 0: no budget.
+    tenant_daily_tokens: int = Field(default=0, ge=0)
     # Test-only: make a worker die right after committing a terminal transition.
     fault: str | None = None
     backoff_base_s: float = Field(default=2.0, ge=0)

@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.events import Event
-from worker.models import Delivery, DeliveryAttempt, Run, RunAttempt, WebhookEndpoint
+from worker.models import (
+    Delivery,
+    DeliveryAttempt,
+    Run,
+    RunAttempt,
+    RunStep,
+    WebhookEndpoint,
+)
+from worker.spend import Day
 
 
 def iso(value: datetime | None) -> str | None:
@@ -34,6 +42,8 @@ def run_view(run: Run) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "next_attempt_at": iso(run.next_attempt_at),
+        "usage": {"llm_calls": run.llm_calls, "input_tokens": run.input_tokens,
+                  "output_tokens": run.output_tokens},
     }
 
 
@@ -94,4 +104,30 @@ def delivery_attempt_view(attempt: DeliveryAttempt) -> dict[str, Any]:
         "status_code": attempt.status_code,
         "error": attempt.error,
         "response_body": attempt.response_body,
+    }
+
+
+def step_view(step: RunStep) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "attempt": step.attempt,
+        "result": step.result,
+        "duration_ms": step.duration_ms,
+        "usage": step.usage,
+        "finished_at": iso(step.finished_at),
+    }
+
+
+def usage_view(days: list[Day], budget: int) -> dict[str, Any]:
+    today = days[0]
+    return {
+        "day": today.day.isoformat(),
+        "llm_calls": today.llm_calls,
+        "input_tokens": today.input_tokens,
+        "output_tokens": today.output_tokens,
+        "daily_token_budget": budget or None,
+        "tokens_left": max(0, budget - today.tokens) if budget else None,
+        "days": [{"day": day.day.isoformat(), "llm_calls": day.llm_calls,
+                  "input_tokens": day.input_tokens, "output_tokens": day.output_tokens}
+                 for day in days],
     }

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 AgentFn = Callable[["RunContext", Any], Any]
 
-BUILTIN_MODULES = ("worker.agents.builtin", "worker.agents.research")
+BUILTIN_MODULES = ("worker.agents.builtin", "worker.agents.research",
+                   "worker.agents.llm_chat")
 
 
 @dataclass(frozen=True)

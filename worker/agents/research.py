@@ -70,26 +70,43 @@ def _rank(question: str) -> list[tuple[int, dict[str, str]]]:
     return sorted((item for item in scored if item[0] > 0), key=lambda item: -item[0])
 
 
+def _sub_questions(question: str) -> list[str]:
+    parts = [part.strip(" ?.,") for part in re.split(r"\?|\band\b|;", question)]
+    return [part for part in parts if _terms(part)][:5] or [question]
+
+
 @agent("demo.research", input_model=ResearchInput, timeout_s=120)
 def research(ctx: RunContext, input: ResearchInput) -> dict[str, object]:
-    """Answer a question from a small library, reporting each phase as it goes."""
-    terms = sorted(_terms(input.question))
-    ctx.emit("parsing", "Analyzing your question…", terms=terms)
-    time.sleep(input.phase_s)
-    ctx.check_cancelled()
+    """Answer a question from a small library: parse, query, evaluate, each a durable step
+    (a run cut off midway resumes where it stood)."""
 
-    ctx.emit("querying", f"Searching the library ({len(LIBRARY)} notes)…", sub_questions=1)
-    ranked = _rank(input.question)
-    time.sleep(input.phase_s)
-    ctx.check_cancelled()
+    def parse() -> dict[str, list[str]]:
+        terms = sorted(_terms(input.question))
+        ctx.emit("parsing", "Analyzing your question…", terms=terms)
+        time.sleep(input.phase_s)
+        return {"terms": terms, "sub_questions": _sub_questions(input.question)}
 
-    ctx.emit("evaluating", "Evaluating evidence (round 1)…", candidates=len(ranked))
-    time.sleep(input.phase_s)
-    best = [note for _, note in ranked[:2]]
-    if best:
-        answer = " ".join(note["text"] for note in best)
-    else:
-        answer = "The library has nothing on that question yet."
+    def query(number: int, sub_question: str) -> list[dict[str, object]]:
+        ctx.emit("querying", f"Searching the library ({len(LIBRARY)} notes) for "
+                             f"“{sub_question}”…", sub_question=number)
+        time.sleep(input.phase_s / len(plan["sub_questions"]))
+        return [{"score": score, **note} for score, note in _rank(sub_question)]
+
+    def evaluate(found: list[dict[str, object]]) -> list[dict[str, object]]:
+        ctx.emit("evaluating", "Evaluating evidence (round 1)…", candidates=len(found))
+        time.sleep(input.phase_s)
+        best: dict[object, dict[str, object]] = {}
+        for note in sorted(found, key=lambda note: -int(str(note["score"]))):
+            best.setdefault(note["title"], note)
+        return list(best.values())[:2]
+
+    plan = ctx.step("parse", parse)
+    found = [note for number, sub_question in enumerate(plan["sub_questions"], 1)
+             for note in ctx.step(f"query:{number}", query, number, sub_question)]
+    ctx.check_cancelled()
+    best = ctx.step("evaluate:1", evaluate, found)
+    answer = (" ".join(str(note["text"]) for note in best) if best
+              else "The library has nothing on that question yet.")
     ctx.emit("done", "Answer ready.", citations=len(best))
     return {
         "answer": answer,
