@@ -85,7 +85,7 @@ class Sender:
 def deliver(rt: Runtime, *, delivery_id: str) -> None:
     """Make the delivery's next attempt, if it is due and no one else is making it."""
     settings = rt.settings
-    with rt.db.transaction() as session:
+    with rt.db.autocommit() as session:  # one atomic statement
         sending = webhooks.hold(session, delivery_id=delivery_id,
                                 hold_s=settings.webhook_timeout_s + _HOLD_MARGIN_S)
     if sending is None:
@@ -101,7 +101,8 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
                                                           timestamp, body),
         })
     response = rt.sender().post(sending.url, headers, body)
-    with rt.db.transaction() as session:
+    # A success is one atomic statement; a failure may disable the endpoint (a transaction).
+    with rt.db.autocommit() if response.ok else rt.db.transaction() as session:
         status = webhooks.record(session, sending=sending, response=response,
                                  schedule=settings.webhook_retry_schedule,
                                  disable_after_s=settings.webhook_disable_after_s)

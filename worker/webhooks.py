@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from worker import signing
@@ -238,29 +238,34 @@ class Sending:
     secrets: list[str]
 
 
+_HOLD = text("""
+    WITH held AS (
+        UPDATE deliveries
+        SET locked_until = now() + make_interval(secs => :hold_s), attempts = attempts + 1
+        WHERE id = :delivery_id AND status IN ('pending', 'retrying')
+          AND next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())
+        RETURNING run_id, attempts, schedule_base, format, url, payload, endpoint_id, tenant_id
+    )
+    SELECT held.*,
+           CASE WHEN held.endpoint_id IS NULL THEN t.webhook_secret ELSE e.secret END
+               AS secret,
+           CASE WHEN held.endpoint_id IS NULL THEN t.webhook_previous_secret
+                ELSE e.previous_secret END AS previous_secret,
+           CASE WHEN held.endpoint_id IS NULL THEN t.webhook_previous_expires_at
+                ELSE e.previous_expires_at END AS previous_expires_at
+    FROM held
+    JOIN tenants t ON t.id = held.tenant_id
+    LEFT JOIN webhook_endpoints e ON e.id = held.endpoint_id
+""")
+
+
 def hold(session: Session, *, delivery_id: str, hold_s: float) -> Sending | None:
-    """Take the delivery's next attempt if it is due and nobody else holds it."""
-    now = func.now()
-    row = session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id,
-               Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
-               Delivery.next_attempt_at <= now,
-               or_(Delivery.locked_until.is_(None), Delivery.locked_until < now))
-        .values(locked_until=now + timedelta(seconds=hold_s), attempts=Delivery.attempts + 1)
-        .returning(Delivery.run_id, Delivery.attempts, Delivery.schedule_base, Delivery.format,
-                   Delivery.url, Delivery.payload, Delivery.endpoint_id, Delivery.tenant_id)
-    ).one_or_none()
+    """Take the delivery's next attempt if it is due and nobody else holds it, with the
+    secrets that sign it: one atomic statement (no transaction needed around it)."""
+    row = session.execute(_HOLD, {"delivery_id": delivery_id, "hold_s": hold_s}).one_or_none()
     if row is None:
         return None
-    if row.endpoint_id is not None:
-        endpoint = session.get_one(WebhookEndpoint, row.endpoint_id)
-        secrets = live_secrets(endpoint.secret, endpoint.previous_secret,
-                               endpoint.previous_expires_at)
-    else:
-        tenant = session.get_one(Tenant, row.tenant_id)
-        secrets = live_secrets(tenant.webhook_secret, tenant.webhook_previous_secret,
-                               tenant.webhook_previous_expires_at)
+    secrets = live_secrets(row.secret, row.previous_secret, row.previous_expires_at)
     return Sending(delivery_id, row.run_id, row.attempts, row.schedule_base, row.format,
                    row.url, row.payload, row.endpoint_id, secrets)
 
@@ -281,33 +286,55 @@ class Response:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+_DELIVERED = text("""
+    WITH attempt AS (
+        INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms,
+                                       status_code, error, response_body)
+        VALUES (:delivery_id, :attempt, :started_at, :latency_ms, :status_code, NULL, :body)
+    ), endpoint AS (
+        UPDATE webhook_endpoints SET failing_since = NULL
+        WHERE id = :endpoint_id AND failing_since IS NOT NULL
+    )
+    UPDATE deliveries
+    SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL,
+        locked_until = NULL, last_status_code = :status_code, last_error = NULL,
+        dispatched_at = NULL
+    WHERE id = :delivery_id
+""")
+
+
+def record_delivered(session: Session, *, sending: Sending, response: Response) -> None:
+    """Keep a successful attempt and mark the delivery delivered: one atomic statement."""
+    session.execute(_DELIVERED, {
+        "delivery_id": sending.delivery_id, "attempt": sending.attempt,
+        "started_at": response.started_at, "latency_ms": response.latency_ms,
+        "status_code": response.status_code, "body": response.body,
+        "endpoint_id": sending.endpoint_id})
+
+
 def record(session: Session, *, sending: Sending, response: Response,
            schedule: list[float], disable_after_s: float) -> DeliveryStatus:
-    """Keep the attempt; decide whether the delivery is done, retried later, or dead."""
+    """Keep the attempt; decide whether the delivery is done, retried later, or dead.
+    A success is one atomic statement; a failure may disable the endpoint, so call it in
+    a transaction then."""
+    if response.ok:
+        record_delivered(session, sending=sending, response=response)
+        return DeliveryStatus.DELIVERED
     session.add(DeliveryAttempt(
         delivery_id=sending.delivery_id, attempt=sending.attempt,
         started_at=response.started_at, latency_ms=response.latency_ms,
         status_code=response.status_code, error=response.error, response_body=response.body))
     values: dict[str, Any] = {"locked_until": None, "last_status_code": response.status_code,
                               "last_error": response.error, "dispatched_at": None}
-    if response.ok:
-        status = DeliveryStatus.DELIVERED
-        values.update(delivered_at=func.now(), next_attempt_at=None)
-        if sending.endpoint_id is not None:  # touches (and locks) the row only if it failed
-            session.execute(update(WebhookEndpoint)
-                            .where(WebhookEndpoint.id == sending.endpoint_id,
-                                   WebhookEndpoint.failing_since.is_not(None))
-                            .values(failing_since=None))
-    else:
-        status = _after_failure(sending, response, schedule, values)
-        endpoint = (session.get(WebhookEndpoint, sending.endpoint_id, with_for_update=True)
-                    if sending.endpoint_id else None)
-        if endpoint is not None:
-            _endpoint_failed(endpoint, response, disable_after_s)
-            if endpoint.disabled_at is not None:
-                status = DeliveryStatus.DEAD
-                values.update(next_attempt_at=None,
-                              last_error=f"endpoint disabled: {endpoint.disabled_reason}")
+    status = _after_failure(sending, response, schedule, values)
+    endpoint = (session.get(WebhookEndpoint, sending.endpoint_id, with_for_update=True)
+                if sending.endpoint_id else None)
+    if endpoint is not None:
+        _endpoint_failed(endpoint, response, disable_after_s)
+        if endpoint.disabled_at is not None:
+            status = DeliveryStatus.DEAD
+            values.update(next_attempt_at=None,
+                          last_error=f"endpoint disabled: {endpoint.disabled_reason}")
     values["status"] = status
     session.execute(update(Delivery).where(Delivery.id == sending.delivery_id).values(**values))
     return status
