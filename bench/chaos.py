@@ -28,7 +28,8 @@ if __package__ in {None, ""}:
 
 from sqlalchemy import column, func, select, table
 
-from bench.cluster import Cluster
+from bench.cluster import FAST, Cluster
+from bench.report import Figure
 from worker.models import TERMINAL_STATUSES, Run, RunEvent
 from worker.runtime import Runtime
 from worker.submission import RunRequest, submit
@@ -116,7 +117,7 @@ def report(rounds: list[Round]) -> None:
         print(f"{field:16}{cells}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=3)
@@ -125,24 +126,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-ms", type=int, default=50, help="each run's work")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds per round")
     parser.add_argument("--no-baseline", action="store_true", help="skip the round without kills")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def rounds(args: argparse.Namespace) -> list[Round]:
+    played = []
     with tempfile.TemporaryDirectory(prefix="agentq-chaos-") as tmp:
         cluster = Cluster(Path(tmp), workers=args.workers, concurrency=args.concurrency)
         try:
-            rounds = []
             if not args.no_baseline:
-                rounds.append(play(cluster, name="no kills", runs=args.runs,
+                played.append(play(cluster, name="no kills", runs=args.runs,
                                    work_ms=args.work_ms, kill_every=None,
                                    deadline_s=args.deadline))
-            rounds.append(play(cluster, name="kill -9", runs=args.runs, work_ms=args.work_ms,
+            played.append(play(cluster, name="kill -9", runs=args.runs, work_ms=args.work_ms,
                                kill_every=args.kill_every, deadline_s=args.deadline))
         finally:
             cluster.close()
+    return played
+
+
+def figures(quick: bool) -> list[Figure]:
+    args = parser().parse_args(["--runs", "300"] if quick else [])
+    calm, chaos = rounds(args)
+    return [
+        Figure(f"chaos: runs lost, of {args.runs}, kill -9 every {args.kill_every:g} s",
+               chaos.lost, "runs", None, "== 0"),
+        Figure("chaos: runs finished twice", chaos.finished_twice, "runs", None, "== 0"),
+        Figure("chaos: re-executions (at-least-once)", chaos.re_executions, "runs",
+               calm.re_executions),
+        Figure("chaos: time to drain (vs no kills)", chaos.drain_s, "s", calm.drain_s),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    played = rounds(args)
     print(f"chaos: {args.runs} runs, {args.workers} workers x {args.concurrency}, "
           f"a worker SIGKILLed every {args.kill_every:g} s, lease timeout "
-          f"{cluster.runtime.settings.lease_timeout_s:g} s")
-    report(rounds)
-    chaos = rounds[-1]
+          f"{FAST['AGENTQ_LEASE_TIMEOUT_S']} s")
+    report(played)
+    chaos = played[-1]
     ok = chaos.lost == 0 and chaos.finished_twice == 0
     print("OK: 0 lost, 0 finished twice" if ok else "FAILED: runs lost or finished twice")
     return 0 if ok else 1

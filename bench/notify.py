@@ -33,6 +33,7 @@ import httpx
 from sqlalchemy import func, select
 
 from bench.cluster import Cluster
+from bench.report import Figure
 from bench.stream import percentile
 from tests.harness import wait_for
 from worker import webhooks
@@ -87,16 +88,20 @@ def bare_loop(url: str, n: int, threads: int) -> float:
     return (n // threads * threads) / (time.monotonic() - started)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16, help="notifier threads")
     parser.add_argument("--latency-runs", type=int, default=200)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> tuple[float, float, list[float]]:
+    """Deliveries/s, the bare loop's POSTs/s, and commit -> receiver latencies (ms)."""
     receiver = Receiver()
     with tempfile.TemporaryDirectory(prefix="agentq-notify-") as tmp:
         cluster = Cluster(Path(tmp), workers=2, concurrency=2, beat=False,
-                          queues="runs,maintenance",
+                          queues="runs.high,runs.normal,runs.low,maintenance",
                           settings={"AGENTQ_WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8"})
         try:
             rt = cluster.runtime
@@ -138,6 +143,23 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             cluster.close()
     baseline = bare_loop(receiver.url, args.deliveries, args.concurrency)
+    return rate, baseline, latencies
+
+
+def figures(quick: bool) -> list[Figure]:
+    args = parser().parse_args(["--deliveries", "500", "--latency-runs", "50"] if quick else [])
+    rate, baseline, latencies = run(args)
+    return [
+        Figure("notify: deliveries/s (vs bare POST loop)", rate, "/s", baseline, ">= 200"),
+        Figure("notify: terminal commit -> receiver p50", percentile(latencies, 0.5), "ms",
+               None, "<= 50"),
+        Figure("notify: terminal commit -> receiver p99", percentile(latencies, 0.99), "ms"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    rate, baseline, latencies = run(args)
     print(f"notify: {args.deliveries} deliveries to a loopback receiver, notifier threads "
           f"{args.concurrency}")
     print(f"{'deliveries/s (signed, recorded)':36}{rate:>10.0f}  target >= 200")

@@ -30,6 +30,7 @@ import httpx
 import psutil
 
 from bench.cluster import Cluster
+from bench.report import Figure
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,14 +112,18 @@ def api_rss_mb(cluster: Cluster) -> float:
     return sum(child.memory_info().rss for child in master.children()) / 2**20
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=10, help="runs the streams follow")
     parser.add_argument("--rate", type=float, default=2.0, help="events a second per run")
     parser.add_argument("--seconds", type=float, default=15.0, help="how long runs emit")
     parser.add_argument("--posts", type=int, default=100, help="POSTs timed per phase")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Measure; the figures, with the API's RSS idle and at its peak (MB)."""
     with tempfile.TemporaryDirectory(prefix="agentq-stream-") as tmp:
         cluster = Cluster(Path(tmp), workers=2, concurrency=max(2, args.runs // 2 + 1),
                           beat=False, api=True,
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_idle = api_rss_mb(cluster)
             rss: list[float] = []
 
-            async def run() -> dict[str, float]:
+            async def streams() -> dict[str, float]:
                 async def sample() -> None:
                     while True:
                         rss.append(api_rss_mb(cluster))
@@ -141,16 +146,38 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     sampler.cancel()
 
-            figures = asyncio.run(run())
+            figures = asyncio.run(streams())
         finally:
             cluster.close()
+    return {**figures, "rss_idle": rss_idle, "rss_peak": max(rss or [0.0])}
+
+
+def figures(quick: bool) -> list[Figure]:
+    args = parser().parse_args(["--seconds", "8", "--posts", "30"] if quick else [])
+    got = run(args)
+    return [
+        Figure(f"streams: held to the end, of {args.streams}", got["held"], "streams",
+               args.streams, "== 1x"),
+        Figure("streams: emit -> client p50", got["p50"], "ms"),
+        Figure("streams: emit -> client p99", got["p99"], "ms", None, "<= 100"),
+        Figure("streams: POST /v1/runs p50 under them", got["post_p50_loaded"], "ms",
+               got["post_p50_idle"]),
+        Figure(f"memory: API RSS with {args.streams} streams", got["rss_peak"], "MB",
+               got["rss_idle"], "<= 200"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    figures = run(args)
+    rss_idle, rss_peak = figures["rss_idle"], figures["rss_peak"]
     print(f"streams: {args.streams} SSE streams on one API process (gunicorn, gevent), "
           f"{args.runs} runs x {args.rate:g} events/s for {args.seconds:g} s")
     print(f"{'connections held':34}{figures['held']:>10.0f}  of {args.streams}")
     print(f"{'events received':34}{figures['latencies']:>10.0f}")
     print(f"{'emit -> client p50 (ms)':34}{figures['p50']:>10.1f}")
     print(f"{'emit -> client p99 (ms)':34}{figures['p99']:>10.1f}  target <= 100")
-    print(f"{'API RSS, idle / peak (MB)':34}{rss_idle:>10.1f} / {max(rss or [0]):.1f}"
+    print(f"{'API RSS, idle / peak (MB)':34}{rss_idle:>10.1f} / {rss_peak:.1f}"
           "  target <= 200")
     print(f"{'POST /v1/runs p50, no streams (ms)':34}{figures['post_p50_idle']:>10.1f}"
           "  (baseline)")

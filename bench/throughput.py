@@ -217,7 +217,7 @@ def per_process_figures(backlog: int) -> list[Figure]:
     return [Figure("one worker process: no-op runs/s", ours, "runs/s", theirs)]
 
 
-def run(quick: bool) -> list[Figure]:
+def figures(quick: bool) -> list[Figure]:
     return [*submit_figures(5 if quick else 15),
             *end_to_end_figures(5 if quick else 15),
             *per_process_figures(500 if quick else 3000)]
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short rounds (under a minute)")
     args = parser.parse_args(argv)
-    print(table(run(args.quick)))
+    print(table(figures(args.quick)))
     return 0
 
 
