@@ -9,6 +9,7 @@ beat and Flower until Ctrl-C, which stops every process started here.
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import sys
 from contextlib import ExitStack
@@ -103,6 +104,7 @@ def run(dev: DevSettings) -> int:
         }
         # Local receivers are the point of a dev box: allow loopback unless told otherwise.
         env.setdefault("AGENTQ_WEBHOOK_ALLOWED_CIDRS", DEV_WEBHOOK_CIDRS)
+        env.setdefault("AGENTQ_SECRET_KEY", dev_secret(data_dir / "secret-key"))
         _banner(dev, token, data_dir, env["AGENTQ_WEBHOOK_ALLOWED_CIDRS"])
         manager = Manager(Printer(sys.stdout))
         for name, command in processes(dev, data_dir).items():
@@ -112,6 +114,18 @@ def run(dev: DevSettings) -> int:
         # Stopped by Ctrl-C or SIGTERM is a normal end; otherwise pass on the failed child's code.
         return 0 if manager.returncode in (None, 130, 143) else int(manager.returncode)
     return 0
+
+
+def dev_secret(path: Path) -> str:
+    """The dashboard's cookie-signing secret on this dev box: made once, kept (mode 0600)
+    so sign-ins survive a restart."""
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(secret + "\n")
+    return secret
 
 
 def _write_env(path: Path, **variables: str) -> None:
@@ -125,6 +139,7 @@ def _banner(dev: DevSettings, token: str, data_dir: Path, webhook_cidrs: str) ->
     env_file = os.path.relpath(data_dir / "env")
     _say("")
     _say(f"API         http://127.0.0.1:{dev.port}")
+    _say(f"Dashboard   http://127.0.0.1:{dev.port}/  (sign in with the API key below)")
     _say(f"Flower      http://127.0.0.1:{dev.flower_port}")
     _say(f"API key     {token}")
     _say(f"Shell       export KEY={token}")

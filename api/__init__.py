@@ -6,6 +6,7 @@ from flask import Flask
 
 from api import (
     api_keys,
+    dashboard,
     deliveries,
     errors,
     events,
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     """Build the API from ``settings`` (default: the environment), failing fast if invalid."""
     if runtime is None:
         runtime = build_runtime(settings or load_settings())
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard serves its own
     app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = {
         "subprotocols": ws.BearerSubprotocols(),
@@ -47,4 +48,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                       openapi.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
+    dashboard.init_app(app, runtime)
     return app

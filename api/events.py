@@ -37,12 +37,12 @@ RECONNECT_MS = 2000
 def run_events(run_id: str) -> Response:
     g.run_id = run_id
     rt = runtime()
-    after = _resume_point()
+    after = resume_point()
     with rt.db.transaction() as session:
         runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = [] if _wants_stream() else events.after(session, run_id=run_id, seq=after)
     if _wants_stream():
-        return _stream(rt, run_id, after)
+        return stream(rt, run_id, after)
     return jsonify({"items": [event_view(item) for item in items]})
 
 
@@ -51,7 +51,7 @@ def _wants_stream() -> bool:
     return best == EVENT_STREAM and request.accept_mimetypes[EVENT_STREAM] > 0
 
 
-def _resume_point() -> int:
+def resume_point() -> int:
     """``Last-Event-ID`` (set by a reconnecting EventSource) wins over ``?after=``."""
     after = query(EventsQuery).after
     header = request.headers.get("Last-Event-ID", "").strip()
@@ -68,7 +68,8 @@ def frame(event: Event) -> str:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event.data_json}\n\n"
 
 
-def _stream(rt: Runtime, run_id: str, after: int) -> Response:
+def stream(rt: Runtime, run_id: str, after: int) -> Response:
+    """The run's events after ``after`` as a live SSE response (the caller checked access)."""
     settings = rt.settings
 
     def generate() -> Iterator[str]:

@@ -46,6 +46,7 @@ FAST = {
     "AGENTQ_WEBHOOK_RETRY_SCHEDULE": "0.3,0.3,0.3",
     "AGENTQ_WEBHOOK_TIMEOUT_S": "2",
     "AGENTQ_WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8",  # the tests' receivers are on loopback
+    "AGENTQ_SECRET_KEY": "test-only-dashboard-secret-0123456789abcdef",
 }
 
 

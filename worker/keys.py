@@ -178,6 +178,18 @@ def announce_revocation(redis_client: redis.Redis) -> None:
         redis_client.publish(KeyCache.CHANNEL, "revoked")
 
 
+_BY_ID = text(
+    "SELECT id, tenant_id, scopes FROM api_keys WHERE id = :key_id AND revoked_at IS NULL")
+
+
+def live_key(session: Session, *, key_id: str) -> Principal | None:
+    """The principal of a key known by id (a dashboard session's), if it is not revoked."""
+    key = session.execute(_BY_ID, {"key_id": key_id}).one_or_none()
+    if key is None:
+        return None
+    return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
+
+
 def authenticate(session: Session, *, token: str) -> Principal | None:
     """Return the principal for a live key, or None. Lookup is by hash, never by the key."""
     key = session.execute(_BY_HASH, {"key_hash": hash_key(token)}).one_or_none()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import false, func, or_, select, text, true, update
@@ -43,6 +43,7 @@ class RunFilter:
     status: RunStatus | None = None
     agent: str | None = None
     session_id: str | None = None
+    since: datetime | None = None  # created at or after
 
 
 _QUEUED_EVENT = {"status": RunStatus.QUEUED.value, "attempt": 0}
@@ -101,6 +102,8 @@ def page(
         query = query.where(Run.agent == where.agent)
     if where.session_id is not None:
         query = query.where(Run.session_id == where.session_id)
+    if where.since is not None:
+        query = query.where(Run.created_at >= where.since)
     if before is not None:
         query = query.where(Run.id < before)
     rows = list(session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))

@@ -112,6 +112,9 @@ class Settings(DatabaseSettings):
     jwt_tenant_claim: str = "tenant"
     jwt_scopes_claim: str = "scope"
     metrics_token: str | None = None  # if set, GET /metrics needs it as a bearer token
+    # Signs the dashboard's session cookies (32+ characters); without it the dashboard is off.
+    secret_key: str | None = Field(default=None, min_length=32)
+    cookie_secure: bool = False  # always mark cookies Secure (behind a TLS-terminating proxy)
     # ctx.llm and the llm.chat agent: any OpenAI-compatible chat completions endpoint.
     llm_base_url: str = "https://api.openai.com/v1"
     llm_api_key: str | None = None  # sent as a bearer token; never logged

@@ -1,0 +1,44 @@
+"""The dashboard: runs, dead letters and webhooks in a browser, served by the API at ``/``.
+
+Server-rendered pages with a little plain JavaScript: no build step, nothing fetched from
+anywhere else. Signing in with an API key sets a session cookie (signed with
+``AGENTQ_SECRET_KEY``; HttpOnly, SameSite=Strict, Secure over HTTPS) that names the key and
+never holds it; every request checks that the key is still live, and every form or button
+that changes something carries the session's CSRF token. Everything is scoped to the key's
+tenant and limited by its scopes, exactly as the JSON API is. Without ``AGENTQ_SECRET_KEY``
+the dashboard is off and ``/`` says how to turn it on.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Flask, Request, request
+from flask.sessions import SecureCookieSessionInterface
+
+from api.dashboard.pages import bp
+from worker.runtime import Runtime
+
+SESSION_HOURS = 12
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure whenever the page was served over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        secure = bool(app.config["SESSION_COOKIE_SECURE"])
+        return secure or (isinstance(request, Request) and request.is_secure)
+
+
+def init_app(app: Flask, runtime: Runtime) -> None:
+    settings = runtime.settings
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_NAME="agentq_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
+    )
+    app.session_interface = SessionCookies()
+    app.register_blueprint(bp)

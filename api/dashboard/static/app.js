@@ -1,0 +1,84 @@
+// agentq dashboard: live updates without a framework. No inline scripts (see the CSP).
+"use strict";
+
+// The status strip: workers online, queue depth, runs and failures per minute.
+function pollStatus() {
+  const strip = document.getElementById("status-strip");
+  if (!strip) return;
+  const refresh = () => fetch(strip.dataset.src, { headers: { Accept: "application/json" } })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((data) => {
+      if (!data) return;
+      for (const cell of strip.querySelectorAll("[data-key]")) {
+        const value = data[cell.dataset.key];
+        cell.textContent = value === null || value === undefined ? "?" : String(value);
+      }
+    })
+    .catch(() => {});
+  refresh();
+  setInterval(refresh, 10000);
+}
+
+// The runs list: its rows are fetched again every 2 s (with the page's filters).
+function pollRows() {
+  const rows = document.getElementById("run-rows");
+  if (!rows) return;
+  setInterval(() => {
+    if (document.hidden) return;
+    fetch(rows.dataset.src).then((r) => (r.ok ? r.text() : null))
+      .then((html) => { if (html !== null) rows.innerHTML = html; })
+      .catch(() => {});
+  }, 2000);
+}
+
+// A run's page: its events arrive over EventSource, which resumes after a dropped
+// connection by sending Last-Event-ID; a status event refreshes the panel above.
+function followRun() {
+  const list = document.getElementById("events");
+  if (!list) return;
+  const state = document.getElementById("stream-state");
+  const panel = document.getElementById("run-panel");
+  let refreshing = null;
+  const refreshPanel = () => {
+    clearTimeout(refreshing);
+    refreshing = setTimeout(() => fetch(panel.dataset.src).then((r) => (r.ok ? r.text() : null))
+      .then((html) => { if (html !== null) panel.innerHTML = html; }).catch(() => {}), 150);
+  };
+  const add = (type, message) => {
+    const data = JSON.parse(message.data);
+    const item = document.createElement("li");
+    item.dataset.seq = message.lastEventId;
+    item.className = "event " + type;
+    const seq = document.createElement("span");
+    seq.textContent = "#" + message.lastEventId;
+    const kind = document.createElement("span");
+    kind.textContent = type === "status" ? data.status : (data.phase || type);
+    kind.className = type === "status" ? "status " + data.status : "phase";
+    const text = document.createElement("span");
+    text.className = "data";
+    text.textContent = data.message || JSON.stringify(data);
+    item.append(seq, kind, text);
+    list.append(item);
+    return data;
+  };
+  const source = new EventSource(list.dataset.src);
+  source.onopen = () => { if (state) state.textContent = "live"; };
+  source.onerror = () => {
+    if (state && source.readyState !== EventSource.CLOSED) state.textContent = "reconnecting…";
+  };
+  source.addEventListener("progress", (message) => add("progress", message));
+  source.addEventListener("status", (message) => {
+    const data = add("status", message);
+    refreshPanel();
+    if (["succeeded", "failed", "cancelled", "dead_lettered"].includes(data.status)) {
+      source.close();  // the stream ends after the terminal event; do not reconnect
+      if (state) state.textContent = "finished";
+    }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  pollStatus();
+  pollRows();
+  followRun();
+});

@@ -1,0 +1,256 @@
+"""The dashboard, end to end in a real browser: Debian's chromium driven by Playwright,
+against the API under gunicorn and a real worker.
+
+Screenshots of each main page land in ``tests/output/dashboard/`` for review; with
+``AGENTQ_UPDATE_SCREENSHOTS=1`` the run page's also replaces ``docs/dashboard-run.png``.
+Without a browser these tests skip, unless ``CI`` is set: there they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Tenant, make_tenant
+from tests.harness import ROOT, ApiServer, wait_for
+from worker.runtime import Runtime
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+OUTPUT = ROOT / "tests" / "output" / "dashboard"
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but there is no chromium: apt-get install chromium")
+        pytest.skip("no chromium on this machine (make test installs Debian's when it can)")
+    from playwright.sync_api import sync_playwright
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=["--no-sandbox", "--disable-gpu"])
+        yield launched
+        launched.close()
+
+
+class Dashboard:
+    """One signed-in browser page, with every console error it saw."""
+
+    def __init__(self, browser: Any, server: ApiServer, tenant: Tenant, **context: Any) -> None:
+        self.server = server
+        self.tenant = tenant
+        self.context = browser.new_context(base_url=server.url, **context)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(20_000)
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def sign_in(self) -> None:
+        self.page.goto("/")
+        assert "/sign-in" in self.page.url
+        self.page.get_by_label("API key").fill(self.tenant.key)
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.wait_for_url("**/runs")
+
+    def shot(self, name: str) -> Path:
+        path = OUTPUT / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.server.url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.tenant.key}"})
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def dashboard(browser: Any, api_server: ApiServer, tenant: Tenant) -> Iterator[Dashboard]:
+    board = Dashboard(browser, api_server, tenant)
+    board.sign_in()
+    yield board
+    board.close()
+    assert board.errors == [], f"console errors: {board.errors}"
+
+
+def run_status(board: Dashboard, run_id: str) -> str:
+    with board.api() as client:
+        status: str = client.get(f"/v1/runs/{run_id}").json()["status"]
+    return status
+
+
+def test_sign_in_start_a_run_and_watch_its_events_arrive_live(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    dashboard.shot("runs")
+    page.get_by_text("Start a run").click()
+    page.get_by_label("Agent", exact=True).select_option("demo.research")
+    page.get_by_label("Input (JSON)").fill(
+        '{"question": "Why is the sky blue and why are sunsets red?", "phase_s": 0.6}')
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url(re.compile(r".*/runs/run_\w+$"))
+    run_id = page.url.rsplit("/", 1)[1]
+    # Events arrive while the run is still going (not on a reload)
+    page.wait_for_selector("#events li .phase:text('parsing')")
+    assert run_status(dashboard, run_id) in {"running", "queued"}
+    page.wait_for_selector("#run-status:text('succeeded')", timeout=30_000)
+    page.wait_for_selector("#stream-state:text('finished')")
+    seqs = [int(s) for s in page.locator("#events li").evaluate_all(
+        "items => items.map(i => i.dataset.seq)")]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 8  # no gap, no repeat
+    assert page.locator("text=Rayleigh scattering").count() >= 1  # the result, in the panel
+    assert page.locator("table code", has_text="evaluate:1").count() == 1  # its steps
+    path = dashboard.shot("run")
+    if os.environ.get("AGENTQ_UPDATE_SCREENSHOTS"):
+        shutil.copy(path, ROOT / "docs" / "dashboard-run.png")
+
+
+def test_the_runs_list_updates_live_and_filters(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    with dashboard.api() as client:
+        run = client.post("/v1/runs", json={"agent": "echo", "input": {"n": 1}}).json()
+    page.locator("#run-rows a", has_text=run["id"]).wait_for()  # no reload needed
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_selector("#run-rows :text('No runs match.')")
+
+
+def test_cancel_a_running_run(dashboard: Dashboard) -> None:
+    with dashboard.api() as client:
+        run = client.post("/v1/runs", json={"agent": "sleep", "input": {"seconds": 30}}).json()
+    wait_for(lambda: run_status(dashboard, run["id"]) == "running", what="the run to start")
+    page = dashboard.page
+    page.goto(f"/runs/{run['id']}")
+    page.wait_for_selector("#stream-state:text('live')")
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_selector("#run-status:text('cancelled')", timeout=30_000)
+    assert run_status(dashboard, run["id"]) == "cancelled"
+
+
+def test_replay_a_dead_lettered_run(dashboard: Dashboard) -> None:
+    with dashboard.api() as client:
+        run = client.post("/v1/runs?wait=10", json={
+            "agent": "flaky", "input": {"failures": 1}, "max_attempts": 1}).json()
+    assert run["status"] == "dead_lettered"
+    page = dashboard.page
+    page.get_by_role("link", name="Dead letters").click()
+    page.locator("td a", has_text=run["id"]).wait_for()
+    dashboard.shot("dead-letters")
+    page.get_by_role("button", name=f"Replay {run['id']}").click()
+    page.wait_for_selector(".flash.ok:text('Run queued again.')")
+    wait_for(lambda: run_status(dashboard, run["id"]) == "succeeded", timeout=30,
+             what="the replayed run to succeed")
+
+
+def test_webhook_endpoints_show_their_secret_once(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    page.get_by_role("link", name="Webhooks").click()
+    page.get_by_label("URL").fill("https://example.com/agentq-hook")
+    page.get_by_role("button", name="Add endpoint").click()
+    secret = page.locator("#new-secret").inner_text()
+    assert secret.startswith("whsec_")
+    dashboard.shot("webhooks")
+    page.goto("/webhooks")
+    assert page.locator("#new-secret").count() == 0 and secret not in page.content()
+    assert page.locator("td", has_text="https://example.com/agentq-hook").count() == 1
+
+
+def test_a_post_without_the_csrf_token_is_refused(dashboard: Dashboard) -> None:
+    cookies = {c["name"]: c["value"] for c in dashboard.context.cookies()}
+    assert "agentq_session" in cookies
+    [cookie] = [c for c in dashboard.context.cookies() if c["name"] == "agentq_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    with httpx.Client(base_url=dashboard.server.url, cookies=cookies) as client:
+        for token in (None, "forged"):
+            form = {"agent": "echo", "input": "{}", **({"csrf": token} if token else {})}
+            refused = client.post("/runs", data=form)
+            assert refused.status_code == 403 and "CSRF" in refused.text
+        runs = dashboard.api().get("/v1/runs").json()["items"]
+        assert runs == []  # nothing was started
+
+
+def test_another_tenants_run_is_not_found(dashboard: Dashboard, runtime: Runtime,
+                                          api_server: ApiServer) -> None:
+    other = make_tenant(runtime)
+    with httpx.Client(base_url=api_server.url,
+                      headers={"Authorization": f"Bearer {other.key}"}) as client:
+        theirs = client.post("/v1/runs?wait=10", json={"agent": "echo"}).json()
+    page = dashboard.page
+    response = page.goto(f"/runs/{theirs['id']}")
+    assert response is not None and response.status == 404
+    assert page.get_by_role("heading", name="Not found").is_visible()
+    assert all("404" in error for error in dashboard.errors)  # the browser notes the 404
+    dashboard.errors.clear()
+    cookies = {c["name"]: c["value"] for c in dashboard.context.cookies()}
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    with httpx.Client(base_url=api_server.url, cookies=cookies) as client:
+        assert client.get(f"/runs/{theirs['id']}/events").status_code == 404
+        assert client.get(f"/runs/{theirs['id']}/panel").status_code == 404
+        assert client.post(f"/runs/{theirs['id']}/cancel", data={"csrf": csrf}).status_code \
+            == 404
+    with dashboard.api() as client:  # and it is untouched
+        assert client.get(f"/v1/runs/{theirs['id']}").status_code == 404
+    assert page.locator("#run-rows").count() == 0
+
+
+def test_events_resume_after_the_last_event_id(dashboard: Dashboard) -> None:
+    with dashboard.api() as client:
+        run = client.post("/v1/runs?wait=10", json={"agent": "echo"}).json()
+    cookies = {c["name"]: c["value"] for c in dashboard.context.cookies()}
+    with httpx.Client(base_url=dashboard.server.url, cookies=cookies, timeout=10) as client:
+        body = client.get(f"/runs/{run['id']}/events", headers={"Last-Event-ID": "1"}).text
+    ids = [int(n) for n in re.findall(r"^id: (\d+)$", body, re.M)]
+    assert ids and ids[0] == 2 and ids == sorted(set(ids))
+
+
+def test_signing_out_and_revoking_the_key_both_end_the_session(
+        browser: Any, api_server: ApiServer, runtime: Runtime) -> None:
+    tenant = make_tenant(runtime)
+    board = Dashboard(browser, api_server, tenant)
+    board.sign_in()
+    board.page.get_by_role("button", name="Sign out").click()
+    board.page.wait_for_url("**/sign-in")
+    board.page.goto("/runs")
+    assert "/sign-in" in board.page.url
+    board.sign_in()
+    with board.api() as client:
+        [key] = client.get("/v1/api-keys").json()["items"]
+        assert client.delete(f"/v1/api-keys/{key['id']}").status_code == 204
+    board.page.goto("/runs")
+    assert "/sign-in" in board.page.url
+    board.close()
+    assert board.errors == []
+
+
+def test_usable_on_a_phone(browser: Any, api_server: ApiServer, tenant: Tenant) -> None:
+    board = Dashboard(browser, api_server, tenant, viewport=PHONE, is_mobile=True,
+                      has_touch=True)
+    board.sign_in()
+    with board.api() as client:
+        run = client.post("/v1/runs?wait=10", json={"agent": "echo", "input": {"a": 1}}).json()
+    for path in ("/runs", f"/runs/{run['id']}", "/dead-letters", "/webhooks"):
+        board.page.goto(path)
+        overflow = board.page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 1, f"{path} scrolls sideways on a phone by {overflow}px"
+    board.page.goto(f"/runs/{run['id']}")
+    board.page.wait_for_selector("#stream-state:text('finished')")
+    board.shot("run-phone")
+    # Keyboard: the skip link is the first stop, then the navigation
+    board.page.keyboard.press("Tab")
+    assert board.page.evaluate("document.activeElement.textContent") == "Skip to content"
+    board.close()
+    assert board.errors == []
