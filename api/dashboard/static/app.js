@@ -1,6 +1,17 @@
 // agentq dashboard: live updates without a framework. No inline scripts (see the CSP).
 "use strict";
 
+// Times arrive as RFC 3339 in UTC; show them in the reader's time zone.
+function localTimes(root) {
+  for (const time of root.querySelectorAll("time[datetime]")) {
+    const when = new Date(time.getAttribute("datetime"));
+    if (!Number.isNaN(when.getTime())) {
+      time.title = time.getAttribute("datetime");
+      time.textContent = when.toLocaleString();
+    }
+  }
+}
+
 // The status strip: workers online, queue depth, runs and failures per minute.
 function pollStatus() {
   const strip = document.getElementById("status-strip");
@@ -26,9 +37,17 @@ function pollRows() {
   setInterval(() => {
     if (document.hidden) return;
     fetch(rows.dataset.src).then((r) => (r.ok ? r.text() : null))
-      .then((html) => { if (html !== null) rows.innerHTML = html; })
+      .then((html) => { if (html !== null) { rows.innerHTML = html; localTimes(rows); } })
       .catch(() => {});
   }, 2000);
+}
+
+function describeStatus(data) {
+  const parts = [`attempt ${data.attempt}`];
+  if (data.error) parts.push(`${data.error.type}: ${data.error.message}`);
+  if (data.replay) parts.push("replayed");
+  if (data.next_attempt_at) parts.push(`next attempt at ${data.next_attempt_at}`);
+  return parts.join(" · ");
 }
 
 // A run's page: its events arrive over EventSource, which resumes after a dropped
@@ -42,13 +61,14 @@ function followRun() {
   const refreshPanel = () => {
     clearTimeout(refreshing);
     refreshing = setTimeout(() => fetch(panel.dataset.src).then((r) => (r.ok ? r.text() : null))
-      .then((html) => { if (html !== null) panel.innerHTML = html; }).catch(() => {}), 150);
+      .then((html) => { if (html !== null) { panel.innerHTML = html; localTimes(panel); } })
+      .catch(() => {}), 150);
   };
   const add = (type, message) => {
     const data = JSON.parse(message.data);
     const item = document.createElement("li");
     item.dataset.seq = message.lastEventId;
-    item.className = "event " + type;
+    item.className = "event-" + type;
     const seq = document.createElement("span");
     seq.textContent = "#" + message.lastEventId;
     const kind = document.createElement("span");
@@ -56,7 +76,8 @@ function followRun() {
     kind.className = type === "status" ? "status " + data.status : "phase";
     const text = document.createElement("span");
     text.className = "data";
-    text.textContent = data.message || JSON.stringify(data);
+    text.textContent = data.message || (type === "status" ? describeStatus(data)
+                                                          : JSON.stringify(data));
     item.append(seq, kind, text);
     list.append(item);
     return data;
@@ -78,6 +99,7 @@ function followRun() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  localTimes(document);
   pollStatus();
   pollRows();
   followRun();
