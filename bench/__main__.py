@@ -13,6 +13,7 @@ import importlib
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 if __package__ in {None, ""}:
@@ -39,6 +40,16 @@ def machine() -> str:
             f"{memory:.0f} GiB, Python {platform.python_version()}")
 
 
+def run(name: str, quick: bool) -> list[Figure]:
+    """One benchmark's figures; if it breaks, a row saying so (the others still run)."""
+    try:
+        return list(importlib.import_module(BENCHMARKS[name]).figures(quick))
+    except Exception as error:  # reported in the table and on stderr; the others still run
+        traceback.print_exc()
+        return [Figure(f"{name}: FAILED ({type(error).__name__})", float("nan"), "-",
+                       target="== 0")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short rounds (a few minutes)")
@@ -54,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         started = time.monotonic()
         print(f"running {name}…", file=sys.stderr, flush=True)
-        figures += importlib.import_module(BENCHMARKS[name]).figures(args.quick)
+        figures += run(name, args.quick)
         print(f"  {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     print(f"agentq benchmarks{' (--quick)' if args.quick else ''} on {machine()}, "
           f"{time.monotonic() - began:.0f} s")

@@ -34,11 +34,11 @@ class Figure:
 
 
 def table(figures: list[Figure]) -> str:
-    lines = [f"{'figure':44} {'agentq':>12} {'baseline':>12} {'ratio':>7}  target"]
+    lines = [f"{'figure':52} {'agentq':>12} {'baseline':>12} {'ratio':>7}  target"]
     for figure in figures:
         baseline = f"{figure.baseline:,.1f}" if figure.baseline is not None else "-"
         ratio = f"{figure.ratio:.2f}" if figure.ratio is not None else "-"
         verdict = {True: "met", False: "NOT MET", None: ""}[figure.met]
-        lines.append(f"{figure.name + ' (' + figure.unit + ')':44} {figure.agentq:>12,.1f} "
+        lines.append(f"{figure.name + ' (' + figure.unit + ')':52} {figure.agentq:>12,.1f} "
                      f"{baseline:>12} {ratio:>7}  {figure.target} {verdict}".rstrip())
     return "\n".join(lines)

@@ -93,7 +93,7 @@ async def measure(url: str, key: str, args: argparse.Namespace) -> dict[str, flo
                 follow(client, run_ids[i % args.runs], latencies, opened, counter)))
             if i % 50 == 49:
                 await asyncio.sleep(0.05)  # open them in waves, not one SYN storm
-        await asyncio.wait_for(opened.wait(), timeout=warmup + 30)
+        await asyncio.wait_for(opened.wait(), timeout=warmup + 90)  # a busy machine
         await asyncio.sleep(max(0.0, warmup - args.streams / 1000) + 1)  # ticks are flowing
         under_load = await post_latency(client, args.posts)
         held = sum(await asyncio.gather(*tasks))
