@@ -101,8 +101,9 @@ class Cluster:
         """SIGKILL a random worker with its pool children, and start it again."""
         index = random.randrange(len(self.workers))
         self.workers[index].signal(signal.SIGKILL)
-        assert self.workers[index].popen is not None
-        self.workers[index].popen.wait(timeout=10)
+        popen = self.workers[index].popen
+        assert popen is not None
+        popen.wait(timeout=10)
         self.workers[index] = self._worker(index)
 
     def close(self) -> None:

@@ -62,8 +62,10 @@ def measure(runs: int) -> dict[str, list[float]]:
             raw = []
             for number in range(runs + 5):
                 bare.stamp.apply_async(args=[time.time()])
-                wait_for(lambda n=number: redis.llen("baseline:latency") > n, timeout=30,
-                         interval=0.002, what="the stamp task")
+                def stamped(n: int = number) -> bool:
+                    return int(redis.llen("baseline:latency")) > n
+
+                wait_for(stamped, timeout=30, interval=0.002, what="the stamp task")
                 time.sleep(0.05)
             raw = [float(v) * 1000 for v in redis.lrange("baseline:latency", 5, -1)]
         finally:

@@ -34,7 +34,8 @@ BATCH = 500
 
 def worker_rss_mb(cluster: Cluster) -> float:
     main = psutil.Process(cluster.workers[0].pid)
-    return sum(p.memory_info().rss for p in (main, *main.children(recursive=True))) / 2**20
+    return float(sum(p.memory_info().rss
+                     for p in (main, *main.children(recursive=True)))) / 2**20
 
 
 def measure(runs: int) -> tuple[float, float]:

@@ -17,9 +17,9 @@ class Figure:
 
     @property
     def ratio(self) -> float | None:
-        if self.baseline in (None, 0):
+        if self.baseline is None or self.baseline == 0:
             return None
-        return self.agentq / self.baseline  # type: ignore[operator]
+        return self.agentq / self.baseline
 
     @property
     def met(self) -> bool | None:

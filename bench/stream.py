@@ -57,7 +57,7 @@ async def follow(client: httpx.AsyncClient, run_id: str, latencies: list[float],
                 if event == "progress" and "t" in data:
                     latencies.append((time.time() - data["t"]) * 1000)
                 elif event == "status" and data.get("status") in {"succeeded", "failed"}:
-                    return data["status"] == "succeeded"
+                    return bool(data["status"] == "succeeded")
     return False
 
 
@@ -109,7 +109,7 @@ def api_rss_mb(cluster: Cluster) -> float:
     """Resident memory of the API's gunicorn worker process(es)."""
     assert cluster.api is not None
     master = psutil.Process(cluster.api.pid)
-    return sum(child.memory_info().rss for child in master.children()) / 2**20
+    return float(sum(child.memory_info().rss for child in master.children())) / 2**20
 
 
 def parser() -> argparse.ArgumentParser:

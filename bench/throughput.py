@@ -40,7 +40,7 @@ from worker.models import Run, RunStatus
 from worker.submission import RunRequest, submit
 
 CONNECTIONS = 32
-NOOP = {"agent": "bench.noop", "input": {}}
+NOOP: dict[str, object] = {"agent": "bench.noop", "input": {}}
 
 
 def _baseline_api(cluster: Cluster) -> str:

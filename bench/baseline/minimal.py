@@ -51,19 +51,19 @@ celery.conf.update(task_serializer="json", accept_content=["json"], task_ignore_
                    task_default_queue="baseline")
 
 
-@celery.task(name="baseline.work")
+@celery.task(name="baseline.work")  # type: ignore[untyped-decorator]
 def work(job_id: int) -> None:
     with Session(engine) as session, session.begin():
         session.execute(update(Job).where(Job.id == job_id)
                         .values(status="done", done_at=func.clock_timestamp()))
 
 
-@celery.task(name="baseline.noop")
+@celery.task(name="baseline.noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
     pass
 
 
-@celery.task(name="baseline.stamp")
+@celery.task(name="baseline.stamp")  # type: ignore[untyped-decorator]
 def stamp(published_at: float) -> None:
     redis.Redis.from_url(REDIS_URL).rpush("baseline:latency", time.time() - published_at)
 
