@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -50,7 +51,13 @@ def run(name: str, quick: bool) -> list[Figure]:
                        target="== 0")]
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM ends the run as Ctrl-C does: each benchmark stops the servers it started."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short rounds (a few minutes)")
     parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(BENCHMARKS)}")

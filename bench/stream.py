@@ -96,7 +96,9 @@ async def measure(url: str, key: str, args: argparse.Namespace) -> dict[str, flo
         await asyncio.wait_for(opened.wait(), timeout=warmup + 90)  # a busy machine
         await asyncio.sleep(max(0.0, warmup - args.streams / 1000) + 1)  # ticks are flowing
         under_load = await post_latency(client, args.posts)
-        held = sum(await asyncio.gather(*tasks))
+        # Every stream ends with its run; one that does not is a failure, not a hang.
+        held = sum(await asyncio.wait_for(asyncio.gather(*tasks),
+                                          timeout=warmup + args.seconds + 120))
     return {
         "held": held, "latencies": len(latencies),
         "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
