@@ -2,8 +2,8 @@
 
 ``follow`` yields the events after a given seq in order, each exactly once, then keeps
 yielding new ones as they are committed, and stops after the terminal event. It listens on
-the process's hub and reads Postgres only to catch up: at the start, after a gap, or when
-the hub says news may have been lost.
+the process's hub and reads Postgres only to catch up: at the start, after a gap, when the
+hub says news may have been lost, and after each keep-alive interval of silence.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float,
             item = watch.next(timeout=min(tick_s, left))
             if item is None:
                 yield None
-                behind = not rt.bus.hub.healthy  # no news while Redis is away: poll
+                # A quiet spell: read Postgres once. An announcement lost on the way (Redis
+                # away, a pubsub connection dropped under load) then costs one keep-alive
+                # interval, never the stream's whole life.
+                behind = True
             elif item == RESYNC or not isinstance(item, Event):
                 behind = True
             elif item.seq == last + 1:
