@@ -40,24 +40,39 @@ def percentile(values: list[float], q: float) -> float:
 
 async def follow(client: httpx.AsyncClient, run_id: str, latencies: list[float],
                  opened: asyncio.Event, counter: list[int]) -> bool:
-    """Hold one SSE stream to the end; record each tick's emit-to-receive latency."""
-    async with client.stream("GET", f"/v1/runs/{run_id}/events",
-                             headers={"Accept": "text/event-stream"}) as response:
-        if response.status_code != 200:
-            return False
-        counter[0] += 1
-        if counter[0] == counter[1]:
-            opened.set()
-        event = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                if event == "progress" and "t" in data:
-                    latencies.append((time.time() - data["t"]) * 1000)
-                elif event == "status" and data.get("status") in {"succeeded", "failed"}:
-                    return bool(data["status"] == "succeeded")
+    """Hold one SSE stream to the end; record each tick's emit-to-receive latency. True if
+    it saw its run succeed; a stream refused or cut off counts as not held."""
+    settled = False
+
+    def settle() -> None:  # opened, or failed to: either way the wait for the rest goes on
+        nonlocal settled
+        if not settled:
+            settled = True
+            counter[0] += 1
+            if counter[0] == counter[1]:
+                opened.set()
+
+    try:
+        async with client.stream("GET", f"/v1/runs/{run_id}/events",
+                                 headers={"Accept": "text/event-stream"}) as response:
+            settle()
+            if response.status_code != 200:
+                counter[2] += 1
+                return False
+            event = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if event == "progress" and "t" in data:
+                        latencies.append((time.time() - data["t"]) * 1000)
+                    elif event == "status" and data.get("status") in {"succeeded", "failed"}:
+                        return bool(data["status"] == "succeeded")
+    except httpx.HTTPError:
+        counter[2] += 1
+    finally:
+        settle()
     return False
 
 
@@ -86,7 +101,7 @@ async def measure(url: str, key: str, args: argparse.Namespace) -> dict[str, flo
                 "interval_s": 1 / args.rate}})
             run_ids.append(response.json()["id"])
         latencies: list[float] = []
-        opened, counter = asyncio.Event(), [0, args.streams]
+        opened, counter = asyncio.Event(), [0, args.streams, 0]  # settled, wanted, failed
         tasks = []
         for i in range(args.streams):
             tasks.append(asyncio.create_task(
@@ -100,7 +115,7 @@ async def measure(url: str, key: str, args: argparse.Namespace) -> dict[str, flo
         held = sum(await asyncio.wait_for(asyncio.gather(*tasks),
                                           timeout=warmup + args.seconds + 120))
     return {
-        "held": held, "latencies": len(latencies),
+        "held": held, "failed": counter[2], "latencies": len(latencies),
         "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
         "post_p50_idle": statistics.median(baseline),
         "post_p50_loaded": statistics.median(under_load),
@@ -160,6 +175,7 @@ def figures(quick: bool) -> list[Figure]:
     return [
         Figure(f"streams: held to the end, of {args.streams}", got["held"], "streams",
                args.streams, "== 1x"),
+        Figure("streams: refused or cut off", got["failed"], "streams", None, "== 0"),
         Figure("streams: emit -> client p50", got["p50"], "ms"),
         Figure("streams: emit -> client p99", got["p99"], "ms", None, "<= 100"),
         Figure("streams: POST /v1/runs p50 under them", got["post_p50_loaded"], "ms",
@@ -176,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"streams: {args.streams} SSE streams on one API process (gunicorn, gevent), "
           f"{args.runs} runs x {args.rate:g} events/s for {args.seconds:g} s")
     print(f"{'connections held':34}{figures['held']:>10.0f}  of {args.streams}")
+    print(f"{'refused or cut off':34}{figures['failed']:>10.0f}")
     print(f"{'events received':34}{figures['latencies']:>10.0f}")
     print(f"{'emit -> client p50 (ms)':34}{figures['p50']:>10.1f}")
     print(f"{'emit -> client p99 (ms)':34}{figures['p99']:>10.1f}  target <= 100")
