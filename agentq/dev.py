@@ -95,7 +95,6 @@ def run(dev: DevSettings) -> int:
         database_url, redis_url = _services(dev, data_dir, stack)
         migrate.upgrade(database_url)
         token = dev_key(database_url, data_dir / "dev-api-key")
-        _write_env(data_dir / "env", DATABASE_URL=database_url, REDIS_URL=redis_url)
         env = {
             **os.environ,  # forwarded to the children, which read their settings from it
             "DATABASE_URL": database_url,
@@ -105,6 +104,8 @@ def run(dev: DevSettings) -> int:
         # Local receivers are the point of a dev box: allow loopback unless told otherwise.
         env.setdefault("AGENTQ_WEBHOOK_ALLOWED_CIDRS", DEV_WEBHOOK_CIDRS)
         env.setdefault("AGENTQ_SECRET_KEY", dev_secret(data_dir / "secret-key"))
+        _write_env(data_dir / "env", DATABASE_URL=database_url, REDIS_URL=redis_url,
+                   AGENTQ_SECRET_KEY=env["AGENTQ_SECRET_KEY"])  # for an API started by hand
         _banner(dev, token, data_dir, env["AGENTQ_WEBHOOK_ALLOWED_CIDRS"])
         manager = Manager(Printer(sys.stdout))
         for name, command in processes(dev, data_dir).items():

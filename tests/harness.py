@@ -127,6 +127,8 @@ class ApiServer(Process):
     def __init__(self, *, env: dict[str, str], log: Path,
                  extra_args: tuple[str, ...] = (), port: int | None = None) -> None:
         self.port = port or free_port()
+        # The API refuses to start without a dashboard secret; a test's own env may set one.
+        env = {"AGENTQ_SECRET_KEY": "harness-only-dashboard-secret-0123456789", **env}
         args = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--worker-class",
                 "gevent", "--workers", "1", "--graceful-timeout", "5", *extra_args,
                 "api:create_app()"]

@@ -112,8 +112,10 @@ class Settings(DatabaseSettings):
     jwt_tenant_claim: str = "tenant"
     jwt_scopes_claim: str = "scope"
     metrics_token: str | None = None  # if set, GET /metrics needs it as a bearer token
-    # Signs the dashboard's session cookies (32+ characters); without it the dashboard is off.
+    # Signs the dashboard's session cookies (32+ characters); the API refuses to start
+    # without it unless the dashboard is turned off (only the API reads these two).
     secret_key: str | None = Field(default=None, min_length=32)
+    dashboard: bool = True
     cookie_secure: bool = False  # always mark cookies Secure (behind a TLS-terminating proxy)
     # ctx.llm and the llm.chat agent: any OpenAI-compatible chat completions endpoint.
     llm_base_url: str = "https://api.openai.com/v1"

@@ -6,7 +6,7 @@ anywhere else. Signing in with an API key sets a session cookie (signed with
 never holds it; every request checks that the key is still live, and every form or button
 that changes something carries the session's CSRF token. Everything is scoped to the key's
 tenant and limited by its scopes, exactly as the JSON API is. Without ``AGENTQ_SECRET_KEY``
-the dashboard is off and ``/`` says how to turn it on.
+the API refuses to start, unless ``AGENTQ_DASHBOARD=false`` leaves the dashboard out.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from flask import Flask, Request, request
 from flask.sessions import SecureCookieSessionInterface
 
 from api.dashboard.pages import bp
+from worker.errors import ConfigurationError
 from worker.runtime import Runtime
 
 SESSION_HOURS = 12
@@ -31,7 +32,16 @@ class SessionCookies(SecureCookieSessionInterface):
 
 
 def init_app(app: Flask, runtime: Runtime) -> None:
+    """Serve the dashboard from ``app``, or refuse to start without a secret to sign with."""
     settings = runtime.settings
+    if not settings.dashboard:
+        return
+    if settings.secret_key is None:
+        raise ConfigurationError(
+            "AGENTQ_SECRET_KEY is required but not set: 32+ random characters that sign the "
+            "dashboard's session cookies (`python -c 'import secrets; "
+            "print(secrets.token_urlsafe(48))'`), or AGENTQ_DASHBOARD=false to serve only "
+            "the JSON API")
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SESSION_COOKIE_NAME="agentq_session",

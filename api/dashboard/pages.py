@@ -56,8 +56,6 @@ PAGE = 50
 
 @bp.before_request
 def signed_in() -> BaseResponse | None:
-    if runtime().settings.secret_key is None:
-        return Response(render_template("dashboard/off.html"), 503)
     g.dashboard = True
     if request.endpoint in PUBLIC:
         return None
