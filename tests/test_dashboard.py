@@ -18,9 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
+from api import create_app
 from tests.conftest import Tenant, make_tenant
-from tests.harness import ROOT, ApiServer, wait_for
-from worker.runtime import Runtime
+from tests.harness import ROOT, ApiServer, Receiver, wait_for
+from worker import keys
+from worker.errors import ConfigurationError
+from worker.runtime import Runtime, build_runtime
+from worker.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -55,7 +59,7 @@ class Dashboard:
         self.page = self.context.new_page()
         self.page.set_default_timeout(20_000)
         self.errors: list[str] = []
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("console", lambda m: self.errors.extend([m.text] if m.type == "error" else []))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
 
     def sign_in(self) -> None:
@@ -93,6 +97,19 @@ def run_status(board: Dashboard, run_id: str) -> str:
     return status
 
 
+def test_a_wrong_key_is_refused_at_sign_in(browser: Any, api_server: ApiServer,
+                                          tenant: Tenant) -> None:
+    board = Dashboard(browser, api_server, tenant)
+    board.page.goto("/runs")
+    board.page.get_by_label("API key").fill("aq_not-a-key")
+    board.page.get_by_role("button", name="Sign in").click()
+    board.page.get_by_role("alert").get_by_text("That key is not valid").wait_for()
+    board.shot("sign-in")
+    board.errors = [e for e in board.errors if "401" not in e]  # the browser notes the 401
+    board.close()
+    assert board.errors == []
+
+
 def test_sign_in_start_a_run_and_watch_its_events_arrive_live(dashboard: Dashboard) -> None:
     page = dashboard.page
     dashboard.shot("runs")
@@ -128,6 +145,18 @@ def test_the_runs_list_updates_live_and_filters(dashboard: Dashboard) -> None:
     page.wait_for_selector("#run-rows :text('No runs match.')")
 
 
+def test_input_that_is_not_json_is_refused_with_where_it_went_wrong(
+        dashboard: Dashboard) -> None:
+    page = dashboard.page
+    page.get_by_text("Start a run").click()
+    page.get_by_label("Input (JSON)").fill('{"question": "unfinished"')
+    page.get_by_role("button", name="Start").click()
+    page.get_by_role("alert").get_by_text("The input is not JSON").wait_for()
+    assert page.get_by_label("Input (JSON)").input_value() == '{"question": "unfinished"'
+    assert dashboard.api().get("/v1/runs").json()["items"] == []
+    dashboard.errors = [e for e in dashboard.errors if "422" not in e]
+
+
 def test_cancel_a_running_run(dashboard: Dashboard) -> None:
     with dashboard.api() as client:
         run = client.post("/v1/runs", json={"agent": "sleep", "input": {"seconds": 30}}).json()
@@ -153,6 +182,16 @@ def test_replay_a_dead_lettered_run(dashboard: Dashboard) -> None:
     page.wait_for_selector(".flash.ok:text('Run queued again.')")
     wait_for(lambda: run_status(dashboard, run["id"]) == "succeeded", timeout=30,
              what="the replayed run to succeed")
+    # And "replay all" takes every dead letter at once
+    with dashboard.api() as client:
+        dead = [client.post("/v1/runs?wait=10", json={
+            "agent": "flaky", "input": {"failures": 1}, "max_attempts": 1}).json()["id"]
+            for _ in range(2)]
+    page.reload()
+    page.get_by_role("button", name="Replay all 2").click()
+    page.wait_for_selector(".flash.ok:text('2 dead-lettered run(s) queued again.')")
+    wait_for(lambda: all(run_status(dashboard, d) == "succeeded" for d in dead), timeout=30,
+             what="every replayed run to succeed")
 
 
 def test_webhook_endpoints_show_their_secret_once(dashboard: Dashboard) -> None:
@@ -166,6 +205,91 @@ def test_webhook_endpoints_show_their_secret_once(dashboard: Dashboard) -> None:
     page.goto("/webhooks")
     assert page.locator("#new-secret").count() == 0 and secret not in page.content()
     assert page.locator("td", has_text="https://example.com/agentq-hook").count() == 1
+
+
+def test_a_failed_delivery_shows_its_attempts_and_can_be_retried(
+        dashboard: Dashboard, receiver: Receiver) -> None:
+    # Given an endpoint that fails every attempt the schedule allows
+    receiver.script("/down", [500] * 4)
+    with dashboard.api() as client:
+        assert client.post("/v1/webhook-endpoints",
+                           json={"url": receiver.url + "/down"}).status_code == 201
+        run = client.post("/v1/runs?wait=10", json={"agent": "echo"}).json()
+
+        def dead() -> Any:
+            items = client.get("/v1/deliveries", params={"run_id": run["id"]}).json()["items"]
+            return items and items[0]["status"] == "dead" and items[0]
+        delivery = wait_for(dead, timeout=30, what="the delivery to use up its attempts")
+    # When its page is opened and "Retry now" pressed
+    page = dashboard.page
+    page.goto("/webhooks")
+    page.get_by_role("link", name=delivery["id"]).click()
+    assert page.locator("tbody tr").count() == 4  # every attempt, with its answer
+    assert page.locator("td", has_text="500").count() == 4
+    dashboard.shot("delivery")
+    page.get_by_role("button", name="Retry now").click()
+    page.wait_for_selector(".flash.ok:text('Delivery queued to be sent again.')")
+
+    # Then it is delivered, as its page shows
+    def delivered() -> bool:
+        page.reload()
+        return bool(page.locator(".facts .status.delivered").count() == 1)
+    wait_for(delivered, timeout=30, what="the retried delivery to arrive")
+    assert page.locator("tbody tr").count() == 5
+
+
+def test_hook_sources_are_added_rotated_and_deleted(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    page.goto("/webhooks")
+    page.get_by_label("Provider").select_option("github")
+    page.get_by_label("Their signing secret").fill("gh-secret-" + "x" * 24)
+    page.get_by_label("Agent", exact=True).select_option("echo")
+    page.get_by_role("button", name="Add hook source").click()
+    page.wait_for_selector(".flash.ok:text('Hook source')")
+    [source] = dashboard.api().get("/v1/hook-sources").json()["items"]
+    page.get_by_label("New signing secret from github").fill("gh-rotated-" + "y" * 24)
+    page.get_by_role("button", name="Rotate secret").click()
+    page.wait_for_selector(".flash.ok:text('Hook source secret rotated')")
+    assert dashboard.api().get(f"/v1/hook-sources/{source['id']}").json()[
+        "previous_secret_expires_at"]
+    page.locator("tr", has_text="github").get_by_role("button", name="Delete").click()
+    page.wait_for_selector(".flash.ok:text('Hook source deleted.')")
+    assert dashboard.api().get("/v1/hook-sources").json()["items"] == []
+
+
+def test_a_read_only_key_can_look_but_not_act(browser: Any, api_server: ApiServer,
+                                              runtime: Runtime) -> None:
+    # Given a runs:read key, and a running run of its tenant's (started with another key)
+    tenant = make_tenant(runtime, scopes=["runs:read"])
+    with runtime.db.transaction() as session:
+        writer = keys.issue_key(session, tenant_id=tenant.id, name="writer",
+                                scopes=keys.SCOPES)[0]
+    api = httpx.Client(base_url=api_server.url, timeout=30,
+                       headers={"Authorization": f"Bearer {writer}"})
+    run = api.post("/v1/runs", json={"agent": "sleep", "input": {"seconds": 30}}).json()["id"]
+    wait_for(lambda: api.get(f"/v1/runs/{run}").json()["status"] == "running",
+             what="the run to start")
+    board = Dashboard(browser, api_server, tenant)
+    board.sign_in()
+    # Then the pages show no way to act
+    page = board.page
+    assert page.get_by_text("Start a run").count() == 0
+    assert page.get_by_role("link", name="Webhooks").count() == 0
+    page.goto(f"/runs/{run}")
+    page.wait_for_selector("#stream-state:text('live')")
+    assert page.get_by_role("button", name="Cancel").count() == 0
+    # And the actions themselves are refused, not only hidden
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    cookies = {c["name"]: c["value"] for c in board.context.cookies()}
+    with httpx.Client(base_url=api_server.url, cookies=cookies) as client:
+        for path in (f"/runs/{run}/cancel", "/runs", "/dead-letters/replay-all",
+                     "/webhooks/endpoints"):
+            assert client.post(path, data={"csrf": csrf, "agent": "echo"}).status_code == 403
+        assert client.get("/webhooks").status_code == 403
+    assert api.get(f"/v1/runs/{run}").json()["status"] == "running"
+    api.post(f"/v1/runs/{run}/cancel")  # free the worker's slot
+    board.close()
+    assert board.errors == []
 
 
 def test_a_post_without_the_csrf_token_is_refused(dashboard: Dashboard) -> None:
@@ -254,3 +378,13 @@ def test_usable_on_a_phone(browser: Any, api_server: ApiServer, tenant: Tenant) 
     assert board.page.evaluate("document.activeElement.textContent") == "Skip to content"
     board.close()
     assert board.errors == []
+
+
+def test_the_api_refuses_to_start_without_a_secret_unless_the_dashboard_is_off(
+        settings: Settings) -> None:
+    with pytest.raises(ConfigurationError, match="AGENTQ_SECRET_KEY is required"):
+        create_app(runtime=build_runtime(settings.model_copy(update={"secret_key": None})))
+    headless = create_app(runtime=build_runtime(settings.model_copy(
+        update={"secret_key": None, "dashboard": False}))).test_client()
+    assert headless.get("/").status_code == 404
+    assert headless.get("/openapi.json").status_code == 200

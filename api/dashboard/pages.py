@@ -17,21 +17,22 @@ from flask import (
     abort,
     flash,
     g,
+    jsonify,
     redirect,
     render_template,
     request,
     session,
     url_for,
 )
-from sqlalchemy import func, select
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api import events as event_stream
 from api.deps import principal, runtime
+from api.hook_sources import source_view
 from worker import dispatch, inbound, keys, observe, runs, steps, webhooks
 from worker.attempts import Dispatch, attempts
 from worker.errors import AgentqError, Conflict, InvalidRequest, NotFound
-from worker.models import TERMINAL_STATUSES, Run, RunStatus
+from worker.models import RunStatus
 from worker.submission import RunRequest, submit
 from worker.views import (
     attempt_view,
@@ -60,10 +61,7 @@ def signed_in() -> BaseResponse | None:
     if request.endpoint in PUBLIC:
         return None
     key_id = session.get("key_id")
-    caller = None
-    if key_id:
-        with runtime().db.autocommit() as db:
-            caller = keys.live_key(db, key_id=key_id)
+    caller = _live_key(str(key_id)) if key_id else None
     if caller is None:  # never signed in, signed out, or the key was revoked since
         session.clear()
         if request.method == "GET" and request.endpoint != "dashboard.run_events":
@@ -73,6 +71,19 @@ def signed_in() -> BaseResponse | None:
     if request.method == "POST":
         _check_csrf()
     return None
+
+
+def _live_key(key_id: str) -> keys.Principal | None:
+    """The session's key, if still live: remembered per process as the JSON API's keys are,
+    so a revocation (which clears every process's memory) ends the session at once."""
+    cache, slot = runtime().key_cache(), f"id:{key_id}"
+    caller = cache.get(slot)
+    if caller is None:
+        with runtime().db.autocommit() as db:
+            caller = keys.live_key(db, key_id=key_id)
+        if caller is not None:
+            cache.put(slot, caller)
+    return caller
 
 
 def csrf_token() -> str:
@@ -350,8 +361,8 @@ def webhooks_page(**shown: Any) -> str:
     with runtime().db.autocommit() as db:
         endpoints = [endpoint_view(e) for e in webhooks.endpoints(db, tenant_id=tenant_id)]
         recent = [delivery_view(d) for d in webhooks.deliveries(db, tenant_id=tenant_id)]
-        sources = [{"id": s.id, "provider": s.provider, "agent": s.agent, "events": s.events,
-                    "url": url_for("hooks.receive", source_id=s.id, _external=True)}
+        sources = [{**source_view(s), "url": url_for("hooks.receive", source_id=s.id,
+                                                     _external=True)}
                    for s in inbound.sources(db, tenant_id=tenant_id)]
     return render_template("dashboard/webhooks.html", endpoints=endpoints, deliveries=recent,
                            sources=sources, agents=runtime().registry.names(), **shown)
@@ -442,6 +453,23 @@ def create_source() -> BaseResponse:
     return redirect(url_for("dashboard.webhooks_page"))
 
 
+@bp.post("/hook-sources/<source_id>/rotate")
+@needs(keys.ADMIN)
+def rotate_source(source_id: str) -> BaseResponse:
+    rt = runtime()
+    try:
+        with rt.db.transaction() as db:
+            inbound.rotate_secret(db, tenant_id=principal().tenant_id, source_id=source_id,
+                                  secret=request.form.get("secret", ""),
+                                  overlap_s=rt.settings.webhook_secret_overlap_s)
+    except InvalidRequest as error:
+        flash(_describe(error), "error")
+    else:
+        flash("Hook source secret rotated; the previous one is accepted for a while yet.",
+              "ok")
+    return redirect(url_for("dashboard.webhooks_page"))
+
+
 @bp.post("/hook-sources/<source_id>/delete")
 @needs(keys.ADMIN)
 def delete_source(source_id: str) -> BaseResponse:
@@ -461,27 +489,19 @@ def _describe(error: InvalidRequest) -> str:
 _workers: tuple[float, int] = (0.0, 0)  # (read at, workers online), per process
 
 
+def _workers_online() -> int:
+    """Workers answering a ping, asked at most every 15 s (a ping waits out its timeout)."""
+    global _workers
+    if time.monotonic() - _workers[0] > 15:
+        _workers = (time.monotonic(), len(observe.live_workers(runtime(), timeout_s=0.5)))
+    return _workers[1]
+
+
 @bp.get("/status.json")
 @needs(keys.READ)
 def status() -> Response:
-    global _workers
-    rt = runtime()
-    if time.monotonic() - _workers[0] > 15:  # a ping waits its whole timeout: not per page
-        _workers = (time.monotonic(), len(observe.live_workers(rt, timeout_s=0.5)))
-    minute_ago = datetime.now(UTC) - timedelta(minutes=1)
-    with rt.db.autocommit() as db:
-        ended = dict(db.execute(
-            select(Run.status, func.count()).where(
-                Run.tenant_id == principal().tenant_id, Run.finished_at >= minute_ago,
-                Run.status.in_(list(TERMINAL_STATUSES)))
-            .group_by(Run.status)).all())
-    try:
-        depth: int | None = sum(observe.queue_depths(rt).values())
-    except Exception:  # the broker is away: say so rather than fail the page
-        depth = None
-    return Response(json.dumps({
-        "workers": _workers[1], "queued": depth,
-        "runs_per_minute": sum(ended.values()),
-        "failures_per_minute": sum(n for s, n in ended.items()
-                                   if s in {RunStatus.FAILED, RunStatus.DEAD_LETTERED}),
-    }), mimetype="application/json")
+    with runtime().db.autocommit() as db:
+        now = observe.pulse(db, tenant_id=principal().tenant_id)
+    return jsonify({"workers": _workers_online(), "queued": now.queued, "running": now.running,
+                    "runs_per_minute": now.ended_per_minute,
+                    "failures_per_minute": now.failed_per_minute})

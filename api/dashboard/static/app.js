@@ -30,14 +30,21 @@ function pollStatus() {
   setInterval(refresh, 10000);
 }
 
-// The runs list: its rows are fetched again every 2 s (with the page's filters).
+// The runs list: its rows are fetched again every 2 s (with the page's filters). Rows are
+// replaced only when they changed, and never under the keyboard focus (it would be lost).
 function pollRows() {
   const rows = document.getElementById("run-rows");
   if (!rows) return;
+  let shown = null;
   setInterval(() => {
-    if (document.hidden) return;
+    if (document.hidden || rows.contains(document.activeElement)) return;
     fetch(rows.dataset.src).then((r) => (r.ok ? r.text() : null))
-      .then((html) => { if (html !== null) { rows.innerHTML = html; localTimes(rows); } })
+      .then((html) => {
+        if (html === null || html === shown) return;
+        shown = html;
+        rows.innerHTML = html;
+        localTimes(rows);
+      })
       .catch(() => {});
   }, 2000);
 }
@@ -84,8 +91,12 @@ function followRun() {
   };
   const source = new EventSource(list.dataset.src);
   source.onopen = () => { if (state) state.textContent = "live"; };
+  // A dropped connection is retried by the browser (with Last-Event-ID); a refusal (signed
+  // out, key revoked) closes the source for good.
   source.onerror = () => {
-    if (state && source.readyState !== EventSource.CLOSED) state.textContent = "reconnecting…";
+    if (!state) return;
+    state.textContent = source.readyState === EventSource.CLOSED
+      ? "disconnected: reload the page" : "reconnecting…";
   };
   source.addEventListener("progress", (message) => add("progress", message));
   source.addEventListener("status", (message) => {
