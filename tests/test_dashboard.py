@@ -70,6 +70,11 @@ class Dashboard:
         self.page.wait_for_url("**/runs")
 
     def shot(self, name: str) -> Path:
+        if self.page.locator("#status-strip").count():  # its figures arrive just after
+            from playwright.sync_api import expect
+
+            workers = self.page.locator("#status-strip [data-key=workers]")
+            expect(workers).not_to_have_text("\u2013")  # an en dash until they do
         path = OUTPUT / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
         return path
@@ -257,6 +262,28 @@ def test_hook_sources_are_added_rotated_and_deleted(dashboard: Dashboard) -> Non
     assert dashboard.api().get("/v1/hook-sources").json()["items"] == []
 
 
+def test_api_keys_are_created_shown_once_and_revoked(dashboard: Dashboard) -> None:
+    page = dashboard.page
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_label("Name").fill("reader")
+    page.get_by_label("runs:write").uncheck()
+    page.get_by_role("button", name="Create key").click()
+    key = page.locator("#new-key").inner_text()
+    dashboard.shot("keys")
+    reader = httpx.Client(base_url=dashboard.server.url,
+                          headers={"Authorization": f"Bearer {key}"})
+    assert reader.get("/v1/runs").status_code == 200
+    assert reader.post("/v1/runs", json={"agent": "echo"}).status_code == 403
+    page.goto("/keys")
+    assert key not in page.content()  # shown once
+    page.get_by_role("button", name=f"Revoke {key[:12]}").click()
+    page.wait_for_selector(".flash.ok:text('Key revoked')")
+    assert reader.get("/v1/runs").status_code == 401
+    # Revoking the key this session signed in with ends the session
+    page.locator("tr", has_text="(this session)").get_by_role("button").click()
+    page.wait_for_url("**/sign-in")
+
+
 def test_a_read_only_key_can_look_but_not_act(browser: Any, api_server: ApiServer,
                                               runtime: Runtime) -> None:
     # Given a runs:read key, and a running run of its tenant's (started with another key)
@@ -275,6 +302,7 @@ def test_a_read_only_key_can_look_but_not_act(browser: Any, api_server: ApiServe
     page = board.page
     assert page.get_by_text("Start a run").count() == 0
     assert page.get_by_role("link", name="Webhooks").count() == 0
+    assert page.get_by_role("link", name="API keys").count() == 0
     page.goto(f"/runs/{run}")
     page.wait_for_selector("#stream-state:text('live')")
     assert page.get_by_role("button", name="Cancel").count() == 0
@@ -283,9 +311,10 @@ def test_a_read_only_key_can_look_but_not_act(browser: Any, api_server: ApiServe
     cookies = {c["name"]: c["value"] for c in board.context.cookies()}
     with httpx.Client(base_url=api_server.url, cookies=cookies) as client:
         for path in (f"/runs/{run}/cancel", "/runs", "/dead-letters/replay-all",
-                     "/webhooks/endpoints"):
+                     "/webhooks/endpoints", "/keys"):
             assert client.post(path, data={"csrf": csrf, "agent": "echo"}).status_code == 403
         assert client.get("/webhooks").status_code == 403
+        assert client.get("/keys").status_code == 403
     assert api.get(f"/v1/runs/{run}").json()["status"] == "running"
     api.post(f"/v1/runs/{run}/cancel")  # free the worker's slot
     board.close()
@@ -365,7 +394,7 @@ def test_usable_on_a_phone(browser: Any, api_server: ApiServer, tenant: Tenant) 
     board.sign_in()
     with board.api() as client:
         run = client.post("/v1/runs?wait=10", json={"agent": "echo", "input": {"a": 1}}).json()
-    for path in ("/runs", f"/runs/{run['id']}", "/dead-letters", "/webhooks"):
+    for path in ("/runs", f"/runs/{run['id']}", "/dead-letters", "/webhooks", "/keys"):
         board.page.goto(path)
         overflow = board.page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth")

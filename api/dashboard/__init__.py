@@ -16,7 +16,8 @@ from datetime import timedelta
 from flask import Flask, Request, request
 from flask.sessions import SecureCookieSessionInterface
 
-from api.dashboard.pages import bp
+from api.dashboard import api_keys, hooks, runs  # noqa: F401 - their routes hang on bp
+from api.dashboard.access import bp
 from worker.errors import ConfigurationError
 from worker.runtime import Runtime
 

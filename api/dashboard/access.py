@@ -1,0 +1,163 @@
+"""Who is signed in: the session cookie, its CSRF token, scopes, and the pages' headers
+(see ``api.dashboard`` for the design)."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.wrappers.response import Response as BaseResponse
+
+from api.deps import principal, runtime
+from worker import keys
+from worker.errors import AgentqError, NotFound
+
+bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/static")
+
+F = TypeVar("F", bound=Callable[..., Any])
+PUBLIC = frozenset({"dashboard.sign_in", "dashboard.static"})
+
+
+# Signing in, the session, CSRF ------------------------------------------------------------
+
+@bp.before_request
+def signed_in() -> BaseResponse | None:
+    g.dashboard = True
+    if request.endpoint in PUBLIC:
+        return None
+    key_id = session.get("key_id")
+    caller = _live_key(str(key_id)) if key_id else None
+    if caller is None:  # never signed in, signed out, or the key was revoked since
+        session.clear()
+        if request.method == "GET" and request.endpoint != "dashboard.run_events":
+            return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
+        abort(401)
+    g.principal = caller
+    if request.method == "POST":
+        _check_csrf()
+    return None
+
+
+def _live_key(key_id: str) -> keys.Principal | None:
+    """The session's key, if still live: remembered per process as the JSON API's keys are,
+    so a revocation (which clears every process's memory) ends the session at once."""
+    cache, slot = runtime().key_cache(), f"id:{key_id}"
+    caller = cache.get(slot)
+    if caller is None:
+        with runtime().db.autocommit() as db:
+            caller = keys.live_key(db, key_id=key_id)
+        if caller is not None:
+            cache.put(slot, caller)
+    return caller
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])
+
+
+def _check_csrf() -> None:
+    sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token") or ""
+    if not hmac.compare_digest(sent.encode(), csrf_token().encode()):
+        abort(403, "the form's CSRF token is missing or stale; reload the page and try again")
+
+
+@bp.app_context_processor
+def template_helpers() -> dict[str, Any]:
+    if not g.get("dashboard"):
+        return {}
+    caller = g.get("principal")
+    return {"csrf_token": csrf_token, "scopes": caller.scopes if caller else frozenset(),
+            "READ": keys.READ, "WRITE": keys.WRITE, "ADMIN": keys.ADMIN}
+
+
+def needs(scope: str) -> Callable[[F], F]:
+    """The signed-in key must have ``scope`` (as the JSON API asks)."""
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            if scope not in principal().scopes:
+                abort(403, f"this key lacks the {scope!r} scope")
+            return view(*args, **kwargs)
+        return checked  # type: ignore[return-value]
+    return decorate
+
+
+@bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in() -> Any:
+    error = None
+    if request.method == "POST":
+        _check_csrf()
+        token = request.form.get("key", "").strip()
+        with runtime().db.autocommit() as db:
+            caller = keys.authenticate(db, token=token) if token else None
+        if caller is None:
+            error = "That key is not valid (unknown, revoked, or mistyped)."
+        else:
+            session.clear()  # a fresh session (and CSRF token) for the signed-in key
+            session.permanent = True
+            session["key_id"] = caller.key_id
+            csrf_token()
+            return redirect(local(request.args.get("next", ""))
+                            or url_for("dashboard.runs_page"))
+    return render_template("dashboard/sign_in.html", error=error), 401 if error else 200
+
+
+def local(target: str) -> str:
+    """``target`` if it is a path on this site (no open redirects), else ''."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else ""
+
+
+@bp.after_request
+def headers(response: Response) -> Response:
+    """Nothing runs or loads from elsewhere; no framing; no caching of tenant data."""
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint != "dashboard.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/sign-out")
+def sign_out() -> BaseResponse:
+    session.clear()
+    return redirect(url_for("dashboard.sign_in"))
+
+
+@bp.errorhandler(NotFound)
+def not_found(error: NotFound) -> tuple[str, int]:
+    return render_template("dashboard/error.html", title="Not found", message=str(error)), 404
+
+
+@bp.errorhandler(403)
+@bp.errorhandler(401)
+@bp.errorhandler(404)
+def refused(error: Any) -> tuple[str, int]:
+    return render_template("dashboard/error.html", title=error.name,
+                           message=error.description), error.code
+
+
+def describe(error: AgentqError) -> str:
+    """An error as one line for a flash message, with the fields it names."""
+    details = "; ".join(f"{e['field']}: {e['message']}"
+                        for e in getattr(error, "errors", None) or [])
+    return f"{error} ({details})" if details and details != str(error) else str(error)
