@@ -26,6 +26,7 @@ FAST = {
     "AGENTQ_HEARTBEAT_INTERVAL_S": "1",
     "AGENTQ_LEASE_TIMEOUT_S": "5",
     "AGENTQ_LOG_LEVEL": "WARNING",
+    "AGENTQ_DASHBOARD": "false",  # the JSON API only: no cookie secret needed
 }
 
 
