@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import resource
+import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ApiClient, Tenant
+from tests.conftest import ApiClient, Services, Tenant
 from tests.harness import ApiServer, sse_events
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -130,3 +133,34 @@ def test_a_bad_last_event_id_is_422(http: httpx.Client, api: ApiClient) -> None:
     response = http.get(f"/v1/runs/{run['id']}/events",
                         headers={"Accept": "text/event-stream", "Last-Event-ID": "abc"})
     assert response.status_code == 422
+
+
+def test_an_api_process_past_1024_descriptors_still_reaches_postgres(
+        env: dict[str, str], services: Services, api: ApiClient, tmp_path: Any) -> None:
+    """A thousand streams put an API process's new database connections past descriptor
+    1,024, where ``select()`` cannot go: every request must still be answered."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"needs 4,096 open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    server = ApiServer(env=env, log=tmp_path / "api.log",
+                       extra_args=("--worker-connections", "2000"))
+    server.start()
+    idle: list[socket.socket] = []
+    try:
+        server.wait_ready()
+        for _ in range(1100):  # held open by the server, as streams would be
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        run = api.submit("echo")
+        headers = {"Authorization": f"Bearer {api.tenant.key}"}
+        # Concurrent requests: the pool opens new connections, each past 1,024.
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client, \
+                ThreadPoolExecutor(30) as pool:
+            statuses = list(pool.map(
+                lambda _: client.get(f"/v1/runs/{run['id']}").status_code, range(60)))
+        assert statuses == [200] * 60, server.output()[-3000:]
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -100,8 +100,10 @@ def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
     An idle connection has nothing to read; if its socket is readable, the server hung up
     (or sent an error). Checking costs a poll of the socket, not a round trip as
-    ``pool_pre_ping`` would, on every checkout.
+    ``pool_pre_ping`` would, on every checkout. ``poll``, not ``select``: an API process
+    holding a thousand streams has descriptors past select's limit of 1,024.
     """
-    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
-    if readable:
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):
         raise DisconnectionError("the server closed this pooled connection")
