@@ -1,18 +1,23 @@
 """Every benchmark, one table: ``python -m bench [--quick] [--only submit,dispatch,...]``.
 
-Each benchmark starts the servers it needs (embedded Postgres and Redis in a temporary
-directory, as the tests do), measures agentq and, where there is one, a baseline built from
-the same parts (``bench/baseline/``) in the same run, and adds rows to the table: agentq's
-figure, the baseline's, their ratio, and the target with whether it was met.
+Each benchmark runs in a Python process of its own (nothing one leaves behind, a thread or
+a heap, weighs on the next), starts the servers it needs (embedded Postgres and Redis in a
+temporary directory, as the tests do), measures agentq and, where there is one, a baseline
+built from the same parts (``bench/baseline/``) in the same run, and adds rows to the table:
+agentq's figure, the baseline's, their ratio, and the target with whether it was met.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import platform
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -42,26 +47,59 @@ def machine() -> str:
 
 
 def run(name: str, quick: bool) -> list[Figure]:
-    """One benchmark's figures; if it breaks, a row saying so (the others still run)."""
+    """One benchmark's figures, measured in a child process; if it breaks, a row saying so
+    (the others still run)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        # A session of its own: Ctrl-C reaches only this process, which passes it on once.
+        child = subprocess.Popen([sys.executable, "-m", "bench", "--child", name, "--out",
+                                  out.name, *(["--quick"] if quick else [])],
+                                 start_new_session=True)
+        try:
+            code = child.wait(timeout=1800)
+        except BaseException:  # Ctrl-C, SIGTERM or the timeout: the child stops its servers
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=60)
+            raise
+        rows = json.loads(Path(out.name).read_text() or "[]")
+    if code != 0 or not rows:
+        return [_failed(name, f"exit {code}")]
+    return [Figure(**row) for row in rows]
+
+
+def measure(name: str, quick: bool, out: Path) -> int:
+    """In the child: one benchmark's figures, written to ``out`` as JSON."""
     try:
-        return list(importlib.import_module(BENCHMARKS[name]).figures(quick))
-    except Exception as error:  # reported in the table and on stderr; the others still run
+        figures = list(importlib.import_module(BENCHMARKS[name]).figures(quick))
+    except Exception as error:  # reported in the table and on stderr
         traceback.print_exc()
-        return [Figure(f"{name}: FAILED ({type(error).__name__})", float("nan"), "-",
-                       target="== 0")]
+        figures = [_failed(name, type(error).__name__)]
+    out.write_text(json.dumps([dataclasses.asdict(figure) for figure in figures]))
+    return 0
+
+
+def _failed(name: str, why: str) -> Figure:
+    return Figure(f"{name}: FAILED ({why})", float("nan"), "-", target="== 0")
 
 
 def _stop(signum: int, frame: object) -> None:
-    """SIGTERM ends the run as Ctrl-C does: each benchmark stops the servers it started."""
+    """SIGTERM ends the run as Ctrl-C does: each benchmark stops the servers it started.
+    Later signals are ignored, so that a second one cannot cut that clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short rounds (a few minutes)")
     parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--child", choices=BENCHMARKS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return measure(args.child, args.quick, args.out)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(BENCHMARKS)
     unknown = sorted(set(chosen) - set(BENCHMARKS))
     if unknown:
