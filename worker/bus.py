@@ -59,6 +59,7 @@ class Bus:
         self.redis_url = redis_url
         self.redis = _client(redis_url)
         self._hub: Hub | None = None
+        self._hub_lock = threading.Lock()
 
     def announce(self, committed: list[Event], tenants: dict[str, str] | None = None) -> None:
         """Publish events after their transaction committed (one round trip). Terminal
@@ -92,9 +93,10 @@ class Bus:
     @property
     def hub(self) -> Hub:
         """This process's hub (made on first use, and again after a fork)."""
-        if self._hub is None or self._hub.pid != os.getpid():
-            self._hub = Hub(self.redis_url)
-        return self._hub
+        with self._hub_lock:  # two at once would make two hubs, each with its connection
+            if self._hub is None or self._hub.pid != os.getpid():
+                self._hub = Hub(self.redis_url)
+            return self._hub
 
 
 class Watch:
@@ -133,6 +135,9 @@ class Hub:
         self.pid = os.getpid()
         self._pubsub = _client(redis_url).pubsub()
         self._lock = threading.Lock()
+        # redis-py's PubSub is not safe to share: two first subscribes at once open two
+        # connections, and the one not kept is never read. One (un)subscribe at a time.
+        self._send_lock = threading.Lock()
         self._watches: dict[str, set[Watch]] = {}
         self._confirmed: dict[str, threading.Event] = {}
         self._stale: set[str] = set()  # channels whose watchers must catch up on resubscribe
@@ -178,7 +183,8 @@ class Hub:
 
     def _send(self, command: Callable[..., Any], channel: str) -> None:
         try:
-            command(channel)
+            with self._send_lock:
+                command(channel)
         except redis.RedisError as error:
             self.healthy = False
             log.warning("hub could not (un)subscribe", extra={"error": str(error)})
@@ -207,7 +213,8 @@ class Hub:
                  for name in self._pubsub.channels}
         missing = sorted(wanted - known)
         if missing:
-            self._pubsub.subscribe(*missing)
+            with self._send_lock:
+                self._pubsub.subscribe(*missing)
         self.healthy = True
 
     def _dispatch(self, message: dict[str, Any]) -> None:
