@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from celery import Celery
 
@@ -30,6 +32,13 @@ ENDED_KEY = "agentq.ended"
 _FREEING = frozenset({"succeeded", "failed", "cancelled", "dead_lettered", "retrying"})
 
 
+class _PerProcess(Protocol):
+    pid: int
+
+
+_P = TypeVar("_P", bound=_PerProcess)
+
+
 @dataclass
 class Runtime:
     """The settings and the connections built from them: Postgres, Redis, Celery, agents."""
@@ -45,51 +54,54 @@ class Runtime:
     _backlog: Backlog | None = field(default=None, repr=False)
     db: Database = field(init=False)
     metrics: Metrics = field(init=False)
+    _making: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def __post_init__(self) -> None:
         self.db = Database(self.settings, before_commit=self.before_commit,
                            after_commit=self.after_commit)
         self.metrics = Metrics(self.bus.redis)
 
+    def _own(self, attribute: str, make: Callable[[], _P]) -> _P:
+        """This process's one ``attribute``, made on first use and again after a fork. Made
+        under a lock: two greenlets asking at once would otherwise make two (each making
+        may yield, to start a thread or open a connection)."""
+        with self._making:
+            held: _P | None = getattr(self, attribute)
+            if held is None or held.pid != os.getpid():
+                held = make()
+                setattr(self, attribute, held)
+            return held
+
     def supervisor(self) -> Supervisor:
         """This worker process's supervisor of running attempts (one per process)."""
         from worker.supervisor import Supervisor
 
-        if self._supervisor is None or self._supervisor.pid != os.getpid():
-            self._supervisor = Supervisor(self)
-        return self._supervisor
+        return self._own("_supervisor", lambda: Supervisor(self))
 
     def sender(self) -> Sender:
         """This process's webhook sender (one HTTP client per process)."""
         from worker.notifier import Sender
 
-        if self._sender is None or self._sender.pid != os.getpid():
-            self._sender = Sender(self.settings)
-        return self._sender
+        return self._own("_sender", lambda: Sender(self.settings))
 
     def key_cache(self) -> KeyCache:
         """This process's memory of valid API keys."""
         from worker.keys import KeyCache
 
-        if self._key_cache is None or self._key_cache.pid != os.getpid():
-            self._key_cache = KeyCache(self.settings.redis_url, self.settings.key_cache_s)
-        return self._key_cache
+        settings = self.settings
+        return self._own("_key_cache", lambda: KeyCache(settings.redis_url, settings.key_cache_s))
 
     def backlog(self) -> Backlog:
         """This process's estimate of each tenant's waiting runs (for AGENTQ_TENANT_MAX_QUEUED)."""
         from worker.submission import Backlog
 
-        if self._backlog is None or self._backlog.pid != os.getpid():
-            self._backlog = Backlog()
-        return self._backlog
+        return self._own("_backlog", Backlog)
 
     def marker(self) -> Marker:
         """This process's batcher of "dispatched" marks."""
         from worker.dispatch import Marker
 
-        if self._marker is None or self._marker.pid != os.getpid():
-            self._marker = Marker(self)
-        return self._marker
+        return self._own("_marker", lambda: Marker(self))
 
     def before_commit(self, session: Session) -> None:
         """A run that ends gets its deliveries in the same transaction (the outbox), and
