@@ -105,9 +105,7 @@ def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) ->
     (``enqueue`` waits its turn; ``reject`` is 409 while a run is going; ``interrupt``
     cancels the runs going first). Call within the transaction that creates it."""
     settings = rt.settings
-    if new.webhook_url:
-        webhooks.require_default_secret(session, tenant_id=tenant_id)
-    _check_caps(rt, session, tenant_id)
+    _admit(rt, session, tenant_id, new)
     interrupted = []
     if new.session_id:
         sessions.ensure(session, tenant_id=tenant_id, session_id=new.session_id)
@@ -153,7 +151,11 @@ class Backlog:
         return False
 
 
-def _check_caps(rt: Runtime, session: Session, tenant_id: str) -> None:
+def _admit(rt: Runtime, session: Session, tenant_id: str, new: runs.NewRun) -> None:
+    """Refuse a run the tenant may not add now: a webhook_url without the tenant's secret,
+    or over its caps. Reads only what it must (most submissions: nothing)."""
+    if new.webhook_url:
+        webhooks.require_default_secret(session, tenant_id=tenant_id)
     settings = rt.settings
     cap = settings.tenant_max_queued
     if cap and rt.backlog().full(session, tenant_id=tenant_id, cap=cap):
@@ -179,12 +181,17 @@ def launch(rt: Runtime, stored: Stored) -> None:
 def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
     """Store the run (committed before anything else) and dispatch it if it may start."""
     new = plan(rt, request)
-    # Most runs are stored by one statement (the run and its first event), which needs no
-    # transaction around it: that spares the BEGIN and COMMIT round trips. A run of a
-    # session, or under a running cap, is checked and stored in one transaction.
-    one_statement = new.session_id is None and rt.settings.tenant_max_running == 0
-    with rt.db.autocommit() if one_statement else rt.db.transaction() as session:
-        stored = store(rt, session, tenant_id=tenant_id, new=new)
+    if new.session_id is None and rt.settings.tenant_max_running == 0:
+        # Most runs: admitted (reading only if a cap or a webhook_url needs it), then
+        # stored by one statement, the run and its first event, which needs no transaction
+        # around it: no BEGIN or COMMIT round trips, no session. A run of a session, or
+        # under a running cap, is checked and stored in one transaction.
+        with rt.db.autocommit() as session:
+            _admit(rt, session, tenant_id, new)
+        stored = Stored(runs.create_alone(rt.db, tenant_id=tenant_id, new=new), True, [])
+    else:
+        with rt.db.transaction() as session:
+            stored = store(rt, session, tenant_id=tenant_id, new=new)
     launch(rt, stored)
     return stored.run
 
