@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,14 @@ class Load:
     p99_ms: float
     errors: int
     tool: str
+
+
+def combined(loads: list[Load]) -> Load:
+    """Rounds of equal length as one: mean rate, mean percentiles, errors summed."""
+    return Load(statistics.mean(load.requests_per_s for load in loads),
+                statistics.mean(load.p50_ms for load in loads),
+                statistics.mean(load.p99_ms for load in loads),
+                sum(load.errors for load in loads), loads[0].tool)
 
 
 def drive(url: str, *, body: dict[str, object], headers: dict[str, str], connections: int,
