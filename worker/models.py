@@ -146,6 +146,12 @@ class Run(Base):
             "dispatched_at",
             postgresql_where=text("status = 'queued'"),
         ),
+        Index(  # the runs a tenant ended lately (the dashboard's status strip)
+            "ix_runs_tenant_id_finished_at",
+            "tenant_id",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+        ),
         Index(
             "ix_runs_undispatched",
             "created_at",
