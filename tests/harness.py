@@ -38,6 +38,19 @@ def wait_for(check: Callable[[], T], *, timeout: float = 30.0, interval: float =
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
+def holds(check: Callable[[], object], *, seconds: float, interval: float = 0.05,
+          what: str = "condition") -> None:
+    """Check that ``check`` stays truthy for ``seconds``, failing the moment it does not:
+    for what must not happen (a second delivery, a second attempt) where nothing marks
+    that it never will."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert check(), f"{what} stopped holding"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
 class Process:
     """A child process in its own session, its output in a log file."""
 

@@ -129,7 +129,7 @@ def test_a_rolling_restart_of_every_process_loses_no_run(cluster: Cluster) -> No
     submitter = threading.Thread(target=keep_submitting)
     follower.start()
     submitter.start()
-    time.sleep(1)
+    wait_for(lambda: len(accepted) >= 3, timeout=60, what="traffic before the deploy")
     # The deploy: each worker, beat, then the API, one after another
     for worker in cluster.workers:
         worker.restart()
@@ -137,7 +137,8 @@ def test_a_rolling_restart_of_every_process_loses_no_run(cluster: Cluster) -> No
     cluster.beat.restart()
     cluster.api.restart()
     cluster.api.wait_ready()
-    time.sleep(1)
+    after = len(accepted)
+    wait_for(lambda: len(accepted) >= after + 3, timeout=60, what="traffic after the deploy")
     stop.set()
     submitter.join(timeout=90)
     follower.join(timeout=120)

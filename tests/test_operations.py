@@ -69,13 +69,16 @@ def flower(env: dict[str, str], services: Services) -> Iterator[str]:
 def test_flower_shows_the_workers_and_a_finished_run(api: ApiClient, flower: str) -> None:
     auth = ("ops", "secret-pass")
     assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
-    time.sleep(1)  # Flower subscribes to task events when it starts
-    run = api.post("/v1/runs?wait=10", json={"agent": "echo", "input": {"flower": 1}}).get_json()
+    runs: list[str] = []
 
     def seen() -> dict[str, object] | None:
+        # A run each look: Flower hears task events only once it has subscribed to them
+        runs.append(api.post("/v1/runs?wait=10", json={"agent": "echo",
+                                                      "input": {"flower": 1}}).get_json()["id"])
         tasks = httpx.get(f"{flower}/api/tasks", auth=auth, timeout=10).json()
         for task in tasks.values():
-            if run["id"] in str(task.get("args")) and task.get("state") == "SUCCESS":
+            if any(run_id in str(task.get("args")) for run_id in runs) \
+                    and task.get("state") == "SUCCESS":
                 return task
         return None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 
 import pytest
 
@@ -59,7 +58,7 @@ def test_a_name_that_resolves_to_loopback_is_refused_and_never_connected(
                                              {"content-type": "application/json"}, b"{}")
     assert response.status_code is None
     assert response.error is not None and response.error.startswith("refused")
-    time.sleep(0.2)
+    # The sender returns after its last request; the receiver records before answering.
     assert receiver.at("/internal") == []
 
 
@@ -74,8 +73,7 @@ def test_a_redirect_to_an_internal_address_is_not_followed(settings: Settings,
                                json.dumps({"a": 1}).encode())
         assert response.status_code == 302
         assert not response.ok
-        time.sleep(0.2)
-        assert internal.received == []
+        assert internal.received == []  # a followed redirect would be there already
     finally:
         internal.close()
 

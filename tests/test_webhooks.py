@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ApiClient
-from tests.harness import Receiver, wait_for
+from tests.harness import Receiver, holds, wait_for
 from tests.test_signing import spec_verify
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -55,8 +55,7 @@ def test_a_run_that_ends_is_delivered_once_signed(api: ApiClient, receiver: Rece
     [delivery] = settled(api, run["id"])
     assert delivery["status"] == "delivered" and delivery["attempts"] == 1
     [request] = wait_for(lambda: receiver.at("/hook"), what="the request")
-    time.sleep(0.5)
-    assert len(receiver.at("/hook")) == 1  # exactly once
+    holds(lambda: len(receiver.at("/hook")) == 1, seconds=0.5, what="exactly once")
     headers = request.headers
     assert headers["webhook-id"] == delivery["id"]
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 30
@@ -124,9 +123,9 @@ def test_410_disables_the_endpoint(api: ApiClient, receiver: Receiver) -> None:
     assert delivery["status"] == "dead" and delivery["attempts"] == 1
     disabled = api.get(f"/v1/webhook-endpoints/{hook['id']}").get_json()
     assert disabled["disabled_at"] and "410" in disabled["disabled_reason"]
-    # A disabled endpoint gets nothing more
-    api.post("/v1/runs?wait=10", json={"agent": "echo"})
-    time.sleep(1)
+    # A disabled endpoint gets nothing more: no delivery is even recorded for it
+    later = api.post("/v1/runs?wait=10", json={"agent": "echo"}).get_json()
+    assert deliveries(api, run_id=later["id"]) == []
     assert len(receiver.at("/gone")) == 1
 
 
@@ -223,7 +222,9 @@ def test_endpoints_and_deliveries_are_isolated_by_tenant(
     assert other_api.post(f"/v1/deliveries/{delivery['id']}/retry").status_code == 404
     assert other_api.get("/v1/deliveries").get_json()["items"] == []
     assert other_api.get("/v1/webhook-endpoints").get_json()["items"] == []
-    # And another tenant's runs never reach this tenant's endpoint
+    # And another tenant's runs never reach this tenant's endpoint: their end (committed
+    # with its deliveries, as the outbox is) recorded none
     other_api.post("/v1/runs?wait=10", json={"agent": "echo"})
-    time.sleep(0.5)
+    assert other_api.get("/v1/deliveries").get_json()["items"] == []
+    assert len(deliveries(api)) == 1
     assert len(receiver.at("/mine-only")) == 1

@@ -11,7 +11,9 @@ import pytest
 from simple_websocket import Client, ConnectionError
 
 from tests.conftest import ApiClient, Tenant
-from tests.harness import ApiServer
+from tests.harness import ApiServer, wait_for
+from worker.bus import TENANT_PREFIX
+from worker.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -156,9 +158,11 @@ def test_cancel_over_the_socket(ws: Socket) -> None:
 
 
 def test_subscribe_to_every_run_of_the_tenant(ws: Socket, api: ApiClient,
-                                              other_api: ApiClient) -> None:
+                                              other_api: ApiClient, runtime: Runtime) -> None:
     ws.send({"type": "subscribe", "run_id": "*", "ref": "all"})
-    time.sleep(0.3)  # the subscription is confirmed quickly; this is the test's margin
+    channel = TENANT_PREFIX + api.tenant.id  # no frame confirms it; Redis does
+    wait_for(lambda: runtime.bus.redis.pubsub_numsub(channel)[0][1] >= 1,
+             what="the tenant subscription")
     other_api.post("/v1/runs?wait=10", json={"agent": "echo"})  # not ours: never seen
     run = api.post("/v1/runs?wait=10", json={"agent": "echo", "input": {"all": 1}}).get_json()
     frame = ws.receive()
