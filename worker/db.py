@@ -102,25 +102,21 @@ class Database:
         """
         try:
             pooled = self.engine.raw_connection()
-        except psycopg.Error as error:  # could not connect
+            connection = pooled.driver_connection
+            assert isinstance(connection, psycopg.Connection)
+            try:
+                connection.autocommit = True
+                with connection.cursor(row_factory=namedtuple_row) as cursor:
+                    cursor.execute(sql, params)
+                    return cursor.fetchone()
+            finally:
+                if connection.broken or connection.closed:
+                    pooled.invalidate()  # never lent again
+                else:
+                    connection.autocommit = False  # lent back as the pool lends it
+                pooled.close()
+        except psycopg.Error as error:  # as SQLAlchemy raises it from any other statement
             raise DBAPIError.instance(sql, params, error, psycopg.Error) from error
-        connection = pooled.driver_connection
-        assert isinstance(connection, psycopg.Connection)
-        try:
-            connection.autocommit = True
-            with connection.cursor(row_factory=namedtuple_row) as cursor:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-            connection.autocommit = False
-        except psycopg.Error as error:
-            if connection.broken or connection.closed:
-                pooled.invalidate(error)  # never lend it again
-            else:
-                connection.autocommit = False
-            raise DBAPIError.instance(sql, params, error, psycopg.Error) from error
-        finally:
-            pooled.close()
-        return row
 
     def dispose(self) -> None:
         """Drop the pool; its connections are closed only if this process opened them."""
