@@ -6,6 +6,7 @@ from flask import Flask
 
 from api import (
     api_keys,
+    bodies,
     dashboard,
     deliveries,
     errors,
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.extensions["agentq"] = runtime
     configure_logging(runtime.settings.log_level, service="api")
     requestlog.init_app(app)
+    app.before_request(bodies.refuse_nul)
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
                       hook_sources.bp, hooks.bp, sessions.bp, usage.bp, api_keys.bp, metrics.bp,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import Problem
+from worker import jsonb
 from worker.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -24,12 +25,24 @@ def raw_body() -> bytes:
     return raw
 
 
+def refuse_nul() -> None:
+    """Postgres text cannot hold U+0000: a URL with one is a 400 here, not a 500 at the
+    first query that names it (a run id, a filter)."""
+    if "\x00" in request.path or "%00" in request.query_string.decode("latin-1"):
+        raise Problem(400, "Bad request", "the URL holds the character U+0000 (%00); "
+                      "no id or filter can contain it", slug="bad-request")
+
+
 def json_body(model: type[M]) -> M:
     """Validate the raw JSON body (size-limited) against ``model``."""
     if not request.is_json:
         raise Problem(415, "Unsupported media type",
                       "send a JSON body with 'Content-Type: application/json'", slug="media-type")
     raw = raw_body()
+    if jsonb.holds_nul(raw):
+        raise InvalidRequest("the body holds the character U+0000 (\\u0000), which cannot "
+                             "be stored; remove it", [{"field": "body",
+                                                       "message": "a string holds U+0000"}])
     try:
         return model.model_validate_json(raw)
     except ValidationError as error:

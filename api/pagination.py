@@ -23,7 +23,7 @@ def decode(cursor: str | None, *, prefix: str) -> str | None:
         last_id = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         last_id = ""
-    if last_id.startswith(prefix):
+    if last_id.startswith(prefix) and last_id.isprintable() and len(last_id) <= 100:
         return last_id
     raise InvalidRequest("the cursor is not valid", [
         {"field": "cursor", "message": "pass next_cursor from a previous page unchanged"}])

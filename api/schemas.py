@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, JsonValue
 
 from worker.models import AttemptOutcome, RunStatus
 
-_ID = r"^[A-Za-z0-9._:@/-]+$"
+SESSION_ID = r"^[A-Za-z0-9._:@/-]+$"
+MAX_SEQ = 2**31 - 1  # event seqs are Postgres integers
 
 
 class RunCreate(BaseModel):
@@ -18,7 +19,7 @@ class RunCreate(BaseModel):
 
     agent: str = Field(min_length=1, max_length=200, description="A registered agent's name.")
     input: JsonValue = Field(default_factory=dict, description="JSON given to the agent.")
-    session_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=_ID)
+    session_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=SESSION_ID)
     webhook_url: HttpUrl | None = None
     timeout_s: int | None = Field(default=None, ge=1, description="Per-attempt time limit.")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
@@ -56,7 +57,7 @@ class EventsQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=MAX_SEQ)
 
 
 class RunError(BaseModel):

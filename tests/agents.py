@@ -216,3 +216,25 @@ def four_calls(ctx: RunContext, input: dict[str, Any]) -> list[str | None]:
     """Four LLM calls, with prompts ``<tag>:1`` to ``<tag>:4``."""
     return [ctx.llm.chat([{"role": "user", "content": f"{input['tag']}:{n}"}])["content"]
             for n in range(1, 5)]
+
+
+@agent("test.unstorable")
+def unstorable(ctx: RunContext, input: dict[str, Any]) -> Any:
+    """Return (or emit, or keep in its session, or take from a step) what Postgres's jsonb
+    cannot store: NaN, or the character U+0000."""
+    value: Any = float("nan") if input.get("kind") == "nan" else "nul \x00 here"
+    where = input.get("where", "result")
+    if where == "emit":
+        try:
+            ctx.emit("bad", "an unstorable event", value=value)
+        except ValueError as error:
+            return {"emit_refused": str(error)}
+    if where == "step":
+        try:
+            ctx.step("bad", lambda: {"value": value})
+        except TypeError as error:
+            return {"step_refused": str(error)}
+    if where == "session":
+        ctx.session["value"] = value
+        return {"ok": True}
+    return {"value": value}

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from worker import attempts, dispatch, events, retry, sessions, steps
+from worker import attempts, dispatch, events, jsonb, retry, sessions, steps
 from worker.agents import AgentSpec
 from worker.attempts import Claim, Dispatch, Outcome
 from worker.context import RunContext
@@ -26,6 +26,7 @@ from worker.supervisor import Active
 log = logging.getLogger("agentq.run")
 
 _RECORD_PATIENCE_S = 60.0  # how long to keep trying to record an outcome through a DB outage
+_UNSTORABLE = "UnstorableOutcome"
 
 
 def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
@@ -126,6 +127,8 @@ def _attempt(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
     try:
         spec = rt.registry.get(claim.agent)
         result = _json(spec.fn(ctx, spec.parse_input(claim.input)))
+        if state is not None:
+            jsonb.check(state.current, what="ctx.session")
     except Cancelled as error:
         return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error=_describe(error))
     except Exception as error:
@@ -193,6 +196,16 @@ def _record(rt: Runtime, claim: Claim, outcome: Outcome,
                 return outcome, False
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+        except DBAPIError as error:  # Postgres refused what the outcome holds
+            if (outcome.error or {}).get("type") == _UNSTORABLE:
+                raise  # even the plain failure was refused: let the sweeper see it
+            log.error("outcome refused by the database; the run fails",
+                      extra={"run_id": claim.run_id, "error": type(error.orig).__name__})
+            outcome = Outcome(RunStatus.FAILED, AttemptOutcome.FAILED, error={
+                "type": _UNSTORABLE,
+                "message": f"the attempt's outcome could not be stored "
+                           f"({type(error.orig).__name__}); it held a value Postgres refuses"})
+            state = None
 
 
 def _describe(error: BaseException) -> dict[str, str]:
@@ -201,10 +214,7 @@ def _describe(error: BaseException) -> dict[str, str]:
 
 def _json(result: Any) -> Any:
     """Return the agent's result as plain JSON, or raise TypeError naming what is wrong."""
-    try:
-        return steps.as_json(result)
-    except TypeError as error:
-        raise TypeError(f"agent result is {error}") from None
+    return steps.as_json(result, what="the agent's result")
 
 
 def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
@@ -213,6 +223,7 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
               "attempt": claim.attempt, "request_id": claim.request_id}
 
     def emit(data: dict[str, Any]) -> int:
+        jsonb.check(data, what="the event")  # ValueError into the agent, naming the field
         with rt.db.autocommit() as session:  # one atomic statement
             event = events.append(session, run_id=claim.run_id, epoch=claim.epoch,
                                   type=events.PROGRESS, data=data)

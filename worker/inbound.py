@@ -110,7 +110,7 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
                               provider=source.provider)
     try:
         providers.verify(source.provider, secrets, headers, body)
-        inbound = providers.PROVIDERS[source.provider].parse(headers, body)
+        inbound = providers.checked(providers.PROVIDERS[source.provider].parse(headers, body))
     except providers.Rejected:
         count(outcome="rejected")
         raise

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from worker import signing
+from worker import jsonb, signing
 
 TOLERANCE_S = 300
 MIN_SECRET_CHARS = 16
@@ -55,6 +55,22 @@ class Inbound:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_MAX_DELIVERY_ID = 200
+
+
+def checked(inbound: Inbound) -> Inbound:
+    """Refuse (Unreadable) a delivery whose fields are not what its platform sends: ids,
+    types and URLs are strings of sensible length (a sender may be anyone with the secret,
+    or a platform's bug)."""
+    for name in ("event_type", "delivery_id", "text", "response_url", "action"):
+        value = getattr(inbound, name)
+        if value is not None and not isinstance(value, str):
+            raise Unreadable(f"the delivery's {name.replace('_', ' ')} is not a string")
+    if inbound.answer is None and not 0 < len(inbound.delivery_id or "") <= _MAX_DELIVERY_ID:
+        raise Unreadable(f"the delivery id must be 1 to {_MAX_DELIVERY_ID} characters")
+    return inbound
+
+
 class Provider(Protocol):
     def check_secret(self, secret: str) -> str | None: ...
     def verify(self, secret: str, headers: Mapping[str, str], body: bytes, now: float) -> None:
@@ -76,8 +92,11 @@ def _hex_hmac(key: bytes, message: bytes) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
+_TIMESTAMP = re.compile(r"-?[0-9]{1,12}")  # Unix seconds, in ASCII digits
+
+
 def _fresh(timestamp: str | None, now: float) -> int:
-    if not timestamp or not timestamp.strip().lstrip("-").isdigit():
+    if not timestamp or not _TIMESTAMP.fullmatch(timestamp.strip()):
         raise Rejected("missing or malformed timestamp")
     value = int(timestamp)
     if abs(now - value) > TOLERANCE_S:
@@ -86,10 +105,19 @@ def _fresh(timestamp: str | None, now: float) -> int:
 
 
 def _json(body: bytes) -> Any:
+    """The body as JSON that can be stored: NaN, Infinity and U+0000 are refused too."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(body, parse_constant=_no_constant)
+        jsonb.check(payload, what="the body")
+    except jsonb.Unstorable as error:
+        raise Unreadable(str(error)) from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Unreadable("the body is not JSON") from None
+    return payload
+
+
+def _no_constant(name: str) -> Any:
+    raise jsonb.Unstorable("the body", f"{name}, which is not JSON")
 
 
 def _plain_secret(secret: str) -> str | None:
@@ -114,11 +142,11 @@ class GitHub:
         if not event or not delivery:
             raise Unreadable("X-GitHub-Event and X-GitHub-Delivery are required")
         payload = _json(body)
+        fields = payload if isinstance(payload, dict) else {}
         if event == "ping":
             return Inbound(event, delivery, payload, answer={"pong": True,
-                                                             "zen": payload.get("zen")})
-        action = payload.get("action") if isinstance(payload, dict) else None
-        return Inbound(event, delivery, payload, action=action)
+                                                             "zen": fields.get("zen")})
+        return Inbound(event, delivery, payload, action=fields.get("action"))
 
 
 class Slack:
@@ -140,7 +168,8 @@ class Slack:
             raise Unreadable("the body is not a JSON object")
         if payload.get("type") == "url_verification":
             return Inbound("url_verification", answer={"challenge": payload.get("challenge")})
-        event = payload.get("event") or {}
+        event = payload.get("event")
+        event = event if isinstance(event, dict) else {}
         event_id = payload.get("event_id")
         if not event_id:
             raise Unreadable("an Events API callback needs event_id")
@@ -151,8 +180,14 @@ class Slack:
     def _form(self, body: bytes) -> Inbound:
         fields = {key: values[0] for key, values in
                   parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
+        try:
+            jsonb.check(fields, what="the form")
+        except jsonb.Unstorable as error:
+            raise Unreadable(str(error)) from None
         if "payload" in fields:  # interactivity: buttons, menus, modals
             payload = _json(fields["payload"].encode())
+            if not isinstance(payload, dict):
+                raise Unreadable("an interaction's payload is a JSON object")
             trigger = payload.get("trigger_id") or payload.get("action_ts")
             if not trigger:
                 raise Unreadable("an interaction needs trigger_id")

@@ -8,6 +8,7 @@ raised by httpx. Anything else fails the run at once: another attempt would not 
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import socket
 from datetime import UTC, datetime
@@ -72,12 +73,14 @@ def retry_after_s(response: httpx.Response) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

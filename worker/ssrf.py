@@ -65,7 +65,10 @@ class Guard:
 
     def check_url(self, url: str) -> None:
         """Refuse a URL whose host is a literal address that may not be reached."""
-        host = urlsplit(url).hostname or ""
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            raise Refused(f"{url!r} is not a usable URL") from None
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -74,10 +77,13 @@ class Guard:
 
     def resolve(self, url: str) -> Target:
         """Resolve the URL's host once and check every address it has."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # a port out of range, a malformed IPv6 literal
+            raise Refused(f"{url!r} is not a usable URL") from None
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise Refused(f"{url!r} is not an http(s) URL")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
         except socket.gaierror as error:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from worker import events, spend
+from worker import events, jsonb, spend
 from worker.errors import StepMismatch
 from worker.models import RunStep
 
@@ -109,14 +109,17 @@ def listed(session: Session, *, run_id: str) -> list[RunStep]:
                                 .order_by(RunStep.finished_at, RunStep.name)))
 
 
-def as_json(value: Any) -> Any:
-    """``value`` as plain JSON (a pydantic model dumped), or TypeError naming what is wrong."""
+def as_json(value: Any, *, what: str = "the value") -> Any:
+    """``value`` as plain JSON that Postgres can store (a pydantic model dumped), or
+    TypeError naming what is wrong."""
     if hasattr(value, "model_dump"):
         value = value.model_dump(mode="json")
     try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"not JSON-serialisable: {error}") from None
+        return json.loads(jsonb.dumps(value, what=what))
+    except jsonb.Unstorable as error:
+        raise TypeError(str(error)) from None
+    except TypeError as error:
+        raise TypeError(f"{what} is not JSON-serialisable: {error}") from None
 
 
 class StepRunner:
@@ -145,7 +148,7 @@ class StepRunner:
         self._emit({"phase": "step.started", "message": f"Step {name} started", "step": name})
         began = time.monotonic()
         try:
-            result = as_json(fn(*args, **kwargs))
+            result = as_json(fn(*args, **kwargs), what=f"step {name!r}'s result")
         except Exception as error:
             with contextlib.suppress(Exception):  # the step's own error is what matters
                 self._emit({"phase": "step.failed", "step": name, "error": type(error).__name__,
