@@ -143,7 +143,7 @@ def revoke_key(key: str) -> None:
             click.echo(f"revoked {record.id} ({record.prefix}…)", err=True)
     except NotFound:
         raise click.ClickException(f"no API key has the id or prefix {key!r}") from None
-    api_keys.announce_revocation(rt.bus.redis)  # API processes forget it at once
+    api_keys.announce_revocation(rt.bus.redis, record.id)  # API processes forget it at once
 
 
 @main.group()

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify
 from api.auth import require_admin
 from api.bodies import json_body
 from api.deps import principal, runtime
-from api.idempotency import idempotent
+from api.idempotency import withholding
 from api.schemas import ApiKeyCreate
 from worker import keys
 from worker.models import ApiKey
@@ -32,7 +32,7 @@ def list_keys() -> Response:
 
 
 @bp.post("")
-@idempotent
+@withholding("key")
 def create_key() -> tuple[Response, int]:
     body = json_body(ApiKeyCreate)
     with runtime().db.transaction() as session:
@@ -45,7 +45,6 @@ def create_key() -> tuple[Response, int]:
 def revoke_key(key_id: str) -> tuple[str, int]:
     rt = runtime()
     with rt.db.transaction() as session:
-        keys.revoke(session, tenant_id=principal().tenant_id, key_id=key_id)
-    rt.key_cache().forget()  # this process at once; the others when they hear of it
-    keys.announce_revocation(rt.bus.redis)
+        revoked = keys.revoke(session, tenant_id=principal().tenant_id, key_id=key_id)
+    rt.key_revoked(revoked.id)
     return "", 204

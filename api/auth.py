@@ -8,18 +8,11 @@ Each key has a request rate limit, counted in Redis so all API processes share i
 
 from __future__ import annotations
 
-import logging
-import time
-
-import redis
 from flask import g, request
 
 from api.deps import principal, runtime
 from api.errors import Problem, unauthorized
-from worker import keys
-from worker.errors import LimitExceeded
-
-log = logging.getLogger("agentq.api.auth")
+from worker import keys, ratelimit
 
 # Credentials must never travel in URLs (they end up in logs and browser history).
 _CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "auth"})
@@ -82,37 +75,16 @@ def _authenticate(token: str) -> None:
         with rt.db.autocommit() as session:
             caller = keys.authenticate_jwt(session, token=token, settings=rt.settings)
     else:
-        key_hash = keys.hash_key(token)
-        caller = rt.key_cache().get(key_hash)
+        key_hash, cache = keys.hash_key(token), rt.key_cache()
+        caller = cache.get(key_hash)
         if caller is None:
+            generation = cache.generation  # before the lookup: see KeyCache
             with rt.db.autocommit() as session:
                 caller = keys.authenticate(session, token=token)
             if caller is not None:
-                rt.key_cache().put(key_hash, caller)
+                cache.put(key_hash, caller, generation=generation)
     if caller is None:
         raise unauthorized("the credential is not valid (unknown, revoked, or expired)")
     g.principal = caller
-    _limit_rate(caller.key_id)
-
-
-def _limit_rate(key_id: str) -> None:
-    """Count the request against its key's per-minute budget; 429 once it is spent."""
-    rt = runtime()
-    limit = rt.settings.rate_limit_per_minute
-    if not limit:
-        return
-    now = time.time()
-    window = int(now // 60)
-    counter = f"agentq:rate:{key_id}:{window}"
-    try:
-        with rt.bus.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(counter)
-            pipe.expire(counter, 61)
-            count, _ = pipe.execute()
-    except redis.RedisError as error:  # fail open: an outage of Redis must not stop the API
-        log.warning("rate limit not checked", extra={"error": str(error)})
-        return
-    if count > limit:
-        raise LimitExceeded(f"over {limit} requests a minute for this key "
-                            "(AGENTQ_RATE_LIMIT_PER_MINUTE)",
-                            retry_after_s=max(1, int(60 - now % 60)))
+    ratelimit.spend(rt.bus.redis, bucket=caller.key_id,
+                    per_minute=rt.settings.rate_limit_per_minute)

@@ -8,6 +8,7 @@ with a ``retry:`` hint, sends a comment line as keep-alive, resumes after ``Last
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 
@@ -16,11 +17,12 @@ from flask import Blueprint, Response, g, jsonify, request
 from api.auth import require_key
 from api.bodies import query
 from api.deps import principal, runtime
-from api.schemas import EventsQuery
-from worker import events, runs
+from api.schemas import MAX_SEQ, EventsQuery
+from worker import events, grants, runs
 from worker.errors import InvalidRequest
 from worker.events import Event
 from worker.follow import follow
+from worker.keys import Principal
 from worker.runtime import Runtime
 from worker.views import event_view
 
@@ -30,6 +32,7 @@ bp.before_request(require_key)
 log = logging.getLogger("agentq.api.stream")
 
 EVENT_STREAM = "text/event-stream"
+_SEQ = re.compile(r"[0-9]{1,10}")  # ASCII digits (str.isdigit() takes "²" too)
 RECONNECT_MS = 2000
 
 
@@ -42,7 +45,7 @@ def run_events(run_id: str) -> Response:
         runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = [] if _wants_stream() else events.after(session, run_id=run_id, seq=after)
     if _wants_stream():
-        return stream(rt, run_id, after)
+        return stream(rt, run_id, after, caller=principal())
     return jsonify({"items": [event_view(item) for item in items]})
 
 
@@ -57,7 +60,7 @@ def resume_point() -> int:
     header = request.headers.get("Last-Event-ID", "").strip()
     if not header:
         return after
-    if not header.isdigit():
+    if not _SEQ.fullmatch(header) or int(header) > MAX_SEQ:
         raise InvalidRequest("Last-Event-ID is not an event id", [
             {"field": "Last-Event-ID", "message": "send back the id of the last event seen"}])
     return int(header)
@@ -68,21 +71,26 @@ def frame(event: Event) -> str:
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event.data_json}\n\n"
 
 
-def stream(rt: Runtime, run_id: str, after: int) -> Response:
-    """The run's events after ``after`` as a live SSE response (the caller checked access)."""
+def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal) -> Response:
+    """The run's events after ``after`` as a live SSE response (the caller checked access),
+    ended early if ``caller``'s credential is revoked or expires."""
     settings = rt.settings
 
     def generate() -> Iterator[str]:
         started, sent = time.monotonic(), 0
         try:
             yield f"retry: {RECONNECT_MS}\n\n"
-            for event in follow(rt, run_id=run_id, after=after,
-                                tick_s=settings.stream_keepalive_s, max_s=settings.stream_max_s):
-                if event is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                sent += 1
-                yield frame(event)
+            with rt.grants().hold(caller, max_s=settings.stream_max_s) as grant:
+                for event in follow(rt, run_id=run_id, after=after, grant=grant,
+                                    tick_s=settings.stream_keepalive_s,
+                                    max_s=settings.stream_max_s):
+                    if event is None:
+                        yield ": keep-alive\n\n"
+                        continue
+                    sent += 1
+                    yield frame(event)
+                if grant.reason in (grants.REVOKED, grants.EXPIRED):
+                    yield f": ended: {grant.why}\n\n"
         finally:
             log.info("event stream closed", extra={
                 "run_id": run_id, "events": sent,

@@ -10,6 +10,7 @@ runs; a dropped client reconnects and subscribes with ``after`` to continue.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -22,10 +23,12 @@ from simple_websocket import ConnectionClosed, Server
 
 from api.auth import SUBPROTOCOL_PREFIX, require_websocket_key
 from api.deps import principal, runtime
-from worker import keys, runs
+from api.schemas import MAX_SEQ, SESSION_ID
+from worker import grants, jsonb, keys, ratelimit, runs
 from worker.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from worker.events import Event
 from worker.follow import follow
+from worker.grants import Grant
 from worker.keys import Principal
 from worker.runtime import Runtime
 from worker.submission import RunRequest, submit
@@ -37,6 +40,7 @@ bp.before_request(require_websocket_key)
 log = logging.getLogger("agentq.api.ws")
 
 MAX_FOLLOWED = 100  # runs one connection may follow at once
+RECEIVE_TICK_S = 5.0  # how often an idle socket's reader looks up (the grant closes it at once)
 ALL_RUNS = "*"
 _Ref = str | int | None
 
@@ -51,13 +55,14 @@ class RunMessage(_Message):
     type: Literal["run"]
     agent: str = Field(min_length=1, max_length=200)
     input: JsonValue = Field(default_factory=dict)
-    session_id: str | None = Field(default=None, min_length=1, max_length=200)
+    session_id: str | None = Field(default=None, min_length=1, max_length=200,
+                                   pattern=SESSION_ID)
 
 
 class SubscribeMessage(_Message):
     type: Literal["subscribe"]
     run_id: str = Field(min_length=1, max_length=100, description='A run id, or "*".')
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=MAX_SEQ)
 
 
 class CancelMessage(_Message):
@@ -81,30 +86,54 @@ class BearerSubprotocols:
 
 
 class Connection:
-    """One client's socket: a reader (this thread) and a follower per followed run."""
+    """One client's socket: a reader (this thread) and a follower per followed run.
+
+    The socket lives while its credential does: it is closed (1008, policy violation) when
+    the key is revoked or the JWT expires, and (1001, going away) after
+    ``AGENTQ_STREAM_MAX_S``; the client reconnects and subscribes with ``after``. Every
+    frame the client sends counts against the credential's rate limit.
+    """
 
     def __init__(self, ws: Server, rt: Runtime, caller: Principal, request_id: str) -> None:
         self._ws = ws
         self._rt = rt
+        self._caller = caller
         self._tenant_id = caller.tenant_id
         self._scopes = caller.scopes
         self._request_id = request_id
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         self._followed: set[str] = set()
+        self._grant: Grant | None = None
 
     def serve(self) -> None:
+        settings = self._rt.settings
         try:
-            while True:
-                raw = self._ws.receive()
-                if raw is not None:
-                    self._handle(raw)
+            with self._rt.grants().hold(self._caller, max_s=settings.stream_max_s) as grant:
+                self._grant = grant
+                grant.on_end(self._close)
+                while not grant.ended and self._ws.connected:
+                    raw = self._ws.receive(timeout=min(RECEIVE_TICK_S, max(grant.left(), 0)))
+                    if raw is not None and not grant.ended:
+                        self._handle(raw)
         finally:
             self._closed.set()
+
+    def _close(self, reason: str) -> None:
+        """End the socket with a close frame saying why (the grant ended)."""
+        code = 1001 if reason == grants.LIFE_OVER else 1008
+        self._closed.set()
+        with self._send_lock, contextlib.suppress(ConnectionClosed, OSError):
+            self._ws.close(code, grants.Grant.describe(reason))
 
     def _handle(self, raw: str | bytes) -> None:
         ref: _Ref = None
         try:
+            ratelimit.spend(self._rt.bus.redis, bucket=self._caller.key_id,
+                            per_minute=self._rt.settings.rate_limit_per_minute)
+            if jsonb.holds_nul(raw):
+                raise InvalidRequest("the frame holds the character U+0000, which cannot be "
+                                     "stored; remove it")
             message = ClientMessage.validate_json(raw)
             ref = message.ref
             needed = keys.READ if isinstance(message, SubscribeMessage) else keys.WRITE
@@ -120,13 +149,14 @@ class Connection:
         except ValidationError as error:
             self._error("bad_message", _describe(error), _ref_of(raw))
         except InvalidRequest as error:
-            self._error("invalid", error.detail, ref, errors=error.errors)
+            self._error("invalid", error.detail, ref or _ref_of(raw), errors=error.errors)
         except NotFound as error:
             self._error("not_found", str(error), ref)
         except Conflict as error:
             self._error("conflict", str(error), ref)
         except LimitExceeded as error:
-            self._error("limit", str(error), ref, retry_after_s=error.retry_after_s)
+            self._error("limit", str(error), ref or _ref_of(raw),
+                        retry_after_s=error.retry_after_s)
 
     def _run(self, message: RunMessage) -> None:
         request = RunRequest(agent=message.agent, input=message.input,
@@ -161,7 +191,7 @@ class Connection:
     def _forward(self, run_id: str, after: int) -> None:
         settings = self._rt.settings
         try:
-            for event in follow(self._rt, run_id=run_id, after=after,
+            for event in follow(self._rt, run_id=run_id, after=after, grant=self._grant,
                                 tick_s=settings.stream_keepalive_s, max_s=settings.stream_max_s):
                 if self._closed.is_set():
                     return

@@ -51,6 +51,9 @@ class Database:
             pool_timeout=10,
             pool_recycle=1800,
             connect_args={"connect_timeout": s.db_connect_timeout_s},
+            # Bound values hold secrets (signing secrets, tokens, inputs): never in an
+            # error's message, so never in a log line or traceback.
+            hide_parameters=True,
         )
         event.listen(self._engine, "checkout", _refuse_closed)
         # The same pool; each connection it lends is in autocommit until it comes back.
@@ -116,7 +119,8 @@ class Database:
                     connection.autocommit = False  # lent back as the pool lends it
                 pooled.close()
         except psycopg.Error as error:  # as SQLAlchemy raises it from any other statement
-            raise DBAPIError.instance(sql, params, error, psycopg.Error) from error
+            raise DBAPIError.instance(sql, params, error, psycopg.Error,
+                                      hide_parameters=True) from error
 
     def dispose(self) -> None:
         """Drop the pool; its connections are closed only if this process opened them."""

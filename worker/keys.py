@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,16 +26,27 @@ READ, WRITE, ADMIN = "runs:read", "runs:write", "admin"
 SCOPES = (READ, WRITE, ADMIN)
 DEFAULT_SCOPES = SCOPES  # keys made by an operator can do everything unless narrowed
 JWT_DEFAULT_SCOPES = (READ, WRITE)
+JWT_PREFIX = "jwt:"
 _LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the tenant every query is scoped to, and what the key may do."""
+    """Who is calling: the tenant every query is scoped to, and what the key may do.
+
+    ``key_id`` names the credential (an API key's id, or ``jwt:<tenant>:<subject hash>``):
+    it is the rate limit's bucket, and what a revocation ends. A JWT's ``expires_at`` (Unix
+    time) ends the streams and sockets it opened.
+    """
 
     tenant_id: str
     key_id: str
     scopes: frozenset[str]
+    expires_at: float | None = None
+
+    @property
+    def is_api_key(self) -> bool:
+        return not self.key_id.startswith(JWT_PREFIX)
 
 
 def hash_key(token: str) -> str:
@@ -113,14 +124,28 @@ def authenticate_jwt(session: Session, *, token: str, settings: Settings) -> Pri
                             options={"require": ["exp", "iss", "aud"]})
     except jwt.InvalidTokenError:
         return None
-    tenant = session.scalar(select(Tenant).where(
-        Tenant.name == str(claims.get(settings.jwt_tenant_claim, ""))))
+    scopes = _jwt_scopes(claims.get(settings.jwt_scopes_claim, JWT_DEFAULT_SCOPES))
+    tenant_name = claims.get(settings.jwt_tenant_claim)
+    if scopes is None or not isinstance(tenant_name, str):
+        return None
+    tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
     if tenant is None:
         return None
-    granted = claims.get(settings.jwt_scopes_claim, JWT_DEFAULT_SCOPES)
-    scopes = granted.split() if isinstance(granted, str) else list(granted)
-    return Principal(tenant_id=tenant.id, key_id=f"jwt:{claims.get('sub', '')}",
-                     scopes=frozenset(scopes) & set(SCOPES))
+    # One rate-limit bucket per tenant and subject (hashed: a subject is the issuer's text).
+    subject = hashlib.sha256(str(claims.get("sub", "")).encode()).hexdigest()[:32]
+    expires_at = claims["exp"] if isinstance(claims["exp"], int | float) else None
+    return Principal(tenant_id=tenant.id, key_id=f"{JWT_PREFIX}{tenant.id}:{subject}",
+                     scopes=scopes, expires_at=expires_at)
+
+
+def _jwt_scopes(granted: object) -> frozenset[str] | None:
+    """The scopes a JWT's claim grants: a space-separated string or a list of strings;
+    None (the token is refused) for anything else."""
+    if isinstance(granted, str):
+        return frozenset(granted.split()) & set(SCOPES)
+    if isinstance(granted, list | tuple) and all(isinstance(item, str) for item in granted):
+        return frozenset(granted) & set(SCOPES)
+    return None
 
 
 _BY_HASH = text(  # every request runs it
@@ -132,18 +157,33 @@ _BY_HASH = text(  # every request runs it
 class KeyCache:
     """What an API process remembers of valid keys, to spare the database a lookup on
     every request. Entries last ``AGENTQ_KEY_CACHE_S``; a revocation anywhere is announced
-    on Redis and clears every process's cache at once (the TTL bounds the staleness if the
-    announcement is lost)."""
+    on Redis (with the key's id) and clears every process's cache at once (the TTL bounds
+    the staleness if the announcement is lost), and ``on_revoked`` ends what the key holds
+    open in this process (its streams and sockets).
+
+    A lookup races a revocation: read the key (live), the key is revoked, then remember
+    it. So ``put`` takes the ``generation`` read before the lookup, and remembers nothing
+    if any revocation was heard since.
+    """
 
     CHANNEL = "agentq:keys:revoked"
 
-    def __init__(self, redis_url: str, ttl_s: float) -> None:
+    def __init__(self, redis_url: str, ttl_s: float,
+                 on_revoked: Callable[[str | None], None] | None = None) -> None:
         self.pid = os.getpid()
         self._ttl_s = ttl_s
+        self._on_revoked = on_revoked
         self._entries: dict[str, tuple[Principal, float]] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
         self._pubsub = redis.Redis.from_url(redis_url, socket_connect_timeout=2).pubsub(
             ignore_subscribe_messages=True)
         threading.Thread(target=self._listen, name="agentq-key-cache", daemon=True).start()
+
+    @property
+    def generation(self) -> int:
+        """Read before looking a key up; pass to ``put``."""
+        return self._generation
 
     def get(self, key_hash: str) -> Principal | None:
         entry = self._entries.get(key_hash)
@@ -151,31 +191,44 @@ class KeyCache:
             return None
         return entry[0]
 
-    def put(self, key_hash: str, caller: Principal) -> None:
-        if self._ttl_s > 0:
-            self._entries[key_hash] = (caller, time.monotonic() + self._ttl_s)
+    def put(self, key_hash: str, caller: Principal, *, generation: int) -> None:
+        """Remember a key looked up at ``generation``, unless a revocation came since."""
+        if self._ttl_s <= 0:
+            return
+        with self._lock:
+            if generation == self._generation:
+                self._entries[key_hash] = (caller, time.monotonic() + self._ttl_s)
 
-    def forget(self) -> None:
-        """Drop every remembered key (this process revoked one, or heard of a revocation)."""
-        self._entries.clear()
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop every remembered key: this process revoked ``key_id``, or heard of a
+        revocation (None: of some key, unknown, while it was not listening)."""
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+        if self._on_revoked is not None:
+            self._on_revoked(key_id)
 
     def _listen(self) -> None:
         while True:
             try:
                 if not self._pubsub.channels:
                     self._pubsub.subscribe(self.CHANNEL)
-                    self._entries.clear()  # (re)subscribed: anything may have been missed
-                if self._pubsub.get_message(timeout=5.0) is not None:
-                    self._entries.clear()
+                    self.forget()  # (re)subscribed: anything may have been missed
+                message = self._pubsub.get_message(timeout=5.0)
+                if message is not None:
+                    data = message.get("data")
+                    self.forget(data.decode() if isinstance(data, bytes) else None)
             except (redis.RedisError, OSError):
-                self._entries.clear()
+                self.forget()
                 time.sleep(1.0)
 
 
-def announce_revocation(redis_client: redis.Redis) -> None:
-    """Tell every API process to forget the keys it remembers (best effort)."""
-    with contextlib.suppress(redis.RedisError):  # else caches expire in AGENTQ_KEY_CACHE_S
-        redis_client.publish(KeyCache.CHANNEL, "revoked")
+def announce_revocation(redis_client: redis.Redis, key_id: str) -> None:
+    """Tell every API process to forget the keys it remembers and to end what ``key_id``
+    holds open (best effort: else caches expire in AGENTQ_KEY_CACHE_S, and open streams
+    notice at their next check)."""
+    with contextlib.suppress(redis.RedisError):
+        redis_client.publish(KeyCache.CHANNEL, key_id)
 
 
 _BY_ID = text(

@@ -13,6 +13,7 @@ from celery import Celery
 from worker.agents import Registry, load_agents
 from worker.bus import Bus
 from worker.db import Database
+from worker.grants import Grants
 from worker.metrics import Metrics
 from worker.settings import Settings
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from worker.dispatch import Marker
     from worker.keys import KeyCache
     from worker.notifier import Sender
-    from worker.submission import Backlog
     from worker.supervisor import Supervisor
 
 DELIVERIES_KEY = "agentq.deliveries"
@@ -51,7 +51,7 @@ class Runtime:
     _sender: Sender | None = field(default=None, repr=False)
     _marker: Marker | None = field(default=None, repr=False)
     _key_cache: KeyCache | None = field(default=None, repr=False)
-    _backlog: Backlog | None = field(default=None, repr=False)
+    _grants: Grants | None = field(default=None, repr=False)
     db: Database = field(init=False)
     metrics: Metrics = field(init=False)
     _making: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -85,17 +85,26 @@ class Runtime:
         return self._own("_sender", lambda: Sender(self.settings))
 
     def key_cache(self) -> KeyCache:
-        """This process's memory of valid API keys."""
+        """This process's memory of valid API keys; a revocation it hears of ends what the
+        key holds open here."""
         from worker.keys import KeyCache
 
         settings = self.settings
-        return self._own("_key_cache", lambda: KeyCache(settings.redis_url, settings.key_cache_s))
+        return self._own("_key_cache", lambda: KeyCache(
+            settings.redis_url, settings.key_cache_s,
+            on_revoked=lambda key_id: self.grants().revoked(key_id)))
 
-    def backlog(self) -> Backlog:
-        """This process's estimate of each tenant's waiting runs (for AGENTQ_TENANT_MAX_QUEUED)."""
-        from worker.submission import Backlog
+    def grants(self) -> Grants:
+        """This process's open streams and sockets, by credential."""
+        return self._own("_grants", lambda: Grants(self.db))
 
-        return self._own("_backlog", Backlog)
+    def key_revoked(self, key_id: str) -> None:
+        """After a revocation committed: forget the key and end what it holds open, here at
+        once and in every other process when it hears of it."""
+        from worker.keys import announce_revocation
+
+        self.key_cache().forget(key_id)
+        announce_revocation(self.bus.redis, key_id)
 
     def marker(self) -> Marker:
         """This process's batcher of "dispatched" marks."""
