@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import unicodedata
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -20,16 +22,18 @@ from flask import (
     session,
     url_for,
 )
+from pydantic import BaseModel, ValidationError
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api.deps import principal, runtime
-from worker import keys
-from worker.errors import AgentqError, NotFound
+from worker import jsonb, keys
+from worker.errors import AgentqError, InvalidRequest, NotFound
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
 
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=BaseModel)
 PUBLIC = frozenset({"dashboard.sign_in", "dashboard.static"})
 
 
@@ -59,10 +63,11 @@ def _live_key(key_id: str) -> keys.Principal | None:
     cache, slot = runtime().key_cache(), f"id:{key_id}"
     caller = cache.get(slot)
     if caller is None:
+        generation = cache.generation  # before the lookup: see KeyCache
         with runtime().db.autocommit() as db:
             caller = keys.live_key(db, key_id=key_id)
         if caller is not None:
-            cache.put(slot, caller)
+            cache.put(slot, caller, generation=generation)
     return caller
 
 
@@ -120,8 +125,18 @@ def sign_in() -> Any:
 
 
 def local(target: str) -> str:
-    """``target`` if it is a path on this site (no open redirects), else ''."""
-    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else ""
+    """``target`` if it is a path on this site, else '' (no open redirects).
+
+    Browsers drop tabs and newlines from URLs and read a backslash as a slash, so
+    ``/\t/evil.example`` is ``//evil.example`` to them: any space, control character or
+    backslash disqualifies the target, as does a scheme or a host.
+    """
+    if not target.startswith("/") or target.startswith("//"):
+        return ""
+    if any(ch == "\\" or ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in target):
+        return ""
+    parts = urlsplit(target)
+    return "" if parts.scheme or parts.netloc else target
 
 
 @bp.after_request
@@ -154,6 +169,18 @@ def not_found(error: NotFound) -> tuple[str, int]:
 def refused(error: Any) -> tuple[str, int]:
     return render_template("dashboard/error.html", title=error.name,
                            message=error.description), error.code
+
+
+def form(model: type[M], **fields: Any) -> M:
+    """A form's fields validated by the JSON API's own model, or InvalidRequest."""
+    try:
+        jsonb.check(fields, what="the form")
+        return model.model_validate(fields)
+    except jsonb.Unstorable as error:
+        raise InvalidRequest(str(error), [{"field": error.path, "message": str(error)}]) \
+            from None
+    except ValidationError as error:
+        raise InvalidRequest.from_validation(error) from None
 
 
 def describe(error: AgentqError) -> str:

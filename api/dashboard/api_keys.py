@@ -8,8 +8,9 @@ from flask import flash, redirect, render_template, request, session, url_for
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api.api_keys import key_view
-from api.dashboard.access import bp, describe, needs
+from api.dashboard.access import bp, describe, form, needs
 from api.deps import principal, runtime
+from api.schemas import ApiKeyCreate
 from worker import keys
 from worker.errors import InvalidRequest
 
@@ -26,14 +27,12 @@ def keys_page(**shown: Any) -> str:
 @bp.post("/keys")
 @needs(keys.ADMIN)
 def create_key() -> Any:
-    name = request.form.get("name", "").strip()[:200]
-    scopes = request.form.getlist("scopes")
     try:
-        if not scopes:
-            raise InvalidRequest("choose at least one scope")
+        body = form(ApiKeyCreate, name=request.form.get("name", "").strip(),
+                    scopes=request.form.getlist("scopes"))
         with runtime().db.transaction() as db:
-            token, record = keys.issue_key(db, tenant_id=principal().tenant_id, name=name,
-                                           scopes=scopes)
+            token, record = keys.issue_key(db, tenant_id=principal().tenant_id,
+                                           name=body.name, scopes=body.scopes)
             created = {"key": token, "prefix": record.prefix}
     except InvalidRequest as error:
         flash(describe(error), "error")
@@ -46,9 +45,8 @@ def create_key() -> Any:
 def revoke_key(key_id: str) -> BaseResponse:
     rt = runtime()
     with rt.db.transaction() as db:
-        keys.revoke(db, tenant_id=principal().tenant_id, key_id=key_id)
-    rt.key_cache().forget()  # this process at once; the others when they hear of it
-    keys.announce_revocation(rt.bus.redis)
+        revoked = keys.revoke(db, tenant_id=principal().tenant_id, key_id=key_id)
+    rt.key_revoked(revoked.id)
     if key_id == principal().key_id:  # signed in with it: that session ends here
         session.clear()
         return redirect(url_for("dashboard.sign_in"))

@@ -8,9 +8,10 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers.response import Response as BaseResponse
 
-from api.dashboard.access import bp, describe, needs
+from api.dashboard.access import bp, describe, form, needs
 from api.deps import principal, runtime
 from api.hook_sources import source_view
+from api.schemas import EndpointCreate, HookSourceCreate, HookSourceRotate
 from worker import dispatch, inbound, keys, webhooks
 from worker.errors import Conflict, InvalidRequest
 from worker.views import delivery_attempt_view, delivery_view, endpoint_view
@@ -36,10 +37,12 @@ def create_endpoint() -> Any:
     rt = runtime()
     events = [e.strip() for e in request.form.get("events", "").split(",") if e.strip()]
     try:
+        body = form(EndpointCreate, url=request.form.get("url", "").strip(),
+                    events=events or None)
         with rt.db.transaction() as db:
             endpoint = webhooks.create_endpoint(
-                db, tenant_id=principal().tenant_id, url=request.form.get("url", "").strip(),
-                events=events or None, guard=rt.sender().guard)
+                db, tenant_id=principal().tenant_id, url=str(body.url), events=body.events,
+                guard=rt.sender().guard)
             secret = endpoint.secret
     except InvalidRequest as error:
         flash(describe(error), "error")
@@ -99,19 +102,20 @@ def retry_delivery(delivery_id: str) -> BaseResponse:
 @needs(keys.ADMIN)
 def create_source() -> BaseResponse:
     rt = runtime()
-    form = request.form
-    events = [e.strip() for e in form.get("events", "").split(",") if e.strip()]
+    fields = request.form
+    events = [e.strip() for e in fields.get("events", "").split(",") if e.strip()]
     try:
+        body = form(HookSourceCreate, provider=fields.get("provider", ""),
+                    secret=fields.get("secret", ""), agent=fields.get("agent", ""),
+                    events=events or None)
         with rt.db.transaction() as db:
             source = inbound.create_source(
-                db, rt=rt, tenant_id=principal().tenant_id, provider=form.get("provider", ""),
-                secret=form.get("secret", ""), agent=form.get("agent", ""),
-                events=events or None, reply_url=None)
+                db, rt=rt, tenant_id=principal().tenant_id, provider=body.provider,
+                secret=body.secret, agent=body.agent, events=body.events, reply_url=None)
             flash(f"Hook source {source.id} added: point {source.provider} at "
                   f"{url_for('hooks.receive', source_id=source.id, _external=True)}", "ok")
-    except (InvalidRequest, KeyError) as error:
-        flash(describe(error) if isinstance(error, InvalidRequest)
-              else f"unknown provider {form.get('provider')!r}", "error")
+    except InvalidRequest as error:
+        flash(describe(error), "error")
     return redirect(url_for("dashboard.webhooks_page"))
 
 
@@ -121,8 +125,9 @@ def rotate_source(source_id: str) -> BaseResponse:
     rt = runtime()
     try:
         with rt.db.transaction() as db:
+            body = form(HookSourceRotate, secret=request.form.get("secret", ""))
             inbound.rotate_secret(db, tenant_id=principal().tenant_id, source_id=source_id,
-                                  secret=request.form.get("secret", ""),
+                                  secret=body.secret,
                                   overlap_s=rt.settings.webhook_secret_overlap_s)
     except InvalidRequest as error:
         flash(describe(error), "error")

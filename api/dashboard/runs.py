@@ -12,8 +12,9 @@ from flask import Response, flash, g, jsonify, redirect, render_template, reques
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api import events as event_stream
-from api.dashboard.access import bp, describe, local, needs
+from api.dashboard.access import bp, describe, form, local, needs
 from api.deps import principal, runtime
+from api.schemas import RunCreate
 from worker import dispatch, keys, observe, runs, steps, webhooks
 from worker.attempts import Dispatch, attempts
 from worker.errors import AgentqError, Conflict
@@ -79,11 +80,16 @@ def start_run() -> Any:
         flash(f"The input is not JSON: {error.msg} (line {error.lineno}, column "
               f"{error.colno}).", "error")
         return _back_to_form(agent, raw)
+    except (ValueError, RecursionError) as error:  # a number of 5,000 digits, say
+        flash(f"The input cannot be read: {error}.", "error")
+        return _back_to_form(agent, raw)
     try:
+        body = form(RunCreate, agent=agent, input=value,
+                    priority=request.form.get("priority") or "normal")
         run = submit(runtime(), tenant_id=principal().tenant_id, request=RunRequest(
-            agent=agent, input=value, priority=request.form.get("priority") or "normal",
+            agent=body.agent, input=body.input, priority=body.priority,
             request_id=g.get("request_id")))
-    except AgentqError as error:  # an unknown agent, a cap reached, ...
+    except AgentqError as error:  # an unknown agent, a cap reached, a bad priority, ...
         flash(describe(error), "error")
         return _back_to_form(agent, raw)
     flash(f"Run {run.id} started.", "ok")
@@ -109,8 +115,9 @@ def _run_details(run_id: str) -> dict[str, Any]:
             "replayable": run.status in runs.REPLAYABLE,
             "attempts": [attempt_view(a) for a in attempts(db, run_id=run_id)],
             "steps": [step_view(s) for s in steps.listed(db, run_id=run_id)],
-            "deliveries": [delivery_view(d) for d in
-                           webhooks.deliveries(db, tenant_id=tenant_id, run_id=run_id)],
+            "deliveries": [delivery_view(d) for d in  # receivers' URLs and answers: admin
+                           webhooks.deliveries(db, tenant_id=tenant_id, run_id=run_id)]
+            if keys.ADMIN in principal().scopes else None,
         }
 
 
@@ -134,7 +141,7 @@ def run_events(run_id: str) -> Response:
     rt = runtime()
     with rt.db.autocommit() as db:
         runs.get(db, tenant_id=principal().tenant_id, run_id=run_id)
-    return event_stream.stream(rt, run_id, event_stream.resume_point())
+    return event_stream.stream(rt, run_id, event_stream.resume_point(), caller=principal())
 
 
 @bp.post("/runs/<run_id>/cancel")
