@@ -23,40 +23,57 @@ HEADER = "Idempotency-Key"
 
 def idempotent(view: F) -> F:
     """Answer a repeat of the same request with the first one's answer; create nothing."""
+    return withholding()(view)
 
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        key = request.headers.get(HEADER)
-        if key is None:
-            return view(*args, **kwargs)
-        if not 1 <= len(key) <= 255 or not key.isprintable():
-            raise InvalidRequest(f"{HEADER} is not usable", [
-                {"field": HEADER, "message": "1 to 255 printable characters"}])
-        rt, tenant_id = runtime(), principal().tenant_id
-        stored = idempotency.begin(rt, tenant_id=tenant_id, key=key, fingerprint=_fingerprint())
-        if stored is not None:
-            return _replay(stored)
-        try:
-            response = make_response(view(*args, **kwargs))
-        except BaseException:
-            idempotency.abandon(rt, tenant_id=tenant_id, key=key)
-            raise
-        if 200 <= response.status_code < 300:
-            idempotency.complete(rt, tenant_id=tenant_id, key=key,
-                                 status_code=response.status_code,
-                                 response=response.get_json(silent=True),
-                                 run_id=g.get("run_id"))
-        else:
-            idempotency.abandon(rt, tenant_id=tenant_id, key=key)
-        return response
 
-    return cast(F, wrapper)
+def withholding(*secrets: str) -> Callable[[F], F]:
+    """``idempotent`` for a route whose answer shows a secret once (a new API key, a
+    signing secret): the answer is kept without those fields, and a repeat gets them as
+    null, so no secret is ever stored in clear."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = request.headers.get(HEADER)
+            if key is None:
+                return view(*args, **kwargs)
+            if not 1 <= len(key) <= 255 or not key.isprintable():
+                raise InvalidRequest(f"{HEADER} is not usable", [
+                    {"field": HEADER, "message": "1 to 255 printable characters"}])
+            rt = runtime()
+            taken = idempotency.begin(rt, tenant_id=principal().tenant_id, key=key,
+                                      fingerprint=_fingerprint())
+            if isinstance(taken, idempotency.Stored):
+                return _replay(taken)
+            try:
+                response = make_response(view(*args, **kwargs))
+            except BaseException:
+                idempotency.abandon(rt, taken)
+                raise
+            if 200 <= response.status_code < 300:
+                idempotency.complete(rt, taken, status_code=response.status_code,
+                                     response=_without(response.get_json(silent=True), secrets),
+                                     run_id=g.get("run_id"))
+            else:
+                idempotency.abandon(rt, taken)
+            return response
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def _without(body: Any, secrets: tuple[str, ...]) -> Any:
+    if not secrets or not isinstance(body, dict):
+        return body
+    return {name: None if name in secrets else value for name, value in body.items()}
 
 
 def _fingerprint() -> str:
     """The request, as far as repeating it goes: method, path and (canonical) body."""
     body = request.get_data(cache=True)
-    with contextlib.suppress(ValueError):  # not JSON: the bytes as they are
+    # Not JSON (or nested too deep to parse, which the view refuses): the bytes as they are.
+    with contextlib.suppress(ValueError, RecursionError):
         body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n"
                           + body).hexdigest()

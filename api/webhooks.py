@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify
 from api.auth import require_admin
 from api.bodies import json_body
 from api.deps import principal, runtime
-from api.idempotency import idempotent
+from api.idempotency import withholding
 from api.schemas import EndpointCreate
 from worker import webhooks
 from worker.views import endpoint_view, iso
@@ -17,7 +17,7 @@ bp.before_request(require_admin)
 
 
 @bp.post("/webhook-endpoints")
-@idempotent
+@withholding("secret")
 def create_endpoint() -> tuple[Response, int]:
     body = json_body(EndpointCreate)
     rt = runtime()
@@ -63,7 +63,7 @@ def rotate_endpoint_secret(endpoint_id: str) -> Response:
 
 
 @bp.post("/webhook-secret")
-@idempotent
+@withholding("secret")
 def create_default_secret() -> tuple[Response, int]:
     with runtime().db.transaction() as session:
         secret = webhooks.create_default_secret(session, tenant_id=principal().tenant_id)

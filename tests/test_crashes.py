@@ -118,3 +118,26 @@ def test_a_worker_killed_between_the_runs_commit_and_the_send_still_delivers_onc
     holds(lambda: len(receiver.at("/once")) == 1, seconds=2,  # two sweeps
           what="one delivery")
     assert terminal_transitions(runtime, run["id"]) == ["succeeded"]
+
+
+def test_a_run_cancelled_before_its_worker_died_ends_cancelled_not_again(
+    api: ApiClient, runtime: Runtime, crash_worker: StartWorker, receiver: Receiver
+) -> None:
+    assert api.post("/v1/webhook-endpoints", json={"url": receiver.url + "/ended"}) \
+        .status_code == 201
+    # Given a run in progress on worker A, and worker B idle
+    a = crash_worker()
+    run = api.submit("test.crash.sleep", {"seconds": 20, "later_s": 0.2})
+    running_on(api, run["id"])
+    crash_worker()
+    # When the run is cancelled and A dies before it could stop the attempt
+    assert api.post(f"/v1/runs/{run['id']}/cancel").status_code == 202
+    a.signal(signal.SIGKILL)
+    # Then recovery ends the run cancelled: it is not started again on B
+    done = api.wait(run["id"], timeout=60)
+    assert done["status"] == "cancelled" and done["error"]["type"] == "Cancelled"
+    tries = api.get(f"/v1/runs/{run['id']}/attempts").get_json()["items"]
+    assert [t["outcome"] for t in tries] == ["crashed"]
+    assert terminal_transitions(runtime, run["id"]) == ["cancelled"]
+    [ended] = wait_for(lambda: receiver.at("/ended"), what="the run.cancelled webhook")
+    assert b'"run.cancelled"' in ended.body

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ApiClient
+from api import create_app
+from tests.conftest import ApiClient, Tenant
 from tests.harness import Receiver
-from worker.models import Run
-from worker.runtime import Runtime
+from worker import idempotency
+from worker.models import IdempotencyKey, Run
+from worker.runtime import Runtime, build_runtime
+from worker.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -82,11 +89,71 @@ def test_a_failed_request_leaves_the_key_free(api: ApiClient) -> None:
     assert fixed.status_code == 422 and "Idempotent-Replayed" not in fixed.headers
 
 
-def test_creating_an_endpoint_twice_returns_the_first_one(api: ApiClient,
-                                                          receiver: Receiver) -> None:
+def stored_answers(runtime: Runtime, tenant_id: str) -> str:
+    """Every answer the idempotency layer keeps for the tenant, and its keys, as text."""
+    with runtime.db.autocommit() as session:
+        rows = session.execute(select(IdempotencyKey.key, IdempotencyKey.response)
+                               .where(IdempotencyKey.tenant_id == tenant_id)).all()
+    return json.dumps([[row.key, row.response] for row in rows])
+
+
+def test_creating_an_endpoint_twice_returns_the_first_one_without_keeping_its_secret(
+        api: ApiClient, receiver: Receiver, runtime: Runtime) -> None:
     body = {"url": receiver.url + "/idem"}
     first = api.post("/v1/webhook-endpoints", json=body, headers={"Idempotency-Key": "ep-1"})
     again = api.post("/v1/webhook-endpoints", json=body, headers={"Idempotency-Key": "ep-1"})
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
-    assert again.get_json() == first.get_json()
+    assert first.get_json()["secret"].startswith("whsec_")
+    assert again.get_json() == {**first.get_json(), "secret": None}  # shown once, not twice
     assert len(api.get("/v1/webhook-endpoints").get_json()["items"]) == 1
+    assert first.get_json()["secret"] not in stored_answers(runtime, api.tenant.id)
+
+
+@pytest.mark.parametrize(("path", "body", "secret"), [
+    ("/v1/api-keys", {"name": "ci"}, "key"),
+    ("/v1/webhook-secret", None, "secret"),
+])
+def test_no_secret_is_kept_in_clear_by_the_idempotency_layer(
+        api: ApiClient, runtime: Runtime, path: str, body: Any, secret: str) -> None:
+    # Given a request that makes a secret, sent with an Idempotency-Key
+    key = f"make-{secrets.token_hex(4)}"
+    first = api.post(path, json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 201
+    made = first.get_json()[secret]
+    # Then neither the secret nor the Idempotency-Key is stored in clear
+    kept = stored_answers(runtime, api.tenant.id)
+    assert made not in kept and key not in kept
+    # And a repeat answers with the same object, its secret withheld, making nothing new
+    again = api.post(path, json=body, headers={"Idempotency-Key": key})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == {**first.get_json(), secret: None}
+    if path == "/v1/api-keys":
+        assert len(api.get("/v1/api-keys").get_json()["items"]) == 2  # the tenant's + this
+
+
+def test_a_key_whose_first_request_died_is_free_again_once_its_hold_expires(
+        settings: Settings, runtime: Runtime, tenant: Tenant) -> None:
+    leased = build_runtime(settings.model_copy(update={"idempotency_lease_s": 1.0}))
+    api = ApiClient(create_app(runtime=leased).test_client(), tenant)
+    body = {"agent": "echo", "input": {"order": 9}}
+    # Given a first request that took the key and then died (its process killed)
+    with api.client.application.test_request_context("/v1/runs", method="POST", json=body):
+        from api.idempotency import _fingerprint
+
+        fingerprint = _fingerprint()
+    died = idempotency.begin(leased, tenant_id=tenant.id, key="order-9", fingerprint=fingerprint)
+    assert isinstance(died, idempotency.Hold)
+    # When a repeat arrives after the hold has expired
+    time.sleep(1.2)
+    repeat = api.post("/v1/runs", json=body, headers={"Idempotency-Key": "order-9"})
+    # Then it does the work (not 409 for a day), and a third request replays its answer
+    assert repeat.status_code == 202, repeat.get_json()
+    third = api.post("/v1/runs", json=body, headers={"Idempotency-Key": "order-9"})
+    assert third.headers["Idempotent-Replayed"] == "true"
+    assert third.get_json()["id"] == repeat.get_json()["id"]
+    # And the dead request's late writes change nothing
+    idempotency.complete(leased, died, status_code=202, response={"forged": True}, run_id=None)
+    idempotency.abandon(leased, died)
+    fourth = api.post("/v1/runs", json=body, headers={"Idempotency-Key": "order-9"})
+    assert fourth.get_json()["id"] == repeat.get_json()["id"]
+    assert count_runs(runtime, tenant.id) == 1

@@ -74,3 +74,46 @@ def test_an_input_too_large_or_too_deep_is_422(api: ApiClient, settings: Setting
 
 def test_page_size_is_capped(api: ApiClient) -> None:
     assert api.get("/v1/runs?limit=1000").status_code == 422
+
+
+def burst(clients: list[ApiClient], count: int) -> list[int]:
+    """``count`` submissions at once, spread over ``clients`` (API processes, as it were)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    start = Barrier(count)
+
+    def submit(number: int) -> int:
+        start.wait(timeout=10)
+        client = clients[number % len(clients)]
+        return int(client.post("/v1/runs", json={"agent": "test.parked"}).status_code)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(submit, range(count)))
+
+
+@pytest.mark.parametrize("cap", [
+    {"tenant_max_queued": 10},
+    {"tenant_max_running": 10, "tenant_running_cap_mode": "reject"},
+], ids=["queued cap", "running cap, reject mode"])
+def test_fifty_submissions_at_once_never_pass_a_cap_of_ten(
+        settings: Settings, runtime: Runtime, cap: dict[str, Any]) -> None:
+    tenant = make_tenant(runtime)
+    # Two API processes' worth of apps, each with its own memory, against one database
+    clients = [ApiClient(create_app(runtime=build_runtime(settings.model_copy(update=cap)))
+                         .test_client(), tenant) for _ in range(2)]
+    codes = burst(clients, 50)
+    assert codes.count(202) == 10 and codes.count(429) == 40, sorted(codes)
+    # And once counted, the cap still holds one at a time
+    assert clients[0].post("/v1/runs", json={"agent": "test.parked"}).status_code == 429
+
+
+def test_runs_that_ended_free_their_place_under_the_cap(settings: Settings,
+                                                      runtime: Runtime) -> None:
+    tenant = make_tenant(runtime)
+    capped = ApiClient(create_app(runtime=build_runtime(settings.model_copy(
+        update={"tenant_max_queued": 2}))).test_client(), tenant)
+    ids = [capped.submit("test.parked")["id"] for _ in range(2)]
+    assert capped.post("/v1/runs", json={"agent": "test.parked"}).status_code == 429
+    assert capped.post(f"/v1/runs/{ids[0]}/cancel").status_code == 202
+    assert capped.post("/v1/runs", json={"agent": "test.parked"}).status_code == 202

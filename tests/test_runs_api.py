@@ -158,3 +158,25 @@ def test_a_high_priority_run_is_not_stuck_behind_a_low_backlog(api: ApiClient) -
     done = api.wait(high["id"], timeout=30)
     last_low = api.wait(low[-1], timeout=60)
     assert done["finished_at"] < last_low["started_at"]
+
+
+def test_two_replays_at_once_queue_the_run_once(api: ApiClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    for _ in range(8):  # a race: try it a few times over
+        # Given a cancelled run (which, replayed, waits on a queue no worker reads)
+        failed = api.submit("test.parked")
+        assert api.post(f"/v1/runs/{failed['id']}/cancel").get_json()["status"] == "cancelled"
+        start = Barrier(2)
+
+        def replay(_: int, run_id: str = failed["id"], start: Barrier = start) -> int:
+            start.wait(timeout=5)
+            code: int = api.post(f"/v1/runs/{run_id}/replay").status_code
+            return code
+
+        with ThreadPoolExecutor(2) as pool:
+            codes = sorted(pool.map(replay, range(2)))
+        assert codes == [202, 409], codes
+        events = api.get(f"/v1/runs/{failed['id']}/events").get_json()["items"]
+        assert sum(e["data"].get("replay", False) for e in events) == 1

@@ -285,7 +285,8 @@ def recover_stale(
     """
     stale = session.execute(
         select(Run.id, Run.agent, Run.attempt, Run.max_attempts, Run.free_attempts,
-               Run.timeout_s, Run.queue, RunAttempt.started_at, func.now().label("now"))
+               Run.timeout_s, Run.queue, Run.cancel_requested_at, RunAttempt.started_at,
+               func.now().label("now"))
         .join(RunAttempt, and_(RunAttempt.run_id == Run.id, RunAttempt.attempt == Run.attempt))
         .where(Run.status == RunStatus.RUNNING,
                Run.heartbeat_at < func.now() - timedelta(seconds=lease_timeout_s))
@@ -300,9 +301,12 @@ def recover_stale(
         error = _lost_error(row.attempt, overran=overran)
         exhausted = row.attempt - row.free_attempts >= row.max_attempts
         status = RunStatus.DEAD_LETTERED if exhausted else RunStatus.QUEUED
+        if row.cancel_requested_at is not None:  # asked to stop before its worker died
+            status, error = RunStatus.CANCELLED, _cancelled_error(error)
         _abandon(session, run_id=row.id, attempt=row.attempt, status=status,
                  outcome=outcome, error=error)
-        dispatch = None if exhausted else Dispatch(row.id, row.queue, row.timeout_s)
+        dispatch = Dispatch(row.id, row.queue, row.timeout_s) \
+            if status == RunStatus.QUEUED else None
         recovered.append(Recovery(row.id, row.agent, status, outcome, dispatch))
     return recovered
 
@@ -310,16 +314,22 @@ def recover_stale(
 def requeue_interrupted(session: Session, *, run_ids: list[str], worker: str) -> list[Dispatch]:
     """Give back runs a stopping worker could not finish; the attempt does not count."""
     rows = session.execute(
-        select(Run.id, Run.attempt, Run.queue, Run.timeout_s)
+        select(Run.id, Run.attempt, Run.queue, Run.timeout_s, Run.cancel_requested_at)
         .where(Run.id.in_(run_ids), Run.status == RunStatus.RUNNING, Run.worker == worker)
         .with_for_update()
     ).all()
     error = {"type": "WorkerShutdown",
              "message": f"worker {worker} stopped before the attempt finished; re-queued"}
+    requeued = []
     for row in rows:
+        if row.cancel_requested_at is not None:  # asked to stop: it ends here, cancelled
+            _abandon(session, run_id=row.id, attempt=row.attempt, status=RunStatus.CANCELLED,
+                     outcome=AttemptOutcome.CANCELLED, error=_cancelled_error(error))
+            continue
         _abandon(session, run_id=row.id, attempt=row.attempt, status=RunStatus.QUEUED,
                  outcome=AttemptOutcome.CRASHED, error=error, free=True)
-    return [Dispatch(row.id, row.queue, row.timeout_s) for row in rows]
+        requeued.append(Dispatch(row.id, row.queue, row.timeout_s))
+    return requeued
 
 
 def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
@@ -349,6 +359,11 @@ def _end_attempt(session: Session, *, run_id: str, attempt: int, outcome: Attemp
         .values(finished_at=func.now(), outcome=outcome, error_type=error.get("type"),
                 error_message=error.get("message"), traceback=traceback)
     )
+
+
+def _cancelled_error(lost: dict[str, str]) -> dict[str, str]:
+    return {"type": "Cancelled",
+            "message": f"cancelled; its attempt ended without stopping ({lost['message']})"}
 
 
 def _lost_error(attempt: int, *, overran: bool) -> dict[str, str]:

@@ -102,6 +102,11 @@ class Tenant(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
     webhook_previous_secret: Mapped[str | None] = mapped_column(String(100))
     webhook_previous_expires_at: Mapped[datetime | None]
+    # Submissions under the tenant's caps (worker.admission): its waiting and active runs as
+    # counted at admission_counted_at, plus every run admitted since (never too low).
+    admitted_waiting: Mapped[int] = mapped_column(Integer, server_default="0")
+    admitted_active: Mapped[int] = mapped_column(Integer, server_default="0")
+    admission_counted_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):
@@ -323,10 +328,14 @@ class IdempotencyKey(Base):
     tenant_id: Mapped[str] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
     )
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)  # SHA-256 of the key
     fingerprint: Mapped[str] = mapped_column(String(64))  # method, path and body, hashed
     # NULL while the first request is in flight.
     status_code: Mapped[int | None]
+    # The request in flight holds the key until then (a repeat may take it over after),
+    # and names itself by ``holder`` in every later write, so a late one changes nothing.
+    held_until: Mapped[datetime | None]
+    holder: Mapped[str | None] = mapped_column(String(32))
     response: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True))
     run_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -366,6 +375,11 @@ class Delivery(Base):
             "ix_deliveries_due",
             "next_attempt_at",
             postgresql_where=text("status IN ('pending', 'retrying')"),
+        ),
+        Index(  # each tenant's deliveries being sent (AGENTQ_WEBHOOK_TENANT_CONCURRENCY)
+            "ix_deliveries_held",
+            "tenant_id",
+            postgresql_where=text("locked_until IS NOT NULL AND status IN ('pending', 'retrying')"),
         ),
     )
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import false, func, or_, select, text, true, update
 from sqlalchemy.orm import Session, aliased
 
-from worker import events
+from worker import admission, events, jsonb
 from worker.attempts import Dispatch
 from worker.errors import Conflict, NotFound
 from worker.models import TERMINAL_STATUSES, Run, RunStatus, new_id
@@ -51,16 +51,20 @@ class RunFilter:
 
 _QUEUED_EVENT = {"status": RunStatus.QUEUED.value, "attempt": 0}
 
-# The run and its first event in one statement (a hot path: every submission).
-# In psycopg's placeholders: run by a session's connection, or on its own (``Database.one_row``).
-_CREATE = """
-    WITH stored AS (
+def _create_sql(slot: str | None) -> str:
+    """The run and its first event in one statement (a hot path: every submission); led
+    by ``slot``, the run is stored only if the tenant's caps leave it a slot. In psycopg's
+    placeholders: run by a session's connection, or on its own (``Database.one_row``)."""
+    lead, source = (f"slot AS ({slot}),", "FROM slot") if slot else ("", "")
+    return f"""
+    WITH {lead} stored AS (
         INSERT INTO runs (id, tenant_id, agent, status, input, attempt, max_attempts,
                           timeout_s, session_id, metadata, webhook_url, reply_url,
                           request_id, queue, priority, lease_epoch, last_seq)
-        VALUES (%(id)s, %(tenant_id)s, %(agent)s, 'queued', CAST(%(input)s AS jsonb), 0,
-                %(max_attempts)s, %(timeout_s)s, %(session_id)s, CAST(%(metadata)s AS jsonb),
-                %(webhook_url)s, %(reply_url)s, %(request_id)s, %(queue)s, %(priority)s, 0, 1)
+        SELECT %(id)s, %(tenant_id)s, %(agent)s, 'queued', CAST(%(input)s AS jsonb), 0,
+               %(max_attempts)s, %(timeout_s)s, %(session_id)s, CAST(%(metadata)s AS jsonb),
+               %(webhook_url)s, %(reply_url)s, %(request_id)s, %(queue)s, %(priority)s, 0, 1
+        {source}
         RETURNING *
     ), first AS (
         INSERT INTO run_events (run_id, seq, type, data)
@@ -68,33 +72,45 @@ _CREATE = """
         RETURNING at
     )
     SELECT stored.*, first.at AS event_at FROM stored, first
-"""
+    """  # noqa: S608 (constants only)
+
+
+_CREATE = _create_sql(None)
+_CREATE_ADMITTED = _create_sql(admission.SLOT)
 
 
 def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
     """Store a queued run and its first event in one statement of the session's
-    transaction; the caller dispatches it after commit. Returns the stored run (detached
-    from the session)."""
+    transaction; the caller dispatches it after commit (and took its slot under the
+    tenant's caps first: ``admission.admit``). Returns the stored run (detached)."""
     row = session.connection().exec_driver_sql(_CREATE, _create_params(tenant_id, new)).one()
     events.remember(session, events.Event(row.id, 1, events.STATUS, dict(_QUEUED_EVENT),
                                           row.event_at))
     return Run.from_row(row)
 
 
-def create_alone(db: Database, *, tenant_id: str, new: NewRun) -> Run:
+def create_alone(db: Database, *, tenant_id: str, new: NewRun,
+                 caps: admission.Caps) -> Run | None:
     """As ``create``, but the statement commits by itself: one round trip, no transaction.
+    With caps, it takes the run's slot in the same statement, and stores nothing (None)
+    when the tenant's recent counts leave none: count again with ``admission.recount``.
     (Event 1 is not announced: nobody can be watching a run before it has an id.)"""
-    return Run.from_row(db.one_row(_CREATE, _create_params(tenant_id, new)))
+    params = _create_params(tenant_id, new)
+    if not caps.any:
+        return Run.from_row(db.one_row(_CREATE, params))
+    row = db.one_row(_CREATE_ADMITTED, {**params, **caps.params(tenant_id)})
+    return None if row is None else Run.from_row(row)
 
 
 def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
     return {
         "id": new_id("run"), "tenant_id": tenant_id, "agent": new.agent,
-        "input": json.dumps(new.input), "max_attempts": new.max_attempts,
+        "input": jsonb.dumps(new.input, what="input"), "max_attempts": new.max_attempts,
         "timeout_s": new.timeout_s, "session_id": new.session_id,
-        "metadata": json.dumps(new.metadata), "webhook_url": new.webhook_url,
-        "reply_url": new.reply_url, "request_id": new.request_id, "queue": new.queue,
-        "priority": new.priority, "event": json.dumps(_QUEUED_EVENT),
+        "metadata": jsonb.dumps(new.metadata, what="metadata"),
+        "webhook_url": new.webhook_url, "reply_url": new.reply_url,
+        "request_id": new.request_id, "queue": new.queue, "priority": new.priority,
+        "event": json.dumps(_QUEUED_EVENT),
     }
 
 
@@ -275,7 +291,10 @@ def replay(session: Session, *, run: Run) -> Run:
     """Queue a failed, dead-lettered or cancelled run again; its earlier attempts are kept.
 
     The earlier attempts stop counting toward ``max_attempts``: the replay gets a full budget.
+    The run is locked and read again first, so of two replays at once the second finds it
+    queued and is refused (409).
     """
+    session.refresh(run, with_for_update=True)
     if run.status not in REPLAYABLE:
         raise Conflict(f"run {run.id} is {run.status}; only failed, dead_lettered or "
                        "cancelled runs can be replayed")

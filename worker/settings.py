@@ -89,13 +89,19 @@ class Settings(DatabaseSettings):
     # Outbound webhooks (the notifier), after the Standard Webhooks / Svix conventions.
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
-    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    webhook_timeout_s: float = Field(default=15.0, gt=0)  # each attempt's whole deadline
+    # At most this many deliveries of one tenant in flight at once, across all notifiers:
+    # one tenant's slow receivers cannot hold every notifier thread.
+    webhook_tenant_concurrency: int = Field(default=8, ge=1)
     webhook_response_max_bytes: int = Field(default=20 * 1024, ge=0)
     webhook_secret_overlap_s: float = Field(default=24 * 3600, ge=0)
     webhook_disable_after_s: float = Field(default=5 * 24 * 3600, gt=0)
     webhook_allowed_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Safe to expose: idempotency, rate limits, per-tenant caps, input caps.
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
+    # A request in flight holds its Idempotency-Key this long; a repeat may take over after
+    # (its first request died). Longer than any request may take (?wait= is at most 30 s).
+    idempotency_lease_s: float = Field(default=60.0, gt=0)
     rate_limit_per_minute: int = Field(default=6000, ge=0)  # per API key; 0 turns it off
     tenant_max_queued: int = Field(default=10_000, ge=0)  # 0: no cap
     tenant_max_running: int = Field(default=0, ge=0)  # 0: no cap

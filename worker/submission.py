@@ -5,18 +5,15 @@ Every way in (HTTP, WebSocket, inbound webhooks) goes through ``submit``.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from worker import dispatch, runs, sessions, webhooks
+from worker import admission, dispatch, jsonb, runs, sessions, webhooks
 from worker.attempts import Dispatch
-from worker.errors import Conflict, InvalidRequest, LimitExceeded
+from worker.errors import Conflict, InvalidRequest
 from worker.follow import follow
 from worker.models import Run, RunStatus
 from worker.runtime import Runtime
@@ -43,7 +40,7 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
     """Resolve the run's policy and check its input; raise InvalidRequest listing problems."""
     spec = rt.registry.get(request.agent)
     settings = rt.settings
-    _check_size(request.input, settings.max_input_bytes, settings.max_json_depth)
+    _check_input(request, settings.max_input_bytes, settings.max_json_depth)
     try:
         spec.parse_input(request.input)
     except ValidationError as error:
@@ -74,13 +71,10 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
     )
 
 
-def _check_size(value: Any, max_bytes: int, max_depth: int) -> None:
-    """Refuse an input that is too big, or nested too deep (resource exhaustion)."""
-    if len(json.dumps(value)) > max_bytes:
-        raise InvalidRequest("input is too large", [{
-            "field": "input", "message": f"at most {max_bytes} bytes as JSON "
-                                         "(AGENTQ_MAX_INPUT_BYTES)"}])
-    level, depth = [value], 0
+def _check_input(request: RunRequest, max_bytes: int, max_depth: int) -> None:
+    """Refuse an input that is too big or nested too deep (resource exhaustion), and any
+    input or metadata that Postgres's jsonb could not store (NaN, Infinity, U+0000)."""
+    level, depth = [request.input], 0
     while level:
         depth += 1
         if depth > max_depth:
@@ -89,6 +83,15 @@ def _check_size(value: Any, max_bytes: int, max_depth: int) -> None:
                                              "(AGENTQ_MAX_JSON_DEPTH)"}])
         level = [child for item in level if isinstance(item, dict | list)
                  for child in (item.values() if isinstance(item, dict) else item)]
+    try:
+        encoded = jsonb.dumps(request.input, what="input")
+        jsonb.check(request.metadata, what="metadata")
+    except jsonb.Unstorable as error:
+        raise InvalidRequest(str(error), [{"field": error.path, "message": str(error)}]) from None
+    if len(encoded) > max_bytes:
+        raise InvalidRequest("input is too large", [{
+            "field": "input", "message": f"at most {max_bytes} bytes as JSON "
+                                         "(AGENTQ_MAX_INPUT_BYTES)"}])
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) ->
     (``enqueue`` waits its turn; ``reject`` is 409 while a run is going; ``interrupt``
     cancels the runs going first). Call within the transaction that creates it."""
     settings = rt.settings
-    _admit(rt, session, tenant_id, new)
+    _require_secret(session, tenant_id, new)
+    admission.admit(session, tenant_id=tenant_id, caps=admission.Caps.of(settings))
     interrupted = []
     if new.session_id:
         sessions.ensure(session, tenant_id=tenant_id, session_id=new.session_id)
@@ -125,47 +129,10 @@ def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) ->
     return Stored(run, ready, interrupted)
 
 
-class Backlog:
-    """How many runs each tenant has waiting, as this process last counted them (at most
-    ``REFRESH_S`` ago) plus the runs it accepted since. Far below the cap a submission skips
-    the count, which costs in proportion to the backlog; within a tenth of the cap every
-    submission counts. So the cap holds exactly when it matters, and a burst below it costs
-    one count a second."""
-
-    REFRESH_S = 1.0
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self._known: dict[str, tuple[int, float]] = {}  # tenant -> (waiting, counted at)
-
-    def full(self, session: Session, *, tenant_id: str, cap: int) -> bool:
-        """Has the tenant ``cap`` runs waiting? If not, count the run about to be stored."""
-        now = time.monotonic()
-        waiting, counted_at = self._known.get(tenant_id, (cap, 0.0))
-        if now - counted_at > self.REFRESH_S or waiting >= cap - max(cap // 10, 1):
-            waiting, counted_at = runs.waiting_count(session, tenant_id=tenant_id), now
-        if waiting >= cap:
-            self._known[tenant_id] = (waiting, counted_at)
-            return True
-        self._known[tenant_id] = (waiting + 1, counted_at)
-        return False
-
-
-def _admit(rt: Runtime, session: Session, tenant_id: str, new: runs.NewRun) -> None:
-    """Refuse a run the tenant may not add now: a webhook_url without the tenant's secret,
-    or over its caps. Reads only what it must (most submissions: nothing)."""
+def _require_secret(session: Session, tenant_id: str, new: runs.NewRun) -> None:
+    """A run's webhook_url needs the tenant's signing secret (reads only then)."""
     if new.webhook_url:
         webhooks.require_default_secret(session, tenant_id=tenant_id)
-    settings = rt.settings
-    cap = settings.tenant_max_queued
-    if cap and rt.backlog().full(session, tenant_id=tenant_id, cap=cap):
-        raise LimitExceeded(f"the tenant has {cap} runs waiting (AGENTQ_TENANT_MAX_QUEUED); "
-                            "try again when some have started", retry_after_s=5)
-    running_cap = settings.tenant_max_running
-    if running_cap and settings.tenant_running_cap_mode == "reject" and runs.running_count(
-            session, tenant_id=tenant_id) >= running_cap:
-        raise LimitExceeded(f"the tenant has {running_cap} runs running "
-                            "(AGENTQ_TENANT_MAX_RUNNING)", retry_after_s=5)
 
 
 def launch(rt: Runtime, stored: Stored) -> None:
@@ -182,18 +149,28 @@ def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
     """Store the run (committed before anything else) and dispatch it if it may start."""
     new = plan(rt, request)
     if new.session_id is None and rt.settings.tenant_max_running == 0:
-        # Most runs: admitted (reading only if a cap or a webhook_url needs it), then
-        # stored by one statement, the run and its first event, which needs no transaction
-        # around it: no BEGIN or COMMIT round trips, no session. A run of a session, or
-        # under a running cap, is checked and stored in one transaction.
-        with rt.db.autocommit() as session:
-            _admit(rt, session, tenant_id, new)
-        stored = Stored(runs.create_alone(rt.db, tenant_id=tenant_id, new=new), True, [])
-    else:
+        stored = Stored(_store_alone(rt, tenant_id, new), True, [])
+    else:  # a run of a session, or under a running cap: checked and stored in one transaction
         with rt.db.transaction() as session:
             stored = store(rt, session, tenant_id=tenant_id, new=new)
     launch(rt, stored)
     return stored.run
+
+
+def _store_alone(rt: Runtime, tenant_id: str, new: runs.NewRun) -> Run:
+    """Most runs: stored, with their slot under the tenant's caps, by one statement that
+    needs no transaction around it (no BEGIN or COMMIT round trips, no session). Only when
+    the tenant's recent counts leave no slot are its runs counted, in a transaction."""
+    if new.webhook_url:
+        with rt.db.autocommit() as session:
+            _require_secret(session, tenant_id, new)
+    caps = admission.Caps.of(rt.settings)
+    run = runs.create_alone(rt.db, tenant_id=tenant_id, new=new, caps=caps)
+    if run is None:
+        with rt.db.transaction() as session:
+            admission.recount(session, tenant_id=tenant_id, caps=caps)
+            run = runs.create(session, tenant_id=tenant_id, new=new)
+    return run
 
 
 def wait_until_finished(rt: Runtime, *, tenant_id: str, run_id: str, timeout_s: float) -> Run:

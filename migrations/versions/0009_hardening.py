@@ -1,0 +1,49 @@
+"""caps taken atomically, idempotency keys hashed and leased
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-01 21:00:00
+
+- tenants: what worker.admission counts, so a tenant's caps hold under concurrent
+  submissions without counting its runs on every one.
+- deliveries: an index of each tenant's deliveries being sent, which every hold counts.
+- idempotency_keys: the key is stored as its SHA-256 (existing keys are hashed in place),
+  and a request in flight holds its key only until ``held_until``, named by ``holder``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("tenants", sa.Column("admitted_waiting", sa.Integer(), server_default="0",
+                                       nullable=False))
+    op.add_column("tenants", sa.Column("admitted_active", sa.Integer(), server_default="0",
+                                       nullable=False))
+    op.add_column("tenants", sa.Column("admission_counted_at", sa.DateTime(timezone=True)))
+    op.add_column("idempotency_keys", sa.Column("held_until", sa.DateTime(timezone=True)))
+    op.add_column("idempotency_keys", sa.Column("holder", sa.String(32)))
+    op.execute("UPDATE idempotency_keys SET key = encode(sha256(convert_to(key, 'UTF8')), 'hex')")
+    op.create_index("ix_deliveries_held", "deliveries", ["tenant_id"], postgresql_where=sa.text(
+        "locked_until IS NOT NULL AND status IN ('pending', 'retrying')"))
+
+
+def downgrade() -> None:
+    op.drop_index("ix_deliveries_held", table_name="deliveries", postgresql_where=sa.text(
+        "locked_until IS NOT NULL AND status IN ('pending', 'retrying')"))
+    # Hashed keys cannot be turned back: their repeats are answered as new requests.
+    op.execute("DELETE FROM idempotency_keys")
+    op.drop_column("idempotency_keys", "holder")
+    op.drop_column("idempotency_keys", "held_until")
+    op.drop_column("tenants", "admission_counted_at")
+    op.drop_column("tenants", "admitted_active")
+    op.drop_column("tenants", "admitted_waiting")
