@@ -1,11 +1,14 @@
-"""``/v1/deliveries``: every outbound webhook, its attempts, and retrying one by hand."""
+"""``/v1/deliveries``: every outbound webhook, its attempts, and retrying one by hand.
+
+All of it needs the ``admin`` scope, as webhook endpoints do: deliveries show receivers'
+URLs and answers, and a retry re-enables a disabled endpoint."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
 from api import pagination
-from api.auth import require_key
+from api.auth import require_admin
 from api.bodies import query
 from api.deps import principal, runtime
 from api.schemas import DeliveryListQuery
@@ -14,7 +17,7 @@ from worker.models import DeliveryStatus
 from worker.views import delivery_attempt_view, delivery_view
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries")
-bp.before_request(require_key)
+bp.before_request(require_admin)
 
 
 @bp.get("")

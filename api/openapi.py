@@ -197,7 +197,8 @@ def _webhook_paths() -> dict[str, Any]:
     return {
         "/v1/webhook-endpoints": {
             "post": {
-                "summary": "Add an endpoint; the answer shows its signing secret, once.",
+                "summary": "Add an endpoint; the answer shows its signing secret, once (a "
+                           "repeat with the same Idempotency-Key shows it as null).",
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": _ref(schemas.EndpointCreate)}}},
                 "responses": {"201": endpoint, **_AUTH_ERRORS,
@@ -233,7 +234,7 @@ def _webhook_paths() -> dict[str, Any]:
                           "404": _problem("There is no secret yet.")},
         }},
         "/v1/deliveries": {"get": {
-            "summary": "Outbound webhook deliveries, newest first.",
+            "summary": "Outbound webhook deliveries, newest first; admin.",
             "parameters": [
                 _param("run_id", "query", {"type": "string"}, "Only this run's."),
                 _param("endpoint_id", "query", {"type": "string"}, "Only this endpoint's."),
@@ -245,20 +246,23 @@ def _webhook_paths() -> dict[str, Any]:
                 _param("cursor", "query", {"type": "string"}, "next_cursor of the last page."),
             ],
             "responses": {"200": _json(schemas.DeliveryPage, "A page of deliveries."),
-                          **_AUTH_ERRORS},
+                          **_AUTH_ERRORS, **_FORBIDDEN},
         }},
         "/v1/deliveries/{delivery_id}": {"get": {
-            "summary": "One delivery, with every attempt (status, latency, error, answer).",
+            "summary": "One delivery, with every attempt (status, latency, error, answer); "
+                       "admin.",
             "parameters": [_DELIVERY_ID],
             "responses": {"200": _json(schemas.DeliveryOut, "The delivery."), **_AUTH_ERRORS,
-                          **no_delivery},
+                          **_FORBIDDEN, **no_delivery},
         }},
         "/v1/deliveries/{delivery_id}/retry": {"post": {
-            "summary": "Send it again now (a dead one gets a new round of the schedule).",
+            "summary": "Send it again now (a dead one gets a new round of the schedule; its "
+                       "disabled endpoint is enabled again); admin.",
             "parameters": [_DELIVERY_ID],
             "responses": {"202": _json(schemas.DeliveryOut, "The delivery, pending."),
-                          **_AUTH_ERRORS, **no_delivery,
-                          "409": _problem("It was delivered already.")},
+                          **_AUTH_ERRORS, **_FORBIDDEN, **no_delivery,
+                          "409": _problem("It was delivered already, its endpoint was "
+                                          "deleted, or an attempt is being sent now.")},
         }},
     }
 
@@ -284,7 +288,8 @@ def _account_paths() -> dict[str, Any]:
             "get": {"summary": "The tenant's keys (prefix, name, scopes, last used); admin.",
                     "responses": {"200": _json(schemas.ApiKeyList, "The keys."),
                                   **_AUTH_ERRORS, **_FORBIDDEN}},
-            "post": {"summary": "A new key, shown once; admin.",
+            "post": {"summary": "A new key, shown once (a repeat with the same "
+                             "Idempotency-Key shows it as null); admin.",
                      "parameters": [_IDEMPOTENCY_KEY],
                      "requestBody": {"required": True, "content": {
                          "application/json": {"schema": _ref(schemas.ApiKeyCreate)}}},

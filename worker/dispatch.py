@@ -176,5 +176,6 @@ def redispatch_deliveries(rt: Runtime) -> int:
     settings = rt.settings
     with rt.db.transaction() as session:
         due = webhooks.due(session, grace_s=settings.dispatch_grace_s,
-                           lost_after_s=settings.redispatch_after_s, limit=SWEEP_BATCH)
+                           lost_after_s=settings.redispatch_after_s, limit=SWEEP_BATCH,
+                           per_tenant=settings.webhook_tenant_concurrency)
     return dispatch_deliveries(rt, due)

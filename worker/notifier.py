@@ -14,12 +14,11 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from importlib.metadata import version
 
 import httpx
 
-from worker import signing, webhooks
+from worker import deadlines, retry, signing, webhooks
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.ssrf import Guard, Refused
@@ -28,6 +27,7 @@ log = logging.getLogger("agentq.notifier")
 
 USER_AGENT = f"agentq-webhooks/{version('agentq')}"
 _HOLD_MARGIN_S = 30.0  # a sender holds a delivery this long beyond its timeout
+_MAX_RETRY_AFTER_S = 86400.0
 
 
 class Sender:
@@ -37,16 +37,19 @@ class Sender:
         self.pid = os.getpid()
         self._settings = settings
         self.guard = Guard(settings.webhook_allowed_cidrs)
-        self._client = httpx.Client(
+        self._client = deadlines.client(
             timeout=httpx.Timeout(settings.webhook_timeout_s), follow_redirects=False,
             headers={"user-agent": USER_AGENT}, limits=httpx.Limits(max_connections=100))
 
     def post(self, url: str, headers: dict[str, str], body: bytes) -> webhooks.Response:
+        """One attempt, over within ``AGENTQ_WEBHOOK_TIMEOUT_S`` however slowly the
+        receiver connects, answers or drips its answer."""
         started_at, started = datetime.now(UTC), time.monotonic()
 
         def failed(error: str) -> webhooks.Response:
             return webhooks.Response(None, _ms(started), started_at, error=error)
 
+        timeout = self._settings.webhook_timeout_s
         try:
             target = self.guard.resolve(url)
         except Refused as refused:
@@ -56,16 +59,17 @@ class Sender:
             "POST", original.copy_with(host=str(target.address)), content=body,
             headers={**headers, "host": original.netloc.decode()},
             extensions={"sni_hostname": target.host})
-        try:
-            response = self._client.send(request, stream=True)
-        except httpx.TimeoutException:
-            return failed(f"timed out after {self._settings.webhook_timeout_s:g} s")
-        except httpx.HTTPError as error:
-            return failed(f"{type(error).__name__}: {error}")
-        try:
-            text = self._read_some(response)
-        finally:
-            response.close()
+        with deadlines.within(timeout):
+            try:
+                response = self._client.send(request, stream=True)
+            except httpx.TimeoutException:
+                return failed(f"timed out after {timeout:g} s")
+            except httpx.HTTPError as error:
+                return failed(f"{type(error).__name__}: {error}")
+            try:
+                text = self._read_some(response)
+            finally:
+                response.close()
         problem = None if response.is_success else f"HTTP {response.status_code}"
         return webhooks.Response(response.status_code, _ms(started), started_at, error=problem,
                                  body=text, retry_after_s=_retry_after(response))
@@ -78,7 +82,8 @@ class Sender:
                 if len(kept) >= limit:
                     break
         except httpx.HTTPError:
-            pass  # the status is what counts; a broken body is kept as far as it came
+            pass  # the status is what counts; a broken (or too slow) body is kept as far
+            #       as it came
         return kept.decode(errors="replace")
 
 
@@ -87,7 +92,8 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
     settings = rt.settings
     with rt.db.autocommit() as session:  # one atomic statement
         sending = webhooks.hold(session, delivery_id=delivery_id,
-                                hold_s=settings.webhook_timeout_s + _HOLD_MARGIN_S)
+                                hold_s=settings.webhook_timeout_s + _HOLD_MARGIN_S,
+                                per_tenant=settings.webhook_tenant_concurrency)
     if sending is None:
         return
     body = json.dumps(sending.payload, separators=(",", ":")).encode()
@@ -106,12 +112,13 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
         status = webhooks.record(session, sending=sending, response=response,
                                  schedule=settings.webhook_retry_schedule,
                                  disable_after_s=settings.webhook_disable_after_s)
-    rt.metrics.inc("agentq_deliveries", outcome=status.value)
+    outcome = status.value if status is not None else "superseded"
+    rt.metrics.inc("agentq_deliveries", outcome=outcome)
     rt.metrics.observe("agentq_delivery_latency_seconds", response.latency_ms / 1000)
     log.info("delivery attempt", extra={
         "delivery_id": delivery_id, "run_id": sending.run_id,
         "attempt": sending.attempt, "status_code": response.status_code,
-        "outcome": status.value, "duration_ms": response.latency_ms, "error": response.error})
+        "outcome": outcome, "duration_ms": response.latency_ms, "error": response.error})
 
 
 def _ms(started: float) -> float:
@@ -119,13 +126,6 @@ def _ms(started: float) -> float:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds, given as a number or an HTTP date."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
+    """The receiver's ``Retry-After``, at most a day."""
+    wait = retry.retry_after_s(response)
+    return None if wait is None else min(wait, _MAX_RETRY_AFTER_S)

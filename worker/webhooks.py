@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
 
 from worker import signing
 from worker.errors import Conflict, InvalidRequest, NotFound
@@ -107,12 +107,7 @@ def delete_endpoint(session: Session, *, tenant_id: str, endpoint_id: str) -> No
     """Stop delivering to it; past deliveries keep their history."""
     endpoint = get_endpoint(session, tenant_id=tenant_id, endpoint_id=endpoint_id)
     endpoint.deleted_at = datetime.now(UTC)
-    session.execute(
-        update(Delivery)
-        .where(Delivery.endpoint_id == endpoint_id,
-               Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
-        .values(status=DeliveryStatus.DEAD, last_error="the endpoint was deleted")
-    )
+    _end_deliveries(session, endpoint_id=endpoint_id, reason="the endpoint was deleted")
 
 
 def rotate_endpoint_secret(session: Session, *, tenant_id: str, endpoint_id: str,
@@ -196,10 +191,21 @@ def _endpoints(session: Session, run: Run, event_type: str) -> list[list[str]]:
     return [[row.id, row.url] for row in session.execute(query)]
 
 
-def due(session: Session, *, grace_s: float, lost_after_s: float, limit: int) -> list[str]:
+def due(session: Session, *, grace_s: float, lost_after_s: float, limit: int,
+        per_tenant: int) -> list[str]:
     """Deliveries that are due with no send task on its way: a retry whose time has come,
-    a first attempt whose publish never happened, or one whose task was lost."""
+    a first attempt whose publish never happened (or that was deferred while its tenant
+    had ``per_tenant`` deliveries held), or one whose task was lost. Deliveries of dead
+    endpoints and of tenants that are still at their count are left for later."""
     now = func.now()
+    endpoint, busy = aliased(WebhookEndpoint), aliased(Delivery)
+    live = or_(Delivery.endpoint_id.is_(None), exists().where(
+        endpoint.id == Delivery.endpoint_id, endpoint.deleted_at.is_(None),
+        endpoint.disabled_at.is_(None)))
+    held = (select(func.count()).where(
+        busy.tenant_id == Delivery.tenant_id, busy.locked_until > now,
+        busy.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
+        .scalar_subquery())
     first_unpublished = and_(Delivery.attempts == 0, Delivery.dispatched_at.is_(None),
                              Delivery.next_attempt_at < now - timedelta(seconds=grace_s))
     retry_due = and_(Delivery.attempts > 0, Delivery.dispatched_at.is_(None),
@@ -210,7 +216,7 @@ def due(session: Session, *, grace_s: float, lost_after_s: float, limit: int) ->
         select(Delivery.id)
         .where(Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
                or_(Delivery.locked_until.is_(None), Delivery.locked_until < now),
-               or_(first_unpublished, retry_due, lost))
+               or_(first_unpublished, retry_due, lost), live, held < per_tenant)
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
     )
@@ -238,13 +244,38 @@ class Sending:
     secrets: list[str]
 
 
-_HOLD = text("""
-    WITH held AS (
+# A delivery may be held (one attempt made) if it is due, nobody holds it, its endpoint is
+# live, and its tenant has fewer than :per_tenant deliveries held (so one tenant's slow
+# receivers cannot take every sender). A delivery refused only for its tenant's count is
+# left undispatched: the sweeper sends it again once the tenant has room.
+_SENDABLE = """
+    status IN ('pending', 'retrying') AND next_attempt_at <= now()
+    AND (locked_until IS NULL OR locked_until < now())
+    AND (endpoint_id IS NULL OR EXISTS (
+        SELECT 1 FROM webhook_endpoints AS e WHERE e.id = endpoint_id
+          AND e.deleted_at IS NULL AND e.disabled_at IS NULL))
+"""
+_TENANT_HOLDS = """
+    (SELECT count(*) FROM deliveries AS busy
+     WHERE busy.tenant_id = {row}.tenant_id AND busy.locked_until > now()
+       AND busy.status IN ('pending', 'retrying'))
+"""
+_HOLD = text(f"""
+    WITH target AS (
+        SELECT id, {_TENANT_HOLDS.format(row="deliveries")} AS holds
+        FROM deliveries WHERE id = :delivery_id AND {_SENDABLE}
+    ), held AS (
         UPDATE deliveries
         SET locked_until = now() + make_interval(secs => :hold_s), attempts = attempts + 1
-        WHERE id = :delivery_id AND status IN ('pending', 'retrying')
-          AND next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())
-        RETURNING run_id, attempts, schedule_base, format, url, payload, endpoint_id, tenant_id
+        FROM target
+        WHERE deliveries.id = target.id AND target.holds < :per_tenant AND {_SENDABLE}
+        RETURNING deliveries.run_id, deliveries.attempts, deliveries.schedule_base,
+                  deliveries.format, deliveries.url, deliveries.payload,
+                  deliveries.endpoint_id, deliveries.tenant_id
+    ), deferred AS (
+        UPDATE deliveries SET dispatched_at = NULL
+        FROM target WHERE deliveries.id = target.id AND target.holds >= :per_tenant
+        RETURNING deliveries.id
     )
     SELECT held.*,
            CASE WHEN held.endpoint_id IS NULL THEN t.webhook_secret ELSE e.secret END
@@ -256,13 +287,15 @@ _HOLD = text("""
     FROM held
     JOIN tenants t ON t.id = held.tenant_id
     LEFT JOIN webhook_endpoints e ON e.id = held.endpoint_id
-""")
+""")  # noqa: S608 (constants only)
 
 
-def hold(session: Session, *, delivery_id: str, hold_s: float) -> Sending | None:
-    """Take the delivery's next attempt if it is due and nobody else holds it, with the
+def hold(session: Session, *, delivery_id: str, hold_s: float,
+         per_tenant: int) -> Sending | None:
+    """Take the delivery's next attempt if it may be sent now (see ``_SENDABLE``), with the
     secrets that sign it: one atomic statement (no transaction needed around it)."""
-    row = session.execute(_HOLD, {"delivery_id": delivery_id, "hold_s": hold_s}).one_or_none()
+    row = session.execute(_HOLD, {"delivery_id": delivery_id, "hold_s": hold_s,
+                                  "per_tenant": per_tenant}).one_or_none()
     if row is None:
         return None
     secrets = live_secrets(row.secret, row.previous_secret, row.previous_expires_at)
@@ -286,58 +319,84 @@ class Response:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+# Every outcome write names the attempt it records: once the delivery has moved on (a
+# later attempt held it after this one's hold expired, its endpoint was deleted, it was
+# retried by hand), a late write changes nothing but the attempt's own history row.
 _DELIVERED = text("""
     WITH attempt AS (
         INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms,
                                        status_code, error, response_body)
         VALUES (:delivery_id, :attempt, :started_at, :latency_ms, :status_code, NULL, :body)
+    ), delivered AS (
+        UPDATE deliveries
+        SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL,
+            locked_until = NULL, last_status_code = :status_code, last_error = NULL,
+            dispatched_at = NULL
+        WHERE id = :delivery_id AND attempts = :attempt
+          AND status IN ('pending', 'retrying', 'dead')
+        RETURNING id
     ), endpoint AS (
         UPDATE webhook_endpoints SET failing_since = NULL
         WHERE id = :endpoint_id AND failing_since IS NOT NULL
+          AND EXISTS (SELECT 1 FROM delivered)
     )
-    UPDATE deliveries
-    SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL,
-        locked_until = NULL, last_status_code = :status_code, last_error = NULL,
-        dispatched_at = NULL
-    WHERE id = :delivery_id
+    SELECT count(*) AS recorded FROM delivered
 """)
 
 
-def record_delivered(session: Session, *, sending: Sending, response: Response) -> None:
-    """Keep a successful attempt and mark the delivery delivered: one atomic statement."""
-    session.execute(_DELIVERED, {
+def record_delivered(session: Session, *, sending: Sending,
+                     response: Response) -> DeliveryStatus | None:
+    """Keep a successful attempt and mark the delivery delivered: one atomic statement.
+    None if the delivery moved on meanwhile (the attempt is kept, nothing else changes)."""
+    recorded = session.execute(_DELIVERED, {
         "delivery_id": sending.delivery_id, "attempt": sending.attempt,
         "started_at": response.started_at, "latency_ms": response.latency_ms,
         "status_code": response.status_code, "body": response.body,
-        "endpoint_id": sending.endpoint_id})
+        "endpoint_id": sending.endpoint_id}).scalar_one()
+    return DeliveryStatus.DELIVERED if recorded else None
 
 
 def record(session: Session, *, sending: Sending, response: Response,
-           schedule: list[float], disable_after_s: float) -> DeliveryStatus:
-    """Keep the attempt; decide whether the delivery is done, retried later, or dead.
-    A success is one atomic statement; a failure may disable the endpoint, so call it in
-    a transaction then."""
+           schedule: list[float], disable_after_s: float) -> DeliveryStatus | None:
+    """Keep the attempt; decide whether the delivery is done, retried later, or dead; None
+    if it moved on meanwhile (see ``_DELIVERED``). A success is one atomic statement; a
+    failure may disable the endpoint, so call it in a transaction then."""
     if response.ok:
-        record_delivered(session, sending=sending, response=response)
-        return DeliveryStatus.DELIVERED
+        return record_delivered(session, sending=sending, response=response)
     session.add(DeliveryAttempt(
         delivery_id=sending.delivery_id, attempt=sending.attempt,
         started_at=response.started_at, latency_ms=response.latency_ms,
         status_code=response.status_code, error=response.error, response_body=response.body))
     values: dict[str, Any] = {"locked_until": None, "last_status_code": response.status_code,
                               "last_error": response.error, "dispatched_at": None}
-    status = _after_failure(sending, response, schedule, values)
+    values["status"] = status = _after_failure(sending, response, schedule, values)
+    current = session.execute(
+        update(Delivery)
+        .where(Delivery.id == sending.delivery_id, Delivery.attempts == sending.attempt,
+               Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
+        .values(**values).returning(Delivery.id)).first()
+    if current is None:
+        return None
     endpoint = (session.get(WebhookEndpoint, sending.endpoint_id, with_for_update=True)
                 if sending.endpoint_id else None)
     if endpoint is not None:
         _endpoint_failed(endpoint, response, disable_after_s)
         if endpoint.disabled_at is not None:
+            _end_deliveries(session, endpoint_id=endpoint.id,
+                            reason=f"endpoint disabled: {endpoint.disabled_reason}")
             status = DeliveryStatus.DEAD
-            values.update(next_attempt_at=None,
-                          last_error=f"endpoint disabled: {endpoint.disabled_reason}")
-    values["status"] = status
-    session.execute(update(Delivery).where(Delivery.id == sending.delivery_id).values(**values))
     return status
+
+
+def _end_deliveries(session: Session, *, endpoint_id: str, reason: str) -> None:
+    """The endpoint will not be sent to again: its deliveries still to go are dead (a retry
+    by hand re-enables it)."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.endpoint_id == endpoint_id,
+               Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
+        .values(status=DeliveryStatus.DEAD, next_attempt_at=None, last_error=reason)
+    )
 
 
 def _after_failure(sending: Sending, response: Response, schedule: list[float],
@@ -398,10 +457,20 @@ def attempts_of(session: Session, *, delivery_id: str) -> list[DeliveryAttempt]:
 
 
 def retry(session: Session, *, tenant_id: str, delivery_id: str) -> Delivery:
-    """Send again now: a dead delivery gets another round of the schedule."""
-    delivery = get_delivery(session, tenant_id=tenant_id, delivery_id=delivery_id)
+    """Send again now: a dead delivery gets another round of the schedule. Refused while
+    an attempt is being made (a second sender would send it at the same time)."""
+    found = session.execute(
+        select(Delivery, func.coalesce(Delivery.locked_until > func.now(), False))
+        .where(Delivery.id == delivery_id, Delivery.tenant_id == tenant_id)
+        .with_for_update(of=Delivery)).one_or_none()
+    if found is None:
+        raise NotFound("delivery", delivery_id)
+    delivery, being_sent = found
     if delivery.status == DeliveryStatus.DELIVERED:
         raise Conflict(f"delivery {delivery_id} was delivered; nothing to retry")
+    if being_sent:
+        raise Conflict(f"delivery {delivery_id} is being sent right now; retry it after "
+                       "this attempt ends")
     if delivery.endpoint_id is not None:
         endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id)
         if endpoint.deleted_at is not None:
