@@ -6,7 +6,7 @@ from typing import TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.errors import Problem
 from worker import jsonb
@@ -15,9 +15,22 @@ from worker.errors import InvalidRequest
 M = TypeVar("M", bound=BaseModel)
 
 
+def read_body(*, cache: bool) -> bytes:
+    """The body as sent (413 over the limit with a Content-Length), or a 400 if it cannot
+    be read: a broken chunked encoding (gunicorn's parser raises), a client gone mid-body."""
+    try:
+        return request.get_data(cache=cache)
+    except HTTPException:
+        raise
+    except Exception as error:  # the server's own errors: a read, never our code
+        raise Problem(400, "Unreadable body", f"the request's body could not be read "
+                      f"({type(error).__name__}); send it again", slug="unreadable-body") \
+            from None
+
+
 def raw_body() -> bytes:
     """The body exactly as sent, refused with 413 over ``AGENTQ_MAX_BODY_BYTES``."""
-    raw = request.get_data(cache=False)  # over the limit with a Content-Length: 413
+    raw = read_body(cache=False)
     if request.content_length is None and len(raw) >= (request.max_content_length or len(raw) + 1):
         # A chunked body is cut at the limit rather than refused (werkzeug's LimitedStream
         # raises only on the read after); reaching the limit means it was longer.
@@ -39,10 +52,11 @@ def json_body(model: type[M]) -> M:
         raise Problem(415, "Unsupported media type",
                       "send a JSON body with 'Content-Type: application/json'", slug="media-type")
     raw = raw_body()
-    if jsonb.holds_nul(raw):
-        raise InvalidRequest("the body holds the character U+0000 (\\u0000), which cannot "
-                             "be stored; remove it", [{"field": "body",
-                                                       "message": "a string holds U+0000"}])
+    try:
+        jsonb.check_text(raw, what="the body")
+    except jsonb.Unstorable as error:
+        raise InvalidRequest(str(error), [{"field": error.path, "message": str(error)}]) \
+            from None
     try:
         return model.model_validate_json(raw)
     except ValidationError as error:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Response, g, jsonify, make_response, request, url_for
 
+from api.bodies import read_body
 from api.deps import principal, runtime
 from worker import idempotency, runs
 from worker.errors import InvalidRequest
@@ -71,7 +72,7 @@ def _without(body: Any, secrets: tuple[str, ...]) -> Any:
 
 def _fingerprint() -> str:
     """The request, as far as repeating it goes: method, path and (canonical) body."""
-    body = request.get_data(cache=True)
+    body = read_body(cache=True)
     # Not JSON (or nested too deep to parse, which the view refuses): the bytes as they are.
     with contextlib.suppress(ValueError, RecursionError):
         body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()

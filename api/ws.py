@@ -131,9 +131,10 @@ class Connection:
         try:
             ratelimit.spend(self._rt.bus.redis, bucket=self._caller.key_id,
                             per_minute=self._rt.settings.rate_limit_per_minute)
-            if jsonb.holds_nul(raw):
-                raise InvalidRequest("the frame holds the character U+0000, which cannot be "
-                                     "stored; remove it")
+            try:
+                jsonb.check_text(raw, what="the frame")
+            except jsonb.Unstorable as error:
+                raise InvalidRequest(str(error)) from None
             message = ClientMessage.validate_json(raw)
             ref = message.ref
             needed = keys.READ if isinstance(message, SubscribeMessage) else keys.WRITE
@@ -157,6 +158,12 @@ class Connection:
         except LimitExceeded as error:
             self._error("limit", str(error), ref or _ref_of(raw),
                         retry_after_s=error.retry_after_s)
+        except (ConnectionClosed, OSError):
+            raise
+        except Exception:  # the socket outlives one frame's bug or one outage
+            log.exception("websocket frame failed", extra={"request_id": self._request_id})
+            self._error("internal", "the frame could not be handled (it is logged under "
+                        f"request_id {self._request_id}); try again", ref or _ref_of(raw))
 
     def _run(self, message: RunMessage) -> None:
         request = RunRequest(agent=message.agent, input=message.input,
@@ -199,6 +206,11 @@ class Connection:
                     self._send(_event_frame(event))
         except ConnectionClosed:
             return
+        except Exception:  # Postgres away, say: tell the client, who may subscribe again
+            log.exception("following a run failed", extra={"run_id": run_id})
+            with contextlib.suppress(ConnectionClosed, OSError):
+                self._error("follow_failed", f"following {run_id} stopped on an error; "
+                            "subscribe again with after", None, run_id=run_id)
         finally:
             self._followed.discard(run_id)
 
@@ -249,7 +261,7 @@ def _ref_of(raw: str | bytes) -> _Ref:
     """The ``ref`` of a message that failed validation, if it has a usable one."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     ref = body.get("ref") if isinstance(body, dict) else None
     return ref if isinstance(ref, str | int) and not isinstance(ref, bool) else None

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 
 from api import create_app
 from tests.conftest import ApiClient, Tenant
+from tests.harness import ApiServer
 from worker.models import InboundEvent, Run
 from worker.runtime import Runtime, build_runtime
 from worker.settings import Settings
@@ -260,3 +262,66 @@ def test_a_url_holding_u0000_is_4xx(api: ApiClient, path: str) -> None:
 ])
 def test_a_body_holding_u0000_is_422(api: ApiClient, path: str, body: dict[str, Any]) -> None:
     assert_problem(api.post(path, json=body), 422)
+
+
+@pytest.mark.parametrize("raw", [
+    '{"agent": "echo", "input": {"x": "\\ud800"}}',
+    '{"agent": "echo", "input": {"\\udc00": 1}}',
+    '{"agent": "echo", "metadata": {"x": "a\\udfffb"}}',
+], ids=["lone high surrogate", "lone low surrogate in a key", "in metadata"])
+def test_a_lone_surrogate_is_refused_and_a_pair_is_kept(api: ApiClient, raw: str) -> None:
+    assert "surrogate" in assert_problem(api.post(
+        "/v1/runs", data=raw, headers={"Content-Type": "application/json"}), 422)["detail"]
+    pair = api.post("/v1/runs", data='{"agent": "echo", "input": {"x": "\\ud83d\\ude00"}}',
+                    headers={"Content-Type": "application/json"})
+    assert pair.status_code == 202 and pair.get_json()["input"] == {"x": "\U0001f600"}
+
+
+def test_an_endpoint_whose_host_dns_cannot_carry_is_422(api: ApiClient) -> None:
+    response = api.post("/v1/webhook-endpoints",
+                        json={"url": f"https://{'a' * 64}.example.com/hook"})
+    assert_problem(response, 422)
+
+
+# Over a real server: what only HTTP itself can send -----------------------------------------
+
+def raw_http(server: ApiServer, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("path", ["/hooks/hs_nope", "/v1/runs"])
+def test_a_broken_chunked_body_is_400(api_server: ApiServer, tenant: Tenant, path: str) -> None:
+    request = (f"POST {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {tenant.key}\r\n"
+               "Content-Type: application/json\r\nIdempotency-Key: chunk-1\r\n"
+               "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n").encode()
+    status = raw_http(api_server, request).split(b"\r\n", 1)[0]
+    assert status.split()[1] in {b"400", b"404"}, status
+
+
+def test_a_websocket_frame_nested_too_deep_gets_an_error_frame(api_server: ApiServer,
+                                                              tenant: Tenant) -> None:
+    from simple_websocket import Client
+
+    client = Client.connect(api_server.url.replace("http://", "ws://") + "/v1/ws",
+                            headers={"Authorization": f"Bearer {tenant.key}"})
+    try:
+        for frame in ("[" * 100_000 + "]" * 100_000,
+                      '{"type": "run", "agent": "echo", "input": {"x": "\\u0000"}}',
+                      '{"type": "subscribe", "run_id": "run_\\u0000"}',
+                      '{"type": "subscribe", "run_id": "run_x", "after": 99999999999}'):
+            client.send(frame)
+            answer = json.loads(client.receive(timeout=10) or "{}")
+            assert answer["type"] == "error", answer
+        # And the socket still works
+        client.send('{"type": "run", "agent": "echo", "input": {"ok": 1}, "ref": "r"}')
+        assert json.loads(client.receive(timeout=10) or "{}")["type"] == "accepted"
+    finally:
+        client.close()

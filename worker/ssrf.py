@@ -67,7 +67,8 @@ class Guard:
         """Refuse a URL whose host is a literal address that may not be reached."""
         try:
             host = urlsplit(url).hostname or ""
-        except ValueError:
+            host.encode("idna")  # each label 1 to 63 characters, as DNS can carry it
+        except (ValueError, UnicodeError):
             raise Refused(f"{url!r} is not a usable URL") from None
         try:
             address = ipaddress.ip_address(host)
@@ -86,7 +87,7 @@ class Guard:
             raise Refused(f"{url!r} is not an http(s) URL")
         try:
             infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as error:
+        except (socket.gaierror, UnicodeError) as error:  # UnicodeError: a label too long
             raise Refused(f"cannot resolve {parts.hostname!r}: {error}") from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         for address in addresses:

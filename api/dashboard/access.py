@@ -25,6 +25,7 @@ from flask import (
 from pydantic import BaseModel, ValidationError
 from werkzeug.wrappers.response import Response as BaseResponse
 
+from api.bodies import read_body
 from api.deps import principal, runtime
 from worker import jsonb, keys
 from worker.errors import AgentqError, InvalidRequest, NotFound
@@ -78,6 +79,7 @@ def csrf_token() -> str:
 
 
 def _check_csrf() -> None:
+    read_body(cache=True)  # a 400 if it cannot be read (the form is parsed from it)
     sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token") or ""
     if not hmac.compare_digest(sent.encode(), csrf_token().encode()):
         abort(403, "the form's CSRF token is missing or stale; reload the page and try again")
