@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import click
 from sqlalchemy import select
 
-from worker import dispatch, runs
+from worker import admission, dispatch, runs
 from worker.attempts import Dispatch
 from worker.models import Run, Tenant
 from worker.runtime import Runtime
@@ -52,7 +52,7 @@ def replay(rt: Runtime, *, run_ids: tuple[str, ...], everything: bool,
             chosen = _named(session.scalars(select(Run).where(Run.id.in_(run_ids))).all(),
                             run_ids)
         for run in chosen:
-            runs.replay(session, run=run)
+            runs.replay(session, run=run, caps=admission.NONE)  # an operator's: past the caps
         jobs = [Dispatch(run.id, run.queue, run.timeout_s) for run in chosen]
     for job in jobs:
         dispatch.dispatch(rt, job)

@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import attempts, dispatch, events, runs, webhooks
+from worker import admission, attempts, dispatch, events, runs, webhooks
 from worker.attempts import Dispatch
 from worker.errors import Conflict
 from worker.models import Run, RunStatus, Tenant
@@ -137,7 +137,8 @@ def replay_run(run_id: str) -> None:
     rt = _runtime()
     try:
         with rt.db.transaction() as session:
-            run = runs.replay(session, run=_find(session, run_id))
+            run = runs.replay(session, run=_find(session, run_id),
+                              caps=admission.NONE)  # an operator's: past the caps
             job = Dispatch(run.id, run.queue, run.timeout_s)
     except Conflict as conflict:
         raise click.ClickException(str(conflict)) from None

@@ -10,7 +10,7 @@ from api.bodies import json_body, query
 from api.deps import principal, runtime
 from api.idempotency import idempotent
 from api.schemas import RunCreate, RunListQuery, WaitQuery
-from worker import attempts, dispatch, runs, steps
+from worker import admission, attempts, dispatch, runs, steps
 from worker.attempts import Dispatch
 from worker.models import RunStatus
 from worker.submission import RunRequest, submit, wait_until_finished
@@ -79,7 +79,7 @@ def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
     rt = runtime()
     with rt.db.transaction() as session:
         run = runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
-        runs.replay(session, run=run)
+        runs.replay(session, run=run, caps=admission.Caps.of(rt.settings))
     dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
     return jsonify(run_view(run)), 202, {"Location": url_for("runs.get_run", run_id=run.id)}
 

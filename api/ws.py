@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,7 @@ log = logging.getLogger("agentq.api.ws")
 
 MAX_FOLLOWED = 100  # runs one connection may follow at once
 RECEIVE_TICK_S = 5.0  # how often an idle socket's reader looks up (the grant closes it at once)
+CLOSE_WAIT_S = 2.0  # how long a close waits for a send in progress before cutting the socket
 ALL_RUNS = "*"
 _Ref = str | int | None
 
@@ -120,11 +122,26 @@ class Connection:
             self._closed.set()
 
     def _close(self, reason: str) -> None:
-        """End the socket with a close frame saying why (the grant ended)."""
-        code = 1001 if reason == grants.LIFE_OVER else 1008
+        """The grant ended: close the socket, saying why. Called on whichever thread ended
+        the grant (a revocation's listener, the grants' checker), so it must not wait on
+        this client: the close is sent from a thread of its own."""
         self._closed.set()
-        with self._send_lock, contextlib.suppress(ConnectionClosed, OSError):
-            self._ws.close(code, grants.Grant.describe(reason))
+        threading.Thread(target=self._send_close, args=(reason,), daemon=True,
+                         name="ws-close").start()
+
+    def _send_close(self, reason: str) -> None:
+        code = 1001 if reason == grants.LIFE_OVER else 1008
+        if self._send_lock.acquire(timeout=CLOSE_WAIT_S):
+            try:
+                with contextlib.suppress(ConnectionClosed, OSError):
+                    self._ws.close(code, grants.Grant.describe(reason))
+                    return
+            finally:
+                self._send_lock.release()
+        # A client that stopped reading keeps a send (and its lock) waiting: cut it off.
+        with contextlib.suppress(OSError):
+            self._ws.sock.shutdown(socket.SHUT_RDWR)
+        self._ws.connected = False
 
     def _handle(self, raw: str | bytes) -> None:
         ref: _Ref = None

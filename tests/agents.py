@@ -238,3 +238,15 @@ def unstorable(ctx: RunContext, input: dict[str, Any]) -> Any:
         ctx.session["value"] = value
         return {"ok": True}
     return {"value": value}
+
+
+@agent("test.cancelled_then_failing", max_attempts=3)
+def cancelled_then_failing(ctx: RunContext, input: dict[str, Any]) -> None:
+    """Be asked to stop (in Postgres only, as when the bus's notice is lost), then fail in
+    a way that would earn a retry."""
+    import psycopg
+
+    url = os.environ["DATABASE_URL"].replace("+psycopg", "")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE runs SET cancel_requested_at = now() WHERE id = %s", (ctx.run_id,))
+    raise RetryableError("the upstream is busy")

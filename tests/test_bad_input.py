@@ -116,7 +116,8 @@ def test_a_delivery_whose_ids_are_not_strings_is_400(api: ApiClient) -> None:
     for event in ({"type": "event_callback", "event_id": 12345, "event": {"type": "m"}},
                   {"type": "event_callback", "event_id": "x" * 500, "event": {"type": "m"}},
                   {"type": "event_callback", "event_id": "Ev9", "event": {"type": ["m"]}},
-                  {"type": "event_callback", "event_id": "Ev9", "event": "not an object"}):
+                  {"type": "event_callback", "event_id": "Ev9", "event": "not an object"},
+                  {"type": None, "event_id": "Ev10"}, {"type": "", "event_id": "Ev11"}):
         body = json.dumps(event).encode()
         response = api.client.post(url, data=body,
                                    headers=slack_headers(body, str(int(time.time()))))

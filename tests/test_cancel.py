@@ -95,3 +95,9 @@ def test_cancel_of_another_tenants_run_is_404(api: ApiClient, other_api: ApiClie
     run = other_api.submit("test.parked")
     assert cancel(api, run["id"]).status_code == 404
     assert other_api.run(run["id"])["status"] == "queued"
+
+
+def test_a_run_asked_to_stop_is_not_retried_after_its_attempt_fails(api: ApiClient) -> None:
+    done = api.wait(api.submit("test.cancelled_then_failing")["id"], timeout=20)
+    assert done["status"] == "cancelled" and done["attempt"] == 1
+    assert "not retried" in done["error"]["message"]

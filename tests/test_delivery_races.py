@@ -9,8 +9,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import func, insert, select, update
 
@@ -224,3 +225,106 @@ def test_deliveries_are_admin_only(runtime: Runtime, app: object) -> None:
     with runtime.db.autocommit() as session:
         assert session.scalar(select(func.count()).select_from(Delivery).where(
             Delivery.tenant_id == writer.id)) == 0
+
+
+def test_holds_made_at_once_still_keep_to_the_tenants_share(runtime: Runtime, app: object,
+                                                            receiver: Receiver) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from flask import Flask
+
+    assert isinstance(app, Flask)
+    tenant = ApiClient(app.test_client(), make_tenant(runtime))
+    endpoint = tenant.post("/v1/webhook-endpoints",
+                           json={"url": receiver.url + "/burst"}).get_json()["id"]
+    burst = [delivery_for(runtime, tenant, "", endpoint)[0] for _ in range(12)]
+    start = Barrier(len(burst))
+
+    def take(delivery_id: str) -> bool:
+        start.wait(timeout=10)
+        return hold(runtime, delivery_id, per_tenant=2) is not None
+
+    with ThreadPoolExecutor(len(burst)) as pool:
+        assert sum(pool.map(take, burst)) == 2
+
+
+def test_one_tenants_backlog_never_fills_the_sweepers_batch(runtime: Runtime, app: object,
+                                                           receiver: Receiver) -> None:
+    from flask import Flask
+
+    assert isinstance(app, Flask)
+    busy = ApiClient(app.test_client(), make_tenant(runtime))
+    calm = ApiClient(app.test_client(), make_tenant(runtime))
+    run = busy.submit("test.parked")["id"]
+    theirs, _ = delivery_for(runtime, calm, receiver.url + "/calm")
+    try:
+        with runtime.db.transaction() as session:
+            now = session.scalar(select(func.now()))
+            session.execute(insert(Delivery), [dict(
+                id=f"msg_busy_{i:04d}_{time.time_ns()}", tenant_id=busy.tenant.id, run_id=run,
+                url=receiver.url + "/busy", event_type="run.succeeded", format="standard",
+                payload={}, status="pending", attempts=0,
+                next_attempt_at=now - timedelta(seconds=10),  # due before the calm tenant's
+                locked_until=now + timedelta(seconds=60) if i < 7 else None)
+                for i in range(40)])
+            session.execute(update(Delivery).where(Delivery.id == theirs).values(
+                dispatched_at=None))
+        with runtime.db.autocommit() as session:
+            batch = webhooks.due(session, grace_s=0, lost_after_s=60, limit=10, per_tenant=8)
+        assert theirs in batch
+        assert sum(item.startswith("msg_busy") for item in batch) == 1  # its room: 8 - 7
+    finally:
+        with runtime.db.transaction() as session:
+            session.execute(update(Delivery).where(Delivery.tenant_id.in_(
+                [busy.tenant.id, calm.tenant.id])).values(status="dead", locked_until=None))
+
+
+class Proxy:
+    """A forward HTTP proxy on loopback that records the requests it carries."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.carried: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                proxy.carried.append(self.path)
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in {"proxy-connection", "connection"}}
+                answer = httpx.post(self.path, content=body, headers=headers, timeout=5)
+                self.send_response(answer.status_code)
+                self.send_header("content-length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_deliveries_go_through_the_configured_proxy(settings: Settings,
+                                                    receiver: Receiver) -> None:
+    proxy = Proxy()
+    try:
+        sender = Sender(settings.model_copy(update={"webhook_proxy": proxy.url}))
+        response = sender.post(receiver.url + "/proxied", {"content-type": "application/json"},
+                               b"{}")
+        assert response.status_code == 200, response.error
+        assert proxy.carried and proxy.carried[0].endswith("/proxied")
+        assert len(receiver.at("/proxied")) == 1
+    finally:
+        proxy.close()

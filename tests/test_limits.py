@@ -117,3 +117,33 @@ def test_runs_that_ended_free_their_place_under_the_cap(settings: Settings,
     assert capped.post("/v1/runs", json={"agent": "test.parked"}).status_code == 429
     assert capped.post(f"/v1/runs/{ids[0]}/cancel").status_code == 202
     assert capped.post("/v1/runs", json={"agent": "test.parked"}).status_code == 202
+
+
+def test_counting_a_tenants_runs_never_blocks_writes_that_refer_to_the_tenant(
+        runtime: Runtime) -> None:
+    import psycopg
+
+    from worker import admission
+
+    tenant = make_tenant(runtime)
+    with runtime.db.transaction() as session:
+        # Given a submission counting the tenant's runs, its row locked until it commits
+        admission.recount(session, tenant_id=tenant.id, caps=admission.Caps(10, 0))
+        # Then a worker's write that refers to the tenant (a delivery, a session) goes on
+        url = runtime.settings.database_url.replace("+psycopg", "")
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SET statement_timeout = '3s'")
+            other.execute("INSERT INTO sessions (tenant_id, id) VALUES (%s, 'locked-out')",
+                          (tenant.id,))
+
+
+def test_a_replay_takes_a_place_under_the_cap(settings: Settings, runtime: Runtime) -> None:
+    capped = ApiClient(create_app(runtime=build_runtime(settings.model_copy(
+        update={"tenant_max_queued": 2}))).test_client(), make_tenant(runtime))
+    ended = capped.submit("test.parked")["id"]
+    assert capped.post(f"/v1/runs/{ended}/cancel").status_code == 202
+    for _ in range(2):
+        capped.submit("test.parked")
+    refused = capped.post(f"/v1/runs/{ended}/replay")
+    assert refused.status_code == 429 and "AGENTQ_TENANT_MAX_QUEUED" in refused.get_json()["detail"]
+    assert capped.run(ended)["status"] == "cancelled"  # nothing changed

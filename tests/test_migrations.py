@@ -65,3 +65,25 @@ def test_alembic_cli_migrates_the_database_named_by_database_url(empty_database:
     engine = create_engine(empty_database)
     assert "runs" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_0009_hashes_kept_keys_and_drops_the_secrets_they_showed(empty_database: str) -> None:
+    import hashlib
+    import json
+
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0008")
+    sha = hashlib.sha256(b"order-1").hexdigest()
+    with psycopg.connect(empty_database.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("INSERT INTO tenants (id, name) VALUES ('tn_m', 'm')")
+        for key, response in (("order-1", {"id": "key_1", "key": "aq_secret"}),
+                              (sha, {"id": "ep_1", "secret": "whsec_secret"}),  # a trick
+                              ("plain", {"id": "run_1"})):
+            conn.execute("INSERT INTO idempotency_keys (tenant_id, key, fingerprint, "
+                         "status_code, response, expires_at) VALUES ('tn_m', %s, 'f', 201, "
+                         "%s, now() + interval '1 day')", (key, json.dumps(response)))
+    command.upgrade(config, "head")  # a client's colliding key does not stop the upgrade
+    with psycopg.connect(empty_database.replace("+psycopg", ""), autocommit=True) as conn:
+        rows = dict(conn.execute("SELECT key, response FROM idempotency_keys").fetchall())
+    assert rows == {sha: {"id": "key_1", "key": None},
+                    hashlib.sha256(b"plain").hexdigest(): {"id": "run_1"}}

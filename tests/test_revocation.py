@@ -6,6 +6,7 @@ JWT callers have a rate-limit bucket per tenant and subject."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -48,7 +49,7 @@ def strict(env: dict[str, str], services: Services) -> Iterator[ApiServer]:
     server.stop()
 
 
-def socket(server: ApiServer, bearer: str) -> Client:
+def ws_client(server: ApiServer, bearer: str) -> Client:
     url = server.url.replace("http://", "ws://") + "/v1/ws"
     return Client.connect(url, headers={"Authorization": f"Bearer {bearer}"})
 
@@ -95,7 +96,7 @@ def jwt_for(tenant: Tenant, *, lifetime_s: float = 300, **claims: Any) -> str:
 def test_revoking_a_key_closes_its_open_websocket(strict: ApiServer, runtime: Runtime,
                                                   announce: bool) -> None:
     tenant = make_tenant(runtime)
-    client = socket(strict, tenant.key)
+    client = ws_client(strict, tenant.key)
     client.send('{"type": "subscribe", "run_id": "' + parked_run(strict, tenant.key) + '"}')
     # When the key is revoked from another process (over Redis, or with the message lost)
     revoke_elsewhere(runtime, tenant, announce=announce)
@@ -108,7 +109,7 @@ def test_revoking_a_key_closes_its_open_websocket(strict: ApiServer, runtime: Ru
 def test_a_jwt_socket_is_closed_when_the_token_expires(strict: ApiServer,
                                                       runtime: Runtime) -> None:
     tenant = make_tenant(runtime)
-    client = socket(strict, jwt_for(tenant, lifetime_s=2))
+    client = ws_client(strict, jwt_for(tenant, lifetime_s=2))
     client.send('{"type": "subscribe", "run_id": "*"}')
     code, reason, took = closed_within(client, 6)
     assert code == 1008 and "expired" in reason and took < 3.5
@@ -116,7 +117,7 @@ def test_a_jwt_socket_is_closed_when_the_token_expires(strict: ApiServer,
 
 def test_a_socket_lives_no_longer_than_a_stream(strict: ApiServer, runtime: Runtime) -> None:
     tenant = make_tenant(runtime)
-    client = socket(strict, tenant.key)
+    client = ws_client(strict, tenant.key)
     code, reason, took = closed_within(client, STREAM_MAX_S + 4)
     assert code == 1001 and "AGENTQ_STREAM_MAX_S" in reason
     assert STREAM_MAX_S - 1 < took < STREAM_MAX_S + 3
@@ -192,7 +193,7 @@ def test_every_websocket_frame_counts_against_the_rate_limit(strict: ApiServer,
                                                             runtime: Runtime) -> None:
     tenant = make_tenant(runtime)
     within_one_minute_window()
-    client = socket(strict, tenant.key)  # the handshake is one request
+    client = ws_client(strict, tenant.key)  # the handshake is one request
     codes = []
     for number in range(RATE + 3):
         client.send(json.dumps({"type": "subscribe", "run_id": "run_nope", "ref": number}))
@@ -259,3 +260,42 @@ def test_a_key_revoked_while_it_was_looked_up_is_not_remembered(
     # Then the cache does not hold the revoked key
     assert cache.get(key_hash) is None
     assert api.get("/v1/runs").status_code == 401
+
+
+def stalled_socket(server: ApiServer, key: str) -> socket.socket:
+    """A WebSocket client that starts runs with large results and never reads an answer:
+    the server's sends to it (each run's last event carries its result) block once the
+    buffers fill."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.connect(("127.0.0.1", server.port))
+    ws = WSConnection(ConnectionType.CLIENT)
+    conn.sendall(ws.send(Request(host="127.0.0.1", target="/v1/ws",
+                                 extra_headers=[(b"authorization", f"Bearer {key}".encode())])))
+    ws.receive_data(conn.recv(65536))
+    assert any(isinstance(event, AcceptConnection) for event in ws.events())
+    big = json.dumps({"type": "run", "agent": "echo", "input": {"blob": "x" * 255_000}})
+    for _ in range(RATE - 1):  # the handshake was one request
+        conn.sendall(ws.send(TextMessage(data=big)))
+    time.sleep(3)  # the runs end, and their results pile up unread
+    return conn
+
+
+def test_a_client_that_stops_reading_never_holds_up_revocations(strict: ApiServer,
+                                                               runtime: Runtime) -> None:
+    stuck, other = make_tenant(runtime), make_tenant(runtime)
+    conn = stalled_socket(strict, stuck.key)
+    watcher = ws_client(strict, other.key)
+    try:
+        # When the stalled client's key is revoked (its socket cannot take a close frame)...
+        revoke_elsewhere(runtime, stuck)
+        # ...the process goes on hearing revocations: another key's socket closes at once
+        time.sleep(0.5)
+        revoke_elsewhere(runtime, other)
+        code, reason, took = closed_within(watcher, 5)
+        assert code == 1008 and "revoked" in reason and took < 0.5  # heard, not rechecked
+    finally:
+        conn.close()

@@ -5,8 +5,9 @@
 are waiting or running, so a run is admitted only if it could start. Counting a tenant's
 runs on every submission would cost in proportion to its backlog, so each tenant's row
 keeps what was admitted: the counts as of ``admission_counted_at``, plus every run admitted
-since. That figure can only be too high (runs that started or ended since are not taken
-off), never too low, so the cap holds.
+since. Runs that started or ended since are not taken off, so admissions alone can never
+take the tenant past its cap. (Runs that come back to waiting, a retry or a recovery, are
+not admissions: they are counted at the next recount, at most ``FRESH_S`` later.)
 
 A submission takes its slot with one ``UPDATE`` of the tenant's row (``SLOT``, the first
 part of the statement that stores the run): the row lock orders concurrent submissions,
@@ -50,6 +51,8 @@ class Caps:
                 "max_active": self.active, "fresh_s": FRESH_S}
 
 
+NONE = Caps(waiting=0, active=0)
+
 # Take a slot if the tenant's recent counts leave one; no row when they do not (or are old).
 # In psycopg's placeholders, to lead the statement that stores the run (worker.runs).
 SLOT = """
@@ -62,7 +65,8 @@ SLOT = """
     RETURNING id
 """
 
-_LOCK = text("SELECT id FROM tenants WHERE id = :tenant_id FOR UPDATE")
+# NO KEY: rows that refer to the tenant (runs, deliveries, sessions) may still be written.
+_LOCK = text("SELECT id FROM tenants WHERE id = :tenant_id FOR NO KEY UPDATE")
 _COUNT = text("""
     SELECT count(*) FILTER (WHERE status IN ('queued', 'retrying')) AS waiting,
            count(*) AS active
@@ -70,7 +74,7 @@ _COUNT = text("""
 """)
 _COUNTED = text("""
     UPDATE tenants SET admitted_waiting = :waiting, admitted_active = :active,
-                       admission_counted_at = now()
+                       admission_counted_at = clock_timestamp()
     WHERE id = :tenant_id
 """)
 

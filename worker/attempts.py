@@ -199,6 +199,16 @@ def heartbeat(session: Session, *, run_id: str, epoch: int) -> Lease:
     return Lease(held=True, cancel_requested=row.cancel_requested_at is not None)
 
 
+def cancel_requested(session: Session, *, claim: Claim) -> bool:
+    """Whether the run was asked to stop, read under its row's lock (so a cancel cannot
+    slip in between this read and the caller's write)."""
+    requested = session.scalar(
+        select(Run.cancel_requested_at)
+        .where(Run.id == claim.run_id, Run.lease_epoch == claim.epoch)
+        .with_for_update())
+    return requested is not None
+
+
 def finish(session: Session, *, claim: Claim, outcome: Outcome) -> events.Event:
     """Write the attempt's outcome under its lease; return its status event.
 

@@ -76,13 +76,12 @@ class _Backend(httpcore.SyncBackend):
                                            local_address, socket_options))
 
 
-def client(*, limits: httpx.Limits, **options: Any) -> httpx.Client:
-    """An ``httpx.Client`` (``options`` as httpx takes them) whose requests keep the
-    deadline of ``within``."""
-    transport = httpx.HTTPTransport(limits=limits)
-    # httpx builds its own pool; ours differs only in the network backend.
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry, network_backend=_Backend())
+def client(*, limits: httpx.Limits, proxy: str | None = None,
+           **options: Any) -> httpx.Client:
+    """An ``httpx.Client`` (``options`` as httpx takes them; through ``proxy`` if given)
+    whose requests keep the deadline of ``within``."""
+    transport = httpx.HTTPTransport(limits=limits, proxy=proxy)
+    # httpx builds the pool (direct or through the proxy); only its network backend
+    # differs. (httpx offers no other seam for it.)
+    transport._pool._network_backend = _Backend()
     return httpx.Client(transport=transport, **options)

@@ -174,6 +174,11 @@ def _record(rt: Runtime, claim: Claim, outcome: Outcome,
     while True:
         try:
             with rt.db.transaction() as session:
+                if outcome.status == RunStatus.RETRYING and attempts.cancel_requested(
+                        session, claim=claim):  # asked to stop: no retry, it ends here
+                    outcome = Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error={
+                        "type": "Cancelled", "message": f"cancelled; attempt {claim.attempt} "
+                        f"failed first ({(outcome.error or {}).get('type')}), not retried"})
                 if (outcome.status == RunStatus.SUCCEEDED and state is not None
                         and claim.session_id is not None and state.changed):
                     sessions.save(session, tenant_id=claim.tenant_id,

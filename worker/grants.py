@@ -71,7 +71,8 @@ class Grant:
 
     def on_end(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(reason)`` when the grant ends (at once if it has); returns a
-        function that takes the callback back."""
+        function that takes the callback back. The callback runs on the thread that ends
+        the grant (a revocation's listener): it must not block."""
         with self._lock:
             ended = self._ended.is_set()
             if not ended:

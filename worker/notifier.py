@@ -39,7 +39,8 @@ class Sender:
         self.guard = Guard(settings.webhook_allowed_cidrs)
         self._client = deadlines.client(
             timeout=httpx.Timeout(settings.webhook_timeout_s), follow_redirects=False,
-            headers={"user-agent": USER_AGENT}, limits=httpx.Limits(max_connections=100))
+            headers={"user-agent": USER_AGENT}, limits=httpx.Limits(max_connections=100),
+            proxy=settings.webhook_proxy)
 
     def post(self, url: str, headers: dict[str, str], body: bytes) -> webhooks.Response:
         """One attempt, over within ``AGENTQ_WEBHOOK_TIMEOUT_S`` however slowly the
@@ -90,7 +91,7 @@ class Sender:
 def deliver(rt: Runtime, *, delivery_id: str) -> None:
     """Make the delivery's next attempt, if it is due and no one else is making it."""
     settings = rt.settings
-    with rt.db.autocommit() as session:  # one atomic statement
+    with rt.db.transaction() as session:  # the tenant's lock, then the hold
         sending = webhooks.hold(session, delivery_id=delivery_id,
                                 hold_s=settings.webhook_timeout_s + _HOLD_MARGIN_S,
                                 per_tenant=settings.webhook_tenant_concurrency)

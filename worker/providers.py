@@ -66,6 +66,8 @@ def checked(inbound: Inbound) -> Inbound:
         value = getattr(inbound, name)
         if value is not None and not isinstance(value, str):
             raise Unreadable(f"the delivery's {name.replace('_', ' ')} is not a string")
+    if not inbound.event_type:
+        raise Unreadable("the delivery names no event type")
     if inbound.answer is None and not 0 < len(inbound.delivery_id or "") <= _MAX_DELIVERY_ID:
         raise Unreadable(f"the delivery id must be 1 to {_MAX_DELIVERY_ID} characters")
     return inbound

@@ -287,17 +287,19 @@ def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
 REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED})
 
 
-def replay(session: Session, *, run: Run) -> Run:
+def replay(session: Session, *, run: Run, caps: admission.Caps) -> Run:
     """Queue a failed, dead-lettered or cancelled run again; its earlier attempts are kept.
 
     The earlier attempts stop counting toward ``max_attempts``: the replay gets a full budget.
     The run is locked and read again first, so of two replays at once the second finds it
-    queued and is refused (409).
+    queued and is refused (409). It waits again, so it takes a place under the tenant's
+    ``caps`` as a submission does (an operator's replay may pass ``admission.NONE``).
     """
     session.refresh(run, with_for_update=True)
     if run.status not in REPLAYABLE:
         raise Conflict(f"run {run.id} is {run.status}; only failed, dead_lettered or "
                        "cancelled runs can be replayed")
+    admission.admit(session, tenant_id=run.tenant_id, caps=caps)
     run.status = RunStatus.QUEUED
     run.free_attempts = run.attempt
     run.result = run.error = None

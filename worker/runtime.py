@@ -103,8 +103,8 @@ class Runtime:
         once and in every other process when it hears of it."""
         from worker.keys import announce_revocation
 
+        announce_revocation(self.bus.redis, key_id)  # first: nothing here may delay it
         self.key_cache().forget(key_id)
-        announce_revocation(self.bus.redis, key_id)
 
     def marker(self) -> Marker:
         """This process's batcher of "dispatched" marks."""

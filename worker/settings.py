@@ -97,11 +97,14 @@ class Settings(DatabaseSettings):
     webhook_secret_overlap_s: float = Field(default=24 * 3600, ge=0)
     webhook_disable_after_s: float = Field(default=5 * 24 * 3600, gt=0)
     webhook_allowed_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Deliveries go through this HTTP proxy if set (HTTP(S)_PROXY are not read: the SSRF
+    # guard pins the checked address, and the proxy is told to connect to it).
+    webhook_proxy: str | None = None
     # Safe to expose: idempotency, rate limits, per-tenant caps, input caps.
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
     # A request in flight holds its Idempotency-Key this long; a repeat may take over after
     # (its first request died). Longer than any request may take (?wait= is at most 30 s).
-    idempotency_lease_s: float = Field(default=60.0, gt=0)
+    idempotency_lease_s: float = Field(default=60.0, ge=40)
     rate_limit_per_minute: int = Field(default=6000, ge=0)  # per API key; 0 turns it off
     tenant_max_queued: int = Field(default=10_000, ge=0)  # 0: no cap
     tenant_max_running: int = Field(default=0, ge=0)  # 0: no cap

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, text, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
 from worker import signing
 from worker.errors import Conflict, InvalidRequest, NotFound
@@ -191,36 +191,51 @@ def _endpoints(session: Session, run: Run, event_type: str) -> list[list[str]]:
     return [[row.id, row.url] for row in session.execute(query)]
 
 
+# A delivery waiting to be sent, nobody sending it, to a live endpoint (or a URL of its own).
+_UNHELD_TO_LIVE_ENDPOINT = """
+    status IN ('pending', 'retrying') AND (locked_until IS NULL OR locked_until < now())
+    AND (endpoint_id IS NULL OR EXISTS (
+        SELECT 1 FROM webhook_endpoints AS e WHERE e.id = endpoint_id
+          AND e.deleted_at IS NULL AND e.disabled_at IS NULL))
+"""
+_DUE = text(f"""
+    WITH due AS (
+        SELECT id, tenant_id, next_attempt_at,
+               row_number() OVER (PARTITION BY tenant_id ORDER BY next_attempt_at) AS nth
+        FROM deliveries
+        WHERE {_UNHELD_TO_LIVE_ENDPOINT}
+          AND (
+              -- a first attempt whose publish never happened (or that was deferred)
+              (attempts = 0 AND dispatched_at IS NULL
+               AND next_attempt_at < now() - make_interval(secs => :grace_s))
+              -- a retry whose time has come
+              OR (attempts > 0 AND dispatched_at IS NULL AND next_attempt_at <= now())
+              -- one whose send task was lost
+              OR (dispatched_at < now() - make_interval(secs => :lost_after_s)
+                  AND next_attempt_at < now() - make_interval(secs => :lost_after_s)))
+    ), room AS (
+        SELECT tenant_id, :per_tenant - (
+            SELECT count(*) FROM deliveries AS busy
+            WHERE busy.tenant_id = tenants.tenant_id AND busy.locked_until > now()
+              AND busy.status IN ('pending', 'retrying')) AS free
+        FROM (SELECT DISTINCT tenant_id FROM due) AS tenants
+    )
+    SELECT due.id FROM due JOIN room USING (tenant_id)
+    WHERE due.nth <= room.free
+    ORDER BY due.next_attempt_at
+    LIMIT :limit
+""")  # noqa: S608 (constants only)
+
+
 def due(session: Session, *, grace_s: float, lost_after_s: float, limit: int,
         per_tenant: int) -> list[str]:
     """Deliveries that are due with no send task on its way: a retry whose time has come,
     a first attempt whose publish never happened (or that was deferred while its tenant
     had ``per_tenant`` deliveries held), or one whose task was lost. Deliveries of dead
-    endpoints and of tenants that are still at their count are left for later."""
-    now = func.now()
-    endpoint, busy = aliased(WebhookEndpoint), aliased(Delivery)
-    live = or_(Delivery.endpoint_id.is_(None), exists().where(
-        endpoint.id == Delivery.endpoint_id, endpoint.deleted_at.is_(None),
-        endpoint.disabled_at.is_(None)))
-    held = (select(func.count()).where(
-        busy.tenant_id == Delivery.tenant_id, busy.locked_until > now,
-        busy.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
-        .scalar_subquery())
-    first_unpublished = and_(Delivery.attempts == 0, Delivery.dispatched_at.is_(None),
-                             Delivery.next_attempt_at < now - timedelta(seconds=grace_s))
-    retry_due = and_(Delivery.attempts > 0, Delivery.dispatched_at.is_(None),
-                     Delivery.next_attempt_at <= now)
-    lost = and_(Delivery.dispatched_at < now - timedelta(seconds=lost_after_s),
-                Delivery.next_attempt_at < now - timedelta(seconds=lost_after_s))
-    query = (
-        select(Delivery.id)
-        .where(Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]),
-               or_(Delivery.locked_until.is_(None), Delivery.locked_until < now),
-               or_(first_unpublished, retry_due, lost), live, held < per_tenant)
-        .order_by(Delivery.next_attempt_at)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+    endpoints are left out, and each tenant gets no more than it has room for now, so one
+    tenant's backlog never fills the batch and holds up another's."""
+    return list(session.scalars(_DUE, {"grace_s": grace_s, "lost_after_s": lost_after_s,
+                                       "limit": limit, "per_tenant": per_tenant}))
 
 
 def mark_dispatched(session: Session, *, delivery_ids: list[str]) -> None:
@@ -246,23 +261,21 @@ class Sending:
 
 # A delivery may be held (one attempt made) if it is due, nobody holds it, its endpoint is
 # live, and its tenant has fewer than :per_tenant deliveries held (so one tenant's slow
-# receivers cannot take every sender). A delivery refused only for its tenant's count is
-# left undispatched: the sweeper sends it again once the tenant has room.
-_SENDABLE = """
-    status IN ('pending', 'retrying') AND next_attempt_at <= now()
-    AND (locked_until IS NULL OR locked_until < now())
-    AND (endpoint_id IS NULL OR EXISTS (
-        SELECT 1 FROM webhook_endpoints AS e WHERE e.id = endpoint_id
-          AND e.deleted_at IS NULL AND e.disabled_at IS NULL))
-"""
-_TENANT_HOLDS = """
-    (SELECT count(*) FROM deliveries AS busy
-     WHERE busy.tenant_id = {row}.tenant_id AND busy.locked_until > now()
-       AND busy.status IN ('pending', 'retrying'))
-"""
+# receivers cannot take every sender). The tenant's holds are counted under a lock of the
+# tenant's (``_LOCK_TENANT``, taken first in the same transaction), so concurrent holds
+# count one after another. A delivery refused only for its tenant's count is left
+# undispatched: the sweeper sends it again once the tenant has room.
+_SENDABLE = f"next_attempt_at <= now() AND {_UNHELD_TO_LIVE_ENDPOINT}"
+_TENANT_LOCK_CLASS = 73_001  # pg_advisory_xact_lock(class, hashtext(tenant)): deliveries
+_LOCK_TENANT = text("""
+    SELECT pg_advisory_xact_lock(:lock_class, hashtext(tenant_id)) FROM deliveries
+    WHERE id = :delivery_id
+""")
 _HOLD = text(f"""
     WITH target AS (
-        SELECT id, {_TENANT_HOLDS.format(row="deliveries")} AS holds
+        SELECT id, (SELECT count(*) FROM deliveries AS busy
+                    WHERE busy.tenant_id = deliveries.tenant_id AND busy.locked_until > now()
+                      AND busy.status IN ('pending', 'retrying')) AS holds
         FROM deliveries WHERE id = :delivery_id AND {_SENDABLE}
     ), held AS (
         UPDATE deliveries
@@ -293,7 +306,9 @@ _HOLD = text(f"""
 def hold(session: Session, *, delivery_id: str, hold_s: float,
          per_tenant: int) -> Sending | None:
     """Take the delivery's next attempt if it may be sent now (see ``_SENDABLE``), with the
-    secrets that sign it: one atomic statement (no transaction needed around it)."""
+    secrets that sign it. Call in a transaction: the tenant's lock is held to its end."""
+    session.execute(_LOCK_TENANT, {"delivery_id": delivery_id,
+                                   "lock_class": _TENANT_LOCK_CLASS})
     row = session.execute(_HOLD, {"delivery_id": delivery_id, "hold_s": hold_s,
                                   "per_tenant": per_tenant}).one_or_none()
     if row is None:

@@ -15,9 +15,9 @@ from api import events as event_stream
 from api.dashboard.access import bp, describe, form, local, needs
 from api.deps import principal, runtime
 from api.schemas import RunCreate
-from worker import dispatch, keys, observe, runs, steps, webhooks
+from worker import admission, dispatch, keys, observe, runs, steps, webhooks
 from worker.attempts import Dispatch, attempts
-from worker.errors import AgentqError, Conflict
+from worker.errors import AgentqError, Conflict, LimitExceeded
 from worker.models import RunStatus
 from worker.submission import RunRequest, submit
 from worker.views import attempt_view, delivery_view, run_view, step_view
@@ -165,7 +165,7 @@ def cancel_run(run_id: str) -> BaseResponse:
 def replay_run(run_id: str) -> BaseResponse:
     try:
         _replay([run_id])
-    except Conflict as error:
+    except (Conflict, LimitExceeded) as error:
         flash(str(error), "error")
     else:
         flash("Run queued again.", "ok")
@@ -179,7 +179,7 @@ def _replay(run_ids: list[str]) -> int:
     with rt.db.transaction() as db:
         for run_id in run_ids:
             run = runs.get(db, tenant_id=principal().tenant_id, run_id=run_id)
-            runs.replay(db, run=run)
+            runs.replay(db, run=run, caps=admission.Caps.of(rt.settings))
             replayed.append(Dispatch(run.id, run.queue, run.timeout_s))
     for item in replayed:
         dispatch.dispatch(rt, item)
@@ -202,7 +202,10 @@ def dead_letters() -> str:
 def replay_all() -> BaseResponse:
     with runtime().db.autocommit() as db:
         ids = [run.id for run in runs.dead_letters(db, tenant_id=principal().tenant_id)]
-    flash(f"{_replay(ids)} dead-lettered run(s) queued again.", "ok")
+    try:
+        flash(f"{_replay(ids)} dead-lettered run(s) queued again.", "ok")
+    except (Conflict, LimitExceeded) as error:  # none is replayed then: try again
+        flash(str(error), "error")
     return redirect(url_for("dashboard.dead_letters"))
 
 

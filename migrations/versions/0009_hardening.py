@@ -7,7 +7,9 @@ Create Date: 2026-12-01 21:00:00
 - tenants: what worker.admission counts, so a tenant's caps hold under concurrent
   submissions without counting its runs on every one.
 - deliveries: an index of each tenant's deliveries being sent, which every hold counts.
-- idempotency_keys: the key is stored as its SHA-256 (existing keys are hashed in place),
+- idempotency_keys: the key is stored as its SHA-256 (existing keys are hashed in place;
+  a row whose key already equals another's hash, which only a client's trick can make, is
+  dropped first), answers kept so far lose the secrets they showed (``key``, ``secret``),
   and a request in flight holds its key only until ``held_until``, named by ``holder``.
 """
 
@@ -32,9 +34,24 @@ def upgrade() -> None:
     op.add_column("tenants", sa.Column("admission_counted_at", sa.DateTime(timezone=True)))
     op.add_column("idempotency_keys", sa.Column("held_until", sa.DateTime(timezone=True)))
     op.add_column("idempotency_keys", sa.Column("holder", sa.String(32)))
+    op.execute("""
+        DELETE FROM idempotency_keys AS taken USING idempotency_keys AS other
+        WHERE taken.tenant_id = other.tenant_id
+          AND taken.key = encode(sha256(convert_to(other.key, 'UTF8')), 'hex')
+    """)
     op.execute("UPDATE idempotency_keys SET key = encode(sha256(convert_to(key, 'UTF8')), 'hex')")
-    op.create_index("ix_deliveries_held", "deliveries", ["tenant_id"], postgresql_where=sa.text(
-        "locked_until IS NOT NULL AND status IN ('pending', 'retrying')"))
+    op.execute("""
+        UPDATE idempotency_keys SET response = jsonb_set(response, '{key}', 'null')
+        WHERE jsonb_typeof(response) = 'object' AND response ? 'key'
+    """)
+    op.execute("""
+        UPDATE idempotency_keys SET response = jsonb_set(response, '{secret}', 'null')
+        WHERE jsonb_typeof(response) = 'object' AND response ? 'secret'
+    """)
+    with op.get_context().autocommit_block():  # deliveries stay writable while it builds
+        op.create_index("ix_deliveries_held", "deliveries", ["tenant_id"],
+                        postgresql_concurrently=True, postgresql_where=sa.text(
+                            "locked_until IS NOT NULL AND status IN ('pending', 'retrying')"))
 
 
 def downgrade() -> None:
