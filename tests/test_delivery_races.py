@@ -117,7 +117,7 @@ def record(runtime: Runtime, sending: webhooks.Sending,
            response: webhooks.Response) -> DeliveryStatus | None:
     with runtime.db.transaction() as session:
         return webhooks.record(session, sending=sending, response=response,
-                               schedule=[0.3, 0.3], disable_after_s=3600)
+                               schedule=[0.3, 0.3], disable_after_s=3600).status
 
 
 def state(runtime: Runtime, delivery_id: str) -> Delivery:
@@ -211,6 +211,14 @@ def test_a_tenant_holds_at_most_its_share_of_senders(runtime: Runtime, app: obje
     # While another tenant's delivery is held at once
     theirs, _ = delivery_for(runtime, calm, receiver.url + "/calm")
     assert hold(runtime, theirs, per_tenant=2) is not None
+    # And when one of the first two ends, it hands its place on to the third, at once
+    with runtime.db.autocommit() as session:
+        sending = webhooks.Sending(held[0], "", 1, 0, "standard", "", {}, None, [],
+                                   slow.tenant.id)
+        handed = webhooks.record(session, sending=sending, response=answered(200),
+                                 schedule=[0.3], disable_after_s=3600)
+    assert handed.status == DeliveryStatus.DELIVERED and handed.next_id == held[2]
+    assert state(runtime, held[2]).dispatched_at is not None
 
 
 def test_deliveries_are_admin_only(runtime: Runtime, app: object) -> None:

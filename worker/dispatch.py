@@ -149,18 +149,22 @@ def broker_depths(rt: Runtime, queues: list[str]) -> dict[str, int]:
     return depths
 
 
+def publish_delivery(rt: Runtime, delivery_id: str) -> bool:
+    """Publish a delivery's send task; False (and a log line) if the broker did not take
+    it (the sweeper sends it then)."""
+    try:
+        rt.celery.send_task(DELIVER_TASK, args=[delivery_id], retry=True,
+                            retry_policy=PUBLISH_RETRY_POLICY)
+    except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"
+        log.warning("delivery publish failed; the sweeper will retry",
+                    extra={"delivery_id": delivery_id, "error": type(error).__name__})
+        return False
+    return True
+
+
 def dispatch_deliveries(rt: Runtime, delivery_ids: list[str]) -> int:
     """Publish the send tasks of committed deliveries and mark them; never raises."""
-    sent = []
-    for delivery_id in delivery_ids:
-        try:
-            rt.celery.send_task(DELIVER_TASK, args=[delivery_id], retry=True,
-                                retry_policy=PUBLISH_RETRY_POLICY)
-        except Exception as error:  # the sweeper sends it instead
-            log.warning("delivery publish failed; the sweeper will retry",
-                        extra={"delivery_id": delivery_id, "error": type(error).__name__})
-            continue
-        sent.append(delivery_id)
+    sent = [delivery_id for delivery_id in delivery_ids if publish_delivery(rt, delivery_id)]
     if sent:
         try:
             with rt.db.transaction() as session:

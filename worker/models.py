@@ -381,6 +381,12 @@ class Delivery(Base):
             "tenant_id",
             postgresql_where=text("locked_until IS NOT NULL AND status IN ('pending', 'retrying')"),
         ),
+        Index(  # each tenant's deliveries waiting for a send task, oldest first
+            "ix_deliveries_waiting",
+            "tenant_id",
+            "next_attempt_at",
+            postgresql_where=text("dispatched_at IS NULL AND status IN ('pending', 'retrying')"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

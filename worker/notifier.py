@@ -18,7 +18,7 @@ from importlib.metadata import version
 
 import httpx
 
-from worker import deadlines, retry, signing, webhooks
+from worker import deadlines, dispatch, retry, signing, webhooks
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.ssrf import Guard, Refused
@@ -91,7 +91,7 @@ class Sender:
 def deliver(rt: Runtime, *, delivery_id: str) -> None:
     """Make the delivery's next attempt, if it is due and no one else is making it."""
     settings = rt.settings
-    with rt.db.transaction() as session:  # the tenant's lock, then the hold
+    with rt.db.autocommit() as session:  # one atomic statement
         sending = webhooks.hold(session, delivery_id=delivery_id,
                                 hold_s=settings.webhook_timeout_s + _HOLD_MARGIN_S,
                                 per_tenant=settings.webhook_tenant_concurrency)
@@ -110,10 +110,12 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
     response = rt.sender().post(sending.url, headers, body)
     # A success is one atomic statement; a failure may disable the endpoint (a transaction).
     with rt.db.autocommit() if response.ok else rt.db.transaction() as session:
-        status = webhooks.record(session, sending=sending, response=response,
-                                 schedule=settings.webhook_retry_schedule,
-                                 disable_after_s=settings.webhook_disable_after_s)
-    outcome = status.value if status is not None else "superseded"
+        recorded = webhooks.record(session, sending=sending, response=response,
+                                   schedule=settings.webhook_retry_schedule,
+                                   disable_after_s=settings.webhook_disable_after_s)
+    if recorded.next_id is not None:  # marked dispatched: publish it (or the sweeper will)
+        dispatch.publish_delivery(rt, recorded.next_id)
+    outcome = recorded.status.value if recorded.status is not None else "superseded"
     rt.metrics.inc("agentq_deliveries", outcome=outcome)
     rt.metrics.observe("agentq_delivery_latency_seconds", response.latency_ms / 1000)
     log.info("delivery attempt", extra={

@@ -257,25 +257,29 @@ class Sending:
     payload: dict[str, Any]
     endpoint_id: str | None
     secrets: list[str]
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An attempt recorded: where its delivery stands (None: it had moved on meanwhile),
+    and the tenant's next delivery that waited for room, now this one's to send."""
+
+    status: DeliveryStatus | None
+    next_id: str | None = None
 
 
 # A delivery may be held (one attempt made) if it is due, nobody holds it, its endpoint is
 # live, and its tenant has fewer than :per_tenant deliveries held (so one tenant's slow
-# receivers cannot take every sender). The tenant's holds are counted under a lock of the
-# tenant's (``_LOCK_TENANT``, taken first in the same transaction), so concurrent holds
-# count one after another. A delivery refused only for its tenant's count is left
-# undispatched: the sweeper sends it again once the tenant has room.
+# receivers cannot take every sender). The tenant's holds are counted by
+# agentq_delivery_holds (migration 0009): it takes a lock of the tenant's, held to the end
+# of this statement, and, being VOLATILE, counts with a snapshot taken after the lock, so
+# concurrent holds count one after another. A delivery refused only for its tenant's count
+# is left undispatched: an attempt of the tenant's that ends hands its place on to it.
 _SENDABLE = f"next_attempt_at <= now() AND {_UNHELD_TO_LIVE_ENDPOINT}"
-_TENANT_LOCK_CLASS = 73_001  # pg_advisory_xact_lock(class, hashtext(tenant)): deliveries
-_LOCK_TENANT = text("""
-    SELECT pg_advisory_xact_lock(:lock_class, hashtext(tenant_id)) FROM deliveries
-    WHERE id = :delivery_id
-""")
 _HOLD = text(f"""
-    WITH target AS (
-        SELECT id, (SELECT count(*) FROM deliveries AS busy
-                    WHERE busy.tenant_id = deliveries.tenant_id AND busy.locked_until > now()
-                      AND busy.status IN ('pending', 'retrying')) AS holds
+    WITH target AS MATERIALIZED (
+        SELECT id, agentq_delivery_holds(tenant_id) AS holds
         FROM deliveries WHERE id = :delivery_id AND {_SENDABLE}
     ), held AS (
         UPDATE deliveries
@@ -306,16 +310,14 @@ _HOLD = text(f"""
 def hold(session: Session, *, delivery_id: str, hold_s: float,
          per_tenant: int) -> Sending | None:
     """Take the delivery's next attempt if it may be sent now (see ``_SENDABLE``), with the
-    secrets that sign it. Call in a transaction: the tenant's lock is held to its end."""
-    session.execute(_LOCK_TENANT, {"delivery_id": delivery_id,
-                                   "lock_class": _TENANT_LOCK_CLASS})
+    secrets that sign it: one atomic statement (no transaction needed around it)."""
     row = session.execute(_HOLD, {"delivery_id": delivery_id, "hold_s": hold_s,
                                   "per_tenant": per_tenant}).one_or_none()
     if row is None:
         return None
     secrets = live_secrets(row.secret, row.previous_secret, row.previous_expires_at)
     return Sending(delivery_id, row.run_id, row.attempts, row.schedule_base, row.format,
-                   row.url, row.payload, row.endpoint_id, secrets)
+                   row.url, row.payload, row.endpoint_id, secrets, row.tenant_id)
 
 
 @dataclass(frozen=True)
@@ -334,10 +336,25 @@ class Response:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+# An attempt that ends frees one of its tenant's holds: the tenant's oldest delivery that
+# is due and waiting for a send task (one deferred for the tenant's count, say) is marked
+# dispatched here, and the caller publishes it. So a tenant at its count keeps that many
+# going, without waiting for the sweeper.
+_NEXT_OF_TENANT = """
+    UPDATE deliveries SET dispatched_at = now()
+    WHERE id = (SELECT waiting.id FROM deliveries AS waiting
+                WHERE waiting.tenant_id = :tenant_id AND waiting.dispatched_at IS NULL
+                  AND waiting.status IN ('pending', 'retrying')
+                  AND waiting.next_attempt_at <= now() AND waiting.id <> :delivery_id
+                  AND (waiting.locked_until IS NULL OR waiting.locked_until < now())
+                ORDER BY waiting.next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING id
+"""
+
 # Every outcome write names the attempt it records: once the delivery has moved on (a
 # later attempt held it after this one's hold expired, its endpoint was deleted, it was
 # retried by hand), a late write changes nothing but the attempt's own history row.
-_DELIVERED = text("""
+_DELIVERED = text(f"""
     WITH attempt AS (
         INSERT INTO delivery_attempts (delivery_id, attempt, started_at, latency_ms,
                                        status_code, error, response_body)
@@ -354,28 +371,28 @@ _DELIVERED = text("""
         UPDATE webhook_endpoints SET failing_since = NULL
         WHERE id = :endpoint_id AND failing_since IS NOT NULL
           AND EXISTS (SELECT 1 FROM delivered)
-    )
-    SELECT count(*) AS recorded FROM delivered
-""")
+    ), handed_on AS ({_NEXT_OF_TENANT})
+    SELECT (SELECT count(*) FROM delivered) AS recorded, (SELECT id FROM handed_on) AS next_id
+""")  # noqa: S608 (constants only)
 
 
-def record_delivered(session: Session, *, sending: Sending,
-                     response: Response) -> DeliveryStatus | None:
-    """Keep a successful attempt and mark the delivery delivered: one atomic statement.
-    None if the delivery moved on meanwhile (the attempt is kept, nothing else changes)."""
-    recorded = session.execute(_DELIVERED, {
+def record_delivered(session: Session, *, sending: Sending, response: Response) -> Recorded:
+    """Keep a successful attempt and mark the delivery delivered (status None if it moved
+    on meanwhile: the attempt is kept, nothing else changes): one atomic statement."""
+    row = session.execute(_DELIVERED, {
         "delivery_id": sending.delivery_id, "attempt": sending.attempt,
         "started_at": response.started_at, "latency_ms": response.latency_ms,
         "status_code": response.status_code, "body": response.body,
-        "endpoint_id": sending.endpoint_id}).scalar_one()
-    return DeliveryStatus.DELIVERED if recorded else None
+        "endpoint_id": sending.endpoint_id, "tenant_id": sending.tenant_id}).one()
+    return Recorded(DeliveryStatus.DELIVERED if row.recorded else None, row.next_id)
 
 
 def record(session: Session, *, sending: Sending, response: Response,
-           schedule: list[float], disable_after_s: float) -> DeliveryStatus | None:
-    """Keep the attempt; decide whether the delivery is done, retried later, or dead; None
-    if it moved on meanwhile (see ``_DELIVERED``). A success is one atomic statement; a
-    failure may disable the endpoint, so call it in a transaction then."""
+           schedule: list[float], disable_after_s: float) -> Recorded:
+    """Keep the attempt; decide whether the delivery is done, retried later, or dead (status
+    None if it moved on meanwhile, see ``_DELIVERED``); hand the tenant's hold on to its
+    next waiting delivery. A success is one atomic statement; a failure may disable the
+    endpoint, so call it in a transaction then."""
     if response.ok:
         return record_delivered(session, sending=sending, response=response)
     session.add(DeliveryAttempt(
@@ -391,7 +408,7 @@ def record(session: Session, *, sending: Sending, response: Response,
                Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.RETRYING]))
         .values(**values).returning(Delivery.id)).first()
     if current is None:
-        return None
+        return Recorded(None)
     endpoint = (session.get(WebhookEndpoint, sending.endpoint_id, with_for_update=True)
                 if sending.endpoint_id else None)
     if endpoint is not None:
@@ -400,7 +417,9 @@ def record(session: Session, *, sending: Sending, response: Response,
             _end_deliveries(session, endpoint_id=endpoint.id,
                             reason=f"endpoint disabled: {endpoint.disabled_reason}")
             status = DeliveryStatus.DEAD
-    return status
+    next_id = session.execute(text(_NEXT_OF_TENANT), {
+        "tenant_id": sending.tenant_id, "delivery_id": sending.delivery_id}).scalar()
+    return Recorded(status, next_id)
 
 
 def _end_deliveries(session: Session, *, endpoint_id: str, reason: str) -> None:

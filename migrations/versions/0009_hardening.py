@@ -6,7 +6,9 @@ Create Date: 2026-12-01 21:00:00
 
 - tenants: what worker.admission counts, so a tenant's caps hold under concurrent
   submissions without counting its runs on every one.
-- deliveries: an index of each tenant's deliveries being sent, which every hold counts.
+- deliveries: agentq_delivery_holds, which counts a tenant's deliveries being sent one caller
+  at a time; an index of those, which every hold counts,
+  and one of those waiting for a send task, which every attempt's end hands on to.
 - idempotency_keys: the key is stored as its SHA-256 (existing keys are hashed in place;
   a row whose key already equals another's hash, which only a client's trick can make, is
   dropped first), answers kept so far lose the secrets they showed (``key``, ``secret``),
@@ -24,6 +26,21 @@ revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+# A tenant's deliveries being sent, counted one caller at a time: the advisory lock is held
+# to the end of the caller's transaction, and a VOLATILE function's query takes its snapshot
+# after it (so it sees what the previous holder committed). worker/webhooks.py's _HOLD.
+_HOLDS_FUNCTION = """
+    CREATE FUNCTION agentq_delivery_holds(tenant text) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(73001, hashtext(tenant));
+        RETURN (SELECT count(*) FROM deliveries
+                WHERE tenant_id = tenant AND locked_until > now()
+                  AND status IN ('pending', 'retrying'));
+    END $$
+"""
 
 
 def upgrade() -> None:
@@ -48,13 +65,20 @@ def upgrade() -> None:
         UPDATE idempotency_keys SET response = jsonb_set(response, '{secret}', 'null')
         WHERE jsonb_typeof(response) = 'object' AND response ? 'secret'
     """)
+    op.execute(_HOLDS_FUNCTION)
     with op.get_context().autocommit_block():  # deliveries stay writable while it builds
         op.create_index("ix_deliveries_held", "deliveries", ["tenant_id"],
                         postgresql_concurrently=True, postgresql_where=sa.text(
                             "locked_until IS NOT NULL AND status IN ('pending', 'retrying')"))
+        op.create_index("ix_deliveries_waiting", "deliveries", ["tenant_id", "next_attempt_at"],
+                        postgresql_concurrently=True, postgresql_where=sa.text(
+                            "dispatched_at IS NULL AND status IN ('pending', 'retrying')"))
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION agentq_delivery_holds(text)")
+    op.drop_index("ix_deliveries_waiting", table_name="deliveries", postgresql_where=sa.text(
+        "dispatched_at IS NULL AND status IN ('pending', 'retrying')"))
     op.drop_index("ix_deliveries_held", table_name="deliveries", postgresql_where=sa.text(
         "locked_until IS NOT NULL AND status IN ('pending', 'retrying')"))
     # Hashed keys cannot be turned back: their repeats are answered as new requests.
