@@ -12,7 +12,7 @@ from api.idempotency import idempotent
 from api.schemas import RunCreate, RunListQuery, WaitQuery
 from worker import admission, attempts, dispatch, runs, steps
 from worker.attempts import Dispatch
-from worker.models import RunStatus
+from worker.models import Run, RunStatus
 from worker.submission import RunRequest, submit, wait_until_finished
 from worker.views import attempt_view, run_view, step_view
 
@@ -77,9 +77,14 @@ def cancel_run(run_id: str) -> tuple[Response, int]:
 def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
     g.run_id = run_id
     rt = runtime()
-    with rt.db.transaction() as session:
-        run = runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
-        runs.replay(session, run=run, caps=admission.Caps.of(rt.settings))
+    tenant_id, caps = principal().tenant_id, admission.Caps.of(rt.settings)
+
+    def replay() -> Run:
+        with rt.db.transaction() as session:
+            run = runs.get(session, tenant_id=tenant_id, run_id=run_id)
+            return runs.replay(session, run=run, caps=caps)
+
+    run = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=replay)
     dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
     return jsonify(run_view(run)), 202, {"Location": url_for("runs.get_run", run_id=run.id)}
 

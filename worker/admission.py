@@ -12,21 +12,28 @@ not admissions: they are counted at the next recount, at most ``FRESH_S`` later.
 A submission takes its slot with one ``UPDATE`` of the tenant's row (``SLOT``, the first
 part of the statement that stores the run): the row lock orders concurrent submissions,
 and the ``WHERE`` is checked again on the row as the previous holder left it, so two can
-never both take the last slot. When the counts are older than ``FRESH_S``, or the figure
-says the tenant is full, ``recount`` counts again under the row's lock and decides.
+never both take the last slot. Only when the figure says the tenant is full (or it is
+older than ``FRESH_S``) does ``recount`` count again, under the row's lock (which waits
+for the submissions in flight), and the submission tries once more. Counting costs in
+proportion to the backlog, with the tenant's submissions waiting, so it is rare: a tenant
+far from its cap counts twice a minute; a burst at the cap is answered from one count.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from worker.db import Database
 from worker.errors import LimitExceeded
 from worker.settings import Settings
 
-FRESH_S = 1.0  # how old the tenant's counts may be for a submission to skip counting
+FRESH_S = 30.0  # how old the tenant's counts may be for a submission to skip counting
+RECENT_S = 0.05  # a count this recent is believed (those who waited for its lock)
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,11 @@ SLOT = """
 """
 
 # NO KEY: rows that refer to the tenant (runs, deliveries, sessions) may still be written.
-_LOCK = text("SELECT id FROM tenants WHERE id = :tenant_id FOR NO KEY UPDATE")
+_LOCK = text("""
+    SELECT coalesce(admission_counted_at > clock_timestamp() - make_interval(secs => :recent_s),
+                    false) AS recent
+    FROM tenants WHERE id = :tenant_id FOR NO KEY UPDATE
+""")
 _COUNT = text("""
     SELECT count(*) FILTER (WHERE status IN ('queued', 'retrying')) AS waiting,
            count(*) AS active
@@ -79,26 +90,48 @@ _COUNTED = text("""
 """)
 
 
-def admit(session: Session, *, tenant_id: str, caps: Caps) -> None:
-    """Take a slot for one run in the session's transaction, or raise LimitExceeded.
-    The tenant's row stays locked until the transaction ends."""
-    if not caps.any:
-        return
-    taken = session.connection().exec_driver_sql(SLOT, caps.params(tenant_id)).first()
-    if taken is None:
-        recount(session, tenant_id=tenant_id, caps=caps)
+class Full(LimitExceeded):
+    """The tenant's figure leaves no slot: count again (``admitted``), or refuse (429)."""
+
+    def __init__(self, caps: Caps) -> None:
+        if caps.waiting:
+            detail = (f"the tenant has {caps.waiting} runs waiting (AGENTQ_TENANT_MAX_QUEUED); "
+                      "try again when some have started")
+        else:
+            detail = (f"the tenant has {caps.active} runs running or waiting to run "
+                      "(AGENTQ_TENANT_MAX_RUNNING, reject mode)")
+        super().__init__(detail, retry_after_s=5)
 
 
-def recount(session: Session, *, tenant_id: str, caps: Caps) -> None:
-    """Count the tenant's runs under its row's lock, then take a slot or refuse."""
-    session.execute(_LOCK, {"tenant_id": tenant_id})
-    counts = session.execute(_COUNT, {"tenant_id": tenant_id}).one()
-    if caps.waiting and counts.waiting >= caps.waiting:
-        raise LimitExceeded(f"the tenant has {caps.waiting} runs waiting "
-                            "(AGENTQ_TENANT_MAX_QUEUED); try again when some have started",
-                            retry_after_s=5)
-    if caps.active and counts.active >= caps.active:
-        raise LimitExceeded(f"the tenant has {caps.active} runs running or waiting to run "
-                            "(AGENTQ_TENANT_MAX_RUNNING, reject mode)", retry_after_s=5)
-    session.execute(_COUNTED, {"tenant_id": tenant_id, "waiting": counts.waiting + 1,
-                               "active": counts.active + 1})
+def take(session: Session, *, tenant_id: str, caps: Caps) -> None:
+    """Take a slot for one run in the session's transaction, or raise Full. The tenant's
+    row stays locked until the transaction ends."""
+    if caps.any and session.connection().exec_driver_sql(
+            SLOT, caps.params(tenant_id)).first() is None:
+        raise Full(caps)
+
+
+T = TypeVar("T")
+
+
+def admitted(db: Database, *, tenant_id: str, caps: Caps, store: Callable[[], T]) -> T:
+    """Run ``store`` (which takes its slot: ``take``, or ``runs.create_alone``); if the
+    tenant's figure says full, count the tenant's runs and try once more. Raises Full
+    (a 429) if it is full indeed."""
+    try:
+        return store()
+    except Full:
+        recount(db, tenant_id=tenant_id)
+        return store()
+
+
+def recount(db: Database, *, tenant_id: str) -> None:
+    """Count the tenant's runs under its row's lock, in a transaction of its own. Many
+    submissions find the figure full (or old) at once: the first counts, and the others,
+    having waited for its lock, find a count under ``RECENT_S`` old and leave it be."""
+    with db.transaction() as session:
+        if session.execute(_LOCK, {"tenant_id": tenant_id, "recent_s": RECENT_S}).scalar():
+            return
+        counts = session.execute(_COUNT, {"tenant_id": tenant_id}).one()
+        session.execute(_COUNTED, {"tenant_id": tenant_id, "waiting": counts.waiting,
+                                   "active": counts.active})

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from worker import providers, webhooks
+from worker import admission, providers, webhooks
 from worker.errors import InvalidRequest, NotFound
 from worker.models import HookSource, InboundEvent, Run, new_id
 from worker.providers import Inbound
@@ -130,17 +130,22 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
         webhook_url=source.reply_url, reply_url=inbound.response_url,
         metadata={"hook_source": source.id, "provider": source.provider,
                   "event": inbound.event_type}))
-    with rt.db.transaction() as session:
-        if not _claim_delivery(session, source, inbound):
-            count(outcome="duplicate")
-            return _duplicate(session, source, inbound)
-        stored = store(rt, session, tenant_id=source.tenant_id, new=new)
-        session.execute(update(InboundEvent)
-                        .where(InboundEvent.source_id == source.id,
-                               InboundEvent.delivery_id == inbound.delivery_id)
-                        .values(run_id=stored.run.id))
-    count(outcome="accepted")
-    return Received(run=stored.run, stored=stored)
+
+    def record() -> Received:
+        with rt.db.transaction() as session:
+            if not _claim_delivery(session, source, inbound):
+                count(outcome="duplicate")
+                return _duplicate(session, source, inbound)
+            stored = store(rt, session, tenant_id=source.tenant_id, new=new)
+            session.execute(update(InboundEvent)
+                            .where(InboundEvent.source_id == source.id,
+                                   InboundEvent.delivery_id == inbound.delivery_id)
+                            .values(run_id=stored.run.id))
+        count(outcome="accepted")
+        return Received(run=stored.run, stored=stored)
+
+    return admission.admitted(rt.db, tenant_id=source.tenant_id,
+                              caps=admission.Caps.of(rt.settings), store=record)
 
 
 def _wanted(source: HookSource, inbound: Inbound) -> bool:

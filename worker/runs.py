@@ -82,24 +82,25 @@ _CREATE_ADMITTED = _create_sql(admission.SLOT)
 def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
     """Store a queued run and its first event in one statement of the session's
     transaction; the caller dispatches it after commit (and took its slot under the
-    tenant's caps first: ``admission.admit``). Returns the stored run (detached)."""
+    tenant's caps first: ``admission.take``). Returns the stored run (detached)."""
     row = session.connection().exec_driver_sql(_CREATE, _create_params(tenant_id, new)).one()
     events.remember(session, events.Event(row.id, 1, events.STATUS, dict(_QUEUED_EVENT),
                                           row.event_at))
     return Run.from_row(row)
 
 
-def create_alone(db: Database, *, tenant_id: str, new: NewRun,
-                 caps: admission.Caps) -> Run | None:
+def create_alone(db: Database, *, tenant_id: str, new: NewRun, caps: admission.Caps) -> Run:
     """As ``create``, but the statement commits by itself: one round trip, no transaction.
-    With caps, it takes the run's slot in the same statement, and stores nothing (None)
-    when the tenant's recent counts leave none: count again with ``admission.recount``.
-    (Event 1 is not announced: nobody can be watching a run before it has an id.)"""
+    With caps, it takes the run's slot in the same statement, and stores nothing (raising
+    ``admission.Full``) when the tenant's figure leaves none. (Event 1 is not announced:
+    nobody can be watching a run before it has an id.)"""
     params = _create_params(tenant_id, new)
     if not caps.any:
         return Run.from_row(db.one_row(_CREATE, params))
     row = db.one_row(_CREATE_ADMITTED, {**params, **caps.params(tenant_id)})
-    return None if row is None else Run.from_row(row)
+    if row is None:
+        raise admission.Full(caps)
+    return Run.from_row(row)
 
 
 def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
@@ -293,13 +294,14 @@ def replay(session: Session, *, run: Run, caps: admission.Caps) -> Run:
     The earlier attempts stop counting toward ``max_attempts``: the replay gets a full budget.
     The run is locked and read again first, so of two replays at once the second finds it
     queued and is refused (409). It waits again, so it takes a place under the tenant's
-    ``caps`` as a submission does (an operator's replay may pass ``admission.NONE``).
+    ``caps`` as a submission does (``admission.admitted`` around the transaction; an
+    operator's replay may pass ``admission.NONE``).
     """
     session.refresh(run, with_for_update=True)
     if run.status not in REPLAYABLE:
         raise Conflict(f"run {run.id} is {run.status}; only failed, dead_lettered or "
                        "cancelled runs can be replayed")
-    admission.admit(session, tenant_id=run.tenant_id, caps=caps)
+    admission.take(session, tenant_id=run.tenant_id, caps=caps)
     run.status = RunStatus.QUEUED
     run.free_attempts = run.attempt
     run.result = run.error = None

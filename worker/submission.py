@@ -106,10 +106,11 @@ class Stored:
 def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) -> Stored:
     """Store a planned run under the tenant's caps and its session's double-texting policy
     (``enqueue`` waits its turn; ``reject`` is 409 while a run is going; ``interrupt``
-    cancels the runs going first). Call within the transaction that creates it."""
+    cancels the runs going first). Call within the transaction that creates it, in
+    ``admission.admitted`` (a full figure is counted again once)."""
     settings = rt.settings
     _require_secret(session, tenant_id, new)
-    admission.admit(session, tenant_id=tenant_id, caps=admission.Caps.of(settings))
+    admission.take(session, tenant_id=tenant_id, caps=admission.Caps.of(settings))
     interrupted = []
     if new.session_id:
         sessions.ensure(session, tenant_id=tenant_id, session_id=new.session_id)
@@ -148,29 +149,25 @@ def launch(rt: Runtime, stored: Stored) -> None:
 def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
     """Store the run (committed before anything else) and dispatch it if it may start."""
     new = plan(rt, request)
+    caps = admission.Caps.of(rt.settings)
     if new.session_id is None and rt.settings.tenant_max_running == 0:
-        stored = Stored(_store_alone(rt, tenant_id, new), True, [])
+        # Most runs: the run, its first event and its slot under the caps in one statement
+        # that needs no transaction around it (no BEGIN or COMMIT round trips, no session).
+        if new.webhook_url:
+            with rt.db.autocommit() as session:
+                _require_secret(session, tenant_id, new)
+        run = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=lambda: (
+            runs.create_alone(rt.db, tenant_id=tenant_id, new=new, caps=caps)))
+        stored = Stored(run, True, [])
     else:  # a run of a session, or under a running cap: checked and stored in one transaction
-        with rt.db.transaction() as session:
-            stored = store(rt, session, tenant_id=tenant_id, new=new)
+        def in_transaction() -> Stored:
+            with rt.db.transaction() as session:
+                return store(rt, session, tenant_id=tenant_id, new=new)
+
+        stored = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps,
+                                    store=in_transaction)
     launch(rt, stored)
     return stored.run
-
-
-def _store_alone(rt: Runtime, tenant_id: str, new: runs.NewRun) -> Run:
-    """Most runs: stored, with their slot under the tenant's caps, by one statement that
-    needs no transaction around it (no BEGIN or COMMIT round trips, no session). Only when
-    the tenant's recent counts leave no slot are its runs counted, in a transaction."""
-    if new.webhook_url:
-        with rt.db.autocommit() as session:
-            _require_secret(session, tenant_id, new)
-    caps = admission.Caps.of(rt.settings)
-    run = runs.create_alone(rt.db, tenant_id=tenant_id, new=new, caps=caps)
-    if run is None:
-        with rt.db.transaction() as session:
-            admission.recount(session, tenant_id=tenant_id, caps=caps)
-            run = runs.create(session, tenant_id=tenant_id, new=new)
-    return run
 
 
 def wait_until_finished(rt: Runtime, *, tenant_id: str, run_id: str, timeout_s: float) -> Run:

@@ -174,13 +174,16 @@ def replay_run(run_id: str) -> BaseResponse:
 
 
 def _replay(run_ids: list[str]) -> int:
-    rt = runtime()
-    replayed = []
-    with rt.db.transaction() as db:
-        for run_id in run_ids:
-            run = runs.get(db, tenant_id=principal().tenant_id, run_id=run_id)
-            runs.replay(db, run=run, caps=admission.Caps.of(rt.settings))
-            replayed.append(Dispatch(run.id, run.queue, run.timeout_s))
+    rt, tenant_id = runtime(), principal().tenant_id
+    caps = admission.Caps.of(rt.settings)
+
+    def replay() -> list[Dispatch]:
+        with rt.db.transaction() as db:
+            return [Dispatch(run.id, run.queue, run.timeout_s) for run in (
+                runs.replay(db, run=runs.get(db, tenant_id=tenant_id, run_id=run_id),
+                            caps=caps) for run_id in run_ids)]
+
+    replayed = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=replay)
     for item in replayed:
         dispatch.dispatch(rt, item)
     return len(replayed)
