@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from worker.errors import ConfigurationError
+from worker.base.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from worker.runtime import Runtime
+    from worker.base.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ def main() -> None:
 def dev() -> None:
     """Start the whole platform locally (embedded Postgres and Redis unless URLs are set)."""
     from agentq import dev as devserver
-    from worker.settings import load_dev_settings
+    from worker.base.settings import load_dev_settings
 
     sys.exit(devserver.run(_configured(load_dev_settings)))
 
@@ -60,7 +60,7 @@ def worker(ctx: click.Context) -> None:
 def migrate() -> None:
     """Apply the database migrations to DATABASE_URL (alembic upgrade head)."""
     from agentq import migrate as migrations
-    from worker.settings import load_database_settings
+    from worker.base.settings import load_database_settings
 
     migrations.upgrade(_configured(load_database_settings).database_url)
     click.echo("database is at the newest revision", err=True)
@@ -72,8 +72,8 @@ def keys() -> None:
 
 
 def _database() -> Any:
-    from worker.db import Database
-    from worker.settings import load_database_settings
+    from worker.base.db import Database
+    from worker.base.settings import load_database_settings
 
     return Database(_configured(load_database_settings))
 
@@ -86,7 +86,7 @@ def _database() -> Any:
               help="Repeat to grant several; default: all three.")
 def create_key(tenant: str, name: str, scopes: tuple[str, ...]) -> None:
     """Create an API key and print it alone on stdout (it is not stored, only its hash)."""
-    from worker import keys as api_keys
+    from worker.access import keys as api_keys
 
     db = _database()
     with db.transaction() as session:
@@ -106,8 +106,8 @@ def list_keys(tenant: str | None, as_json: bool) -> None:
 
     from sqlalchemy import select
 
-    from worker.models import ApiKey, Tenant
-    from worker.views import iso
+    from worker.base.models import ApiKey, Tenant
+    from worker.runs.views import iso
 
     db = _database()
     with db.transaction() as session:
@@ -133,8 +133,8 @@ def list_keys(tenant: str | None, as_json: bool) -> None:
 @click.argument("key")
 def revoke_key(key: str) -> None:
     """Revoke a key by its id or its display prefix; it stops working at once."""
-    from worker import keys as api_keys
-    from worker.errors import NotFound
+    from worker.access import keys as api_keys
+    from worker.base.errors import NotFound
 
     rt = load_runtime()
     try:
@@ -153,8 +153,8 @@ def dlq() -> None:
 
 def load_runtime() -> Runtime:
     """The runtime from the environment, or a one-line configuration error (exit 2)."""
-    from worker.runtime import build_runtime
-    from worker.settings import load_settings
+    from worker.base.runtime import build_runtime
+    from worker.base.settings import load_settings
 
     return build_runtime(_configured(load_settings))
 

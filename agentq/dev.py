@@ -20,9 +20,9 @@ from honcho.printer import Printer
 
 from agentq import migrate
 from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
-from worker import keys
-from worker.db import Database
-from worker.settings import DevSettings, load_database_settings
+from worker.access import keys
+from worker.base.db import Database
+from worker.base.settings import DevSettings, load_database_settings
 
 DEV_TENANT = "dev"
 DEV_WEBHOOK_CIDRS = "127.0.0.0/8,::1/128"

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import click
 from sqlalchemy import select
 
-from worker import admission, dispatch, runs
-from worker.attempts import Dispatch
-from worker.models import Run, Tenant
-from worker.runtime import Runtime
-from worker.views import iso, run_view
+from worker.base.models import Run, Tenant
+from worker.base.runtime import Runtime
+from worker.runs import admission, dispatch
+from worker.runs import store as runs
+from worker.runs.attempts import Dispatch
+from worker.runs.views import iso, run_view
 
 
 def _tenant_id(rt: Runtime, name: str | None) -> str | None:

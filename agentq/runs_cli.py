@@ -9,12 +9,14 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import admission, attempts, dispatch, events, runs, webhooks
-from worker.attempts import Dispatch
-from worker.errors import Conflict
-from worker.models import Run, RunStatus, Tenant
-from worker.runtime import Runtime
-from worker.views import attempt_view, delivery_view, event_view, iso, run_view
+from worker.base.errors import Conflict
+from worker.base.models import Run, RunStatus, Tenant
+from worker.base.runtime import Runtime
+from worker.delivery import webhooks
+from worker.runs import admission, attempts, dispatch, events
+from worker.runs import store as runs
+from worker.runs.attempts import Dispatch
+from worker.runs.views import attempt_view, delivery_view, event_view, iso, run_view
 
 
 def _runtime() -> Runtime:

@@ -23,9 +23,9 @@ from api import (
     webhooks,
     ws,
 )
-from worker.logs import configure_logging
-from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings, load_settings
+from worker.base.logs import configure_logging
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:

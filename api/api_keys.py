@@ -9,9 +9,9 @@ from api.bodies import json_body
 from api.deps import principal, runtime
 from api.idempotency import withholding
 from api.schemas import ApiKeyCreate
-from worker import keys
-from worker.models import ApiKey
-from worker.views import iso
+from worker.access import keys
+from worker.base.models import ApiKey
+from worker.runs.views import iso
 
 bp = Blueprint("api_keys", __name__, url_prefix="/v1/api-keys")
 bp.before_request(require_admin)

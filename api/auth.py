@@ -12,7 +12,7 @@ from flask import g, request
 
 from api.deps import principal, runtime
 from api.errors import Problem, unauthorized
-from worker import keys, ratelimit
+from worker.access import keys, ratelimit
 
 # Credentials must never travel in URLs (they end up in logs and browser history).
 _CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "auth"})

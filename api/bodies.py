@@ -9,8 +9,8 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.errors import Problem
-from worker import jsonb
-from worker.errors import InvalidRequest
+from worker.base import jsonb
+from worker.base.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 

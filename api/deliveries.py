@@ -12,9 +12,10 @@ from api.auth import require_admin
 from api.bodies import query
 from api.deps import principal, runtime
 from api.schemas import DeliveryListQuery
-from worker import dispatch, webhooks
-from worker.models import DeliveryStatus
-from worker.views import delivery_attempt_view, delivery_view
+from worker.base.models import DeliveryStatus
+from worker.delivery import webhooks
+from worker.runs import dispatch
+from worker.runs.views import delivery_attempt_view, delivery_view
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries")
 bp.before_request(require_admin)

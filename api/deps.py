@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import current_app, g
 
-from worker.keys import Principal
-from worker.runtime import Runtime
+from worker.access.keys import Principal
+from worker.base.runtime import Runtime
 
 
 def runtime() -> Runtime:

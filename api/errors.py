@@ -10,7 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from worker.errors import Conflict, InvalidRequest, LimitExceeded, NotFound, UnknownAgent
+from worker.base.errors import Conflict, InvalidRequest, LimitExceeded, NotFound, UnknownAgent
 
 log = logging.getLogger("agentq.api")
 

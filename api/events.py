@@ -18,13 +18,15 @@ from api.auth import require_key
 from api.bodies import query
 from api.deps import principal, runtime
 from api.schemas import MAX_SEQ, EventsQuery
-from worker import events, grants, runs
-from worker.errors import InvalidRequest
-from worker.events import Event
-from worker.follow import follow
-from worker.keys import Principal
-from worker.runtime import Runtime
-from worker.views import event_view
+from worker.access import grants
+from worker.access.keys import Principal
+from worker.base.errors import InvalidRequest
+from worker.base.runtime import Runtime
+from worker.runs import events
+from worker.runs import store as runs
+from worker.runs.events import Event
+from worker.runs.follow import follow
+from worker.runs.views import event_view
 
 bp = Blueprint("events", __name__, url_prefix="/v1/runs")
 bp.before_request(require_key)

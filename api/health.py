@@ -12,8 +12,8 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from api.deps import runtime
-from worker import observe
-from worker.runtime import Runtime
+from worker.base.runtime import Runtime
+from worker.runs import observe
 
 bp = Blueprint("health", __name__)
 

@@ -9,9 +9,9 @@ from api.bodies import json_body
 from api.deps import principal, runtime
 from api.idempotency import idempotent
 from api.schemas import HookSourceCreate, HookSourceRotate
-from worker import inbound
-from worker.models import HookSource
-from worker.views import iso
+from worker.base.models import HookSource
+from worker.inbound import receive as inbound
+from worker.runs.views import iso
 
 bp = Blueprint("hook_sources", __name__, url_prefix="/v1/hook-sources")
 bp.before_request(require_admin)

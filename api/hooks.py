@@ -15,9 +15,9 @@ from flask import Blueprint, Response, g, jsonify, request
 from api.bodies import raw_body
 from api.deps import runtime
 from api.errors import Problem, unauthorized
-from worker import inbound
-from worker.providers import Rejected, Unreadable
-from worker.submission import launch
+from worker.inbound import receive as inbound
+from worker.inbound.providers import Rejected, Unreadable
+from worker.runs.submission import launch
 
 bp = Blueprint("hooks", __name__)
 

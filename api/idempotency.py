@@ -13,10 +13,11 @@ from flask import Response, g, jsonify, make_response, request, url_for
 
 from api.bodies import read_body
 from api.deps import principal, runtime
-from worker import idempotency, runs
-from worker.errors import InvalidRequest
-from worker.models import RunStatus
-from worker.views import run_view
+from worker.base.errors import InvalidRequest
+from worker.base.models import RunStatus
+from worker.runs import idempotency
+from worker.runs import store as runs
+from worker.runs.views import run_view
 
 F = TypeVar("F", bound=Callable[..., Any])
 HEADER = "Idempotency-Key"

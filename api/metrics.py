@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from api.deps import runtime
 from api.errors import unauthorized
-from worker import observe
-from worker.runtime import Runtime
+from worker.base.runtime import Runtime
+from worker.runs import observe
 
 bp = Blueprint("metrics", __name__)
 

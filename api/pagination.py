@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from worker.errors import InvalidRequest
+from worker.base.errors import InvalidRequest
 
 
 def encode(last_id: str | None) -> str | None:

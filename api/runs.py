@@ -10,11 +10,12 @@ from api.bodies import json_body, query
 from api.deps import principal, runtime
 from api.idempotency import idempotent
 from api.schemas import RunCreate, RunListQuery, WaitQuery
-from worker import admission, attempts, dispatch, runs, steps
-from worker.attempts import Dispatch
-from worker.models import Run, RunStatus
-from worker.submission import RunRequest, submit, wait_until_finished
-from worker.views import attempt_view, run_view, step_view
+from worker.base.models import Run, RunStatus
+from worker.runs import admission, attempts, dispatch, steps
+from worker.runs import store as runs
+from worker.runs.attempts import Dispatch
+from worker.runs.submission import RunRequest, submit, wait_until_finished
+from worker.runs.views import attempt_view, run_view, step_view
 
 bp = Blueprint("runs", __name__, url_prefix="/v1/runs")
 bp.before_request(require_key)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, JsonValue
 
-from worker.models import AttemptOutcome, RunStatus
+from worker.base.models import AttemptOutcome, RunStatus
 
 SESSION_ID = r"^[A-Za-z0-9._:@/-]+$"
 MAX_SEQ = 2**31 - 1  # event seqs are Postgres integers

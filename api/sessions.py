@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.auth import require_key
 from api.deps import principal, runtime
-from worker import sessions
+from worker.runs import sessions
 
 bp = Blueprint("sessions", __name__, url_prefix="/v1/sessions")
 bp.before_request(require_key)

@@ -6,8 +6,8 @@ from flask import Blueprint, Response, jsonify
 
 from api.auth import require_key
 from api.deps import principal, runtime
-from worker import spend
-from worker.views import usage_view
+from worker.runs import usage as spend
+from worker.runs.views import usage_view
 
 bp = Blueprint("usage", __name__, url_prefix="/v1/usage")
 bp.before_request(require_key)

@@ -9,8 +9,8 @@ from api.bodies import json_body
 from api.deps import principal, runtime
 from api.idempotency import withholding
 from api.schemas import EndpointCreate
-from worker import webhooks
-from worker.views import endpoint_view, iso
+from worker.delivery import webhooks
+from worker.runs.views import endpoint_view, iso
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 bp.before_request(require_admin)

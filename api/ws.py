@@ -25,14 +25,16 @@ from simple_websocket import ConnectionClosed, Server
 from api.auth import SUBPROTOCOL_PREFIX, require_websocket_key
 from api.deps import principal, runtime
 from api.schemas import MAX_SEQ, SESSION_ID
-from worker import grants, jsonb, keys, ratelimit, runs
-from worker.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
-from worker.events import Event
-from worker.follow import follow
-from worker.grants import Grant
-from worker.keys import Principal
-from worker.runtime import Runtime
-from worker.submission import RunRequest, submit
+from worker.access import grants, keys, ratelimit
+from worker.access.grants import Grant
+from worker.access.keys import Principal
+from worker.base import jsonb
+from worker.base.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
+from worker.base.runtime import Runtime
+from worker.runs import store as runs
+from worker.runs.events import Event
+from worker.runs.follow import follow
+from worker.runs.submission import RunRequest, submit
 
 sock = Sock()
 bp = Blueprint("ws", __name__)

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from worker.agents import agent
-from worker.context import RunContext
+from worker.agents.context import RunContext
 
 _connection: psycopg.Connection[Any] | None = None
 

@@ -30,9 +30,9 @@ from sqlalchemy import column, func, select, table
 
 from bench.cluster import FAST, Cluster
 from bench.report import Figure
-from worker.models import TERMINAL_STATUSES, Run, RunEvent
-from worker.runtime import Runtime
-from worker.submission import RunRequest, submit
+from worker.base.models import TERMINAL_STATUSES, Run, RunEvent
+from worker.base.runtime import Runtime
+from worker.runs.submission import RunRequest, submit
 
 EFFECTS = table("bench_effects", column("run_id"), column("attempt"))
 

@@ -11,10 +11,10 @@ import psycopg
 from agentq import migrate
 from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.harness import BIN, ROOT, ApiServer, Process, Worker
-from worker import keys
-from worker.models import new_id
-from worker.runtime import Runtime, build_runtime
-from worker.settings import load_settings
+from worker.access import keys
+from worker.base.models import new_id
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import load_settings
 
 FAST = {
     # Benchmarks measure the platform, not its guard rails: no rate limit, no queued cap.

@@ -30,8 +30,8 @@ import httpx
 from bench.cluster import Cluster
 from bench.report import Figure
 from bench.stream import percentile
-from worker import inbound
-from worker.submission import RunRequest, submit
+from worker.inbound import receive as inbound
+from worker.runs.submission import RunRequest, submit
 
 SECRET = "bench-github-secret-0123456789"
 

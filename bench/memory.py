@@ -25,8 +25,8 @@ from sqlalchemy import func, select
 from bench.cluster import Cluster
 from bench.report import Figure, table
 from tests.harness import wait_for
-from worker.models import Run, RunStatus
-from worker.submission import RunRequest, submit
+from worker.base.models import Run, RunStatus
+from worker.runs.submission import RunRequest, submit
 
 WARM_UP = 500
 BATCH = 500

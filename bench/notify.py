@@ -37,9 +37,9 @@ from bench.cluster import Cluster
 from bench.report import Figure
 from bench.stream import percentile
 from tests.harness import wait_for
-from worker import webhooks
-from worker.models import Delivery, RunEvent
-from worker.submission import RunRequest, submit
+from worker.base.models import Delivery, RunEvent
+from worker.delivery import webhooks
+from worker.runs.submission import RunRequest, submit
 
 
 class Receiver:

@@ -37,8 +37,8 @@ from bench.load import Load, combined, drive
 from bench.report import Figure, table
 from bench.stream import percentile
 from tests.harness import BIN, Worker, wait_for
-from worker.models import Run, RunStatus
-from worker.submission import RunRequest, submit
+from worker.base.models import Run, RunStatus
+from worker.runs.submission import RunRequest, submit
 
 CONNECTIONS = 32
 WARMUP_S = 2

@@ -8,9 +8,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from worker.errors import ConfigurationError
-from worker.models import Base
-from worker.settings import load_database_settings
+from worker.base.errors import ConfigurationError
+from worker.base.models import Base
+from worker.base.settings import load_database_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

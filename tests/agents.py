@@ -10,8 +10,8 @@ import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.agents import agent
-from worker.context import RunContext
-from worker.errors import RetryableError
+from worker.agents.context import RunContext
+from worker.base.errors import RetryableError
 
 
 @agent("support.triage", timeout_s=60)

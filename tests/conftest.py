@@ -23,10 +23,10 @@ from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
 from api import create_app
 from tests.agents import CRASH_QUEUE
 from tests.harness import ROOT, ApiServer, FakeLLM, Receiver, Worker, wait_for
-from worker import keys
-from worker.models import TERMINAL_STATUSES, new_id
-from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings, load_settings
+from worker.access import keys
+from worker.base.models import TERMINAL_STATUSES, new_id
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import Settings, load_settings
 
 TEST_AGENTS = "tests.agents"
 LLM_KEY = "sk-test-not-a-secret"

@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 from api import create_app
 from tests.conftest import ApiClient, Tenant, make_tenant
 from tests.harness import BIN, ROOT
-from worker.runtime import build_runtime
-from worker.settings import Settings
+from worker.base.runtime import build_runtime
+from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -43,7 +43,7 @@ def test_a_read_only_key_reads_but_cannot_create_or_cancel(app: Flask, runtime: 
 
 
 def make_tenant_key(runtime: Any, tenant: Tenant, scopes: tuple[str, ...]) -> Tenant:
-    from worker import keys
+    from worker.access import keys
 
     with runtime.db.transaction() as session:
         token, _ = keys.issue_key(session, tenant_id=tenant.id, name="t", scopes=scopes)

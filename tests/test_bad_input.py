@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from api import create_app
 from tests.conftest import ApiClient, Tenant
 from tests.harness import ApiServer
-from worker.models import InboundEvent, Run
-from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings
+from worker.base.models import InboundEvent, Run
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -181,8 +181,8 @@ def test_a_body_nested_too_deep_is_4xx_with_or_without_an_idempotency_key(
 def test_a_websocket_run_with_unstorable_input_gets_an_error_frame(api: ApiClient,
                                                                   runtime: Runtime) -> None:
     from api.ws import RunMessage
-    from worker.errors import InvalidRequest
-    from worker.submission import RunRequest, submit
+    from worker.base.errors import InvalidRequest
+    from worker.runs.submission import RunRequest, submit
 
     message = RunMessage.model_validate_json('{"type": "run", "agent": "echo", '
                                              '"input": {"x": NaN}}')

@@ -6,9 +6,9 @@ import threading
 from datetime import UTC, datetime
 
 from tests.conftest import Services
-from worker.bus import Bus, Hub
-from worker.events import Event
-from worker.models import new_id
+from worker.base.bus import Bus, Hub
+from worker.base.models import new_id
+from worker.runs.events import Event
 
 
 def test_watchers_arriving_at_once_all_hear_their_runs(services: Services) -> None:

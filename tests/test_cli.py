@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from tests.conftest import ApiClient, Services
 from tests.harness import BIN, ROOT, ApiServer
-from worker.models import ApiKey, Tenant
-from worker.runtime import Runtime
+from worker.base.models import ApiKey, Tenant
+from worker.base.runtime import Runtime
 
 
 def agentq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

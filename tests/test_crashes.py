@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from tests.conftest import ApiClient, StartWorker
 from tests.harness import Receiver, holds, wait_for
-from worker.models import RunEvent
-from worker.runtime import Runtime
+from worker.base.models import RunEvent
+from worker.base.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("worker")  # the session worker runs the sweeper
 

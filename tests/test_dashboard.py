@@ -21,10 +21,10 @@ import pytest
 from api import create_app
 from tests.conftest import Tenant, make_tenant
 from tests.harness import ROOT, ApiServer, Receiver, wait_for
-from worker import keys
-from worker.errors import ConfigurationError
-from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings
+from worker.access import keys
+from worker.base.errors import ConfigurationError
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -10,8 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import Tenant
-from worker import keys
-from worker.runtime import Runtime
+from worker.access import keys
+from worker.base.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -55,7 +55,7 @@ def post_form(browser: FlaskClient, path: str, **fields: str) -> tuple[int, str]
 
 
 def runs_of(runtime: Runtime, tenant: Tenant) -> list[str]:
-    from worker import runs
+    from worker.runs import store as runs
 
     with runtime.db.autocommit() as session:
         found, _ = runs.page(session, tenant_id=tenant.id, where=runs.RunFilter(), limit=100,
@@ -95,7 +95,7 @@ def test_the_endpoint_form_refuses_what_the_api_refuses(app: Flask, runtime: Run
     browser, _ = signed_in(app, tenant)
     code, page = post_form(browser, "/webhooks/endpoints", url=url)
     assert code == 200 and "Endpoint" in page
-    from worker import webhooks
+    from worker.delivery import webhooks
 
     with runtime.db.autocommit() as session:
         assert webhooks.endpoints(session, tenant_id=tenant.id) == []
@@ -109,7 +109,7 @@ def test_the_hook_source_and_key_forms_use_the_api_models(app: Flask, runtime: R
     assert "provider" in page
     _, page = post_form(browser, "/keys", name="x" * 300)
     assert "name" in page
-    from worker import inbound
+    from worker.inbound import receive as inbound
 
     with runtime.db.autocommit() as session:
         assert inbound.sources(session, tenant_id=tenant.id) == []

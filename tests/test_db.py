@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 from sqlalchemy import text
 
-from worker.db import Database
-from worker.settings import Settings
+from worker.base.db import Database
+from worker.base.settings import Settings
 
 
 def test_a_transaction_after_autocommit_use_is_still_one_transaction(

@@ -17,12 +17,12 @@ from sqlalchemy import func, insert, select, update
 
 from tests.conftest import ApiClient, make_tenant
 from tests.harness import Receiver
-from worker import webhooks
-from worker.errors import Conflict
-from worker.models import Delivery, DeliveryStatus
-from worker.notifier import Sender
-from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.base.errors import Conflict
+from worker.base.models import Delivery, DeliveryStatus
+from worker.base.runtime import Runtime
+from worker.base.settings import Settings
+from worker.delivery import webhooks
+from worker.delivery.notifier import Sender
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -6,8 +6,8 @@ from flask import Flask
 
 from agentq.embedded import free_port
 from api import create_app
-from worker.runtime import build_runtime
-from worker.settings import Settings
+from worker.base.runtime import build_runtime
+from worker.base.settings import Settings
 
 
 def test_healthy_when_every_check_passes(app: Flask, worker: object) -> None:

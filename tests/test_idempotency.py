@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 from api import create_app
 from tests.conftest import ApiClient, Tenant
 from tests.harness import Receiver
-from worker import idempotency
-from worker.models import IdempotencyKey, Run
-from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings
+from worker.base.models import IdempotencyKey, Run
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import Settings
+from worker.runs import idempotency
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -21,9 +21,10 @@ from sqlalchemy import select
 from tests.conftest import ApiClient, Tenant
 from tests.harness import ApiServer, Receiver, wait_for
 from tests.test_signing import spec_verify
-from worker import providers, signing
-from worker.models import InboundEvent, Run
-from worker.runtime import Runtime
+from worker.base import signing
+from worker.base.models import InboundEvent, Run
+from worker.base.runtime import Runtime
+from worker.inbound import providers
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -8,10 +8,11 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import Tenant
-from worker import attempts, events, runs
-from worker.errors import LeaseLost
-from worker.models import AttemptOutcome, Run, RunEvent, RunStatus
-from worker.runtime import Runtime
+from worker.base.errors import LeaseLost
+from worker.base.models import AttemptOutcome, Run, RunEvent, RunStatus
+from worker.base.runtime import Runtime
+from worker.runs import attempts, events
+from worker.runs import store as runs
 
 
 def make_run(runtime: Runtime, tenant: Tenant, agent: str = "echo") -> str:

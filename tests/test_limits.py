@@ -13,9 +13,9 @@ from api import create_app
 from tests.agents import CAPPED_QUEUE
 from tests.conftest import ApiClient, Services, make_tenant
 from tests.harness import Worker
-from worker import admission
-from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import Settings
+from worker.runs import admission
 
 pytestmark = pytest.mark.usefixtures("worker")
 

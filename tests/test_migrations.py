@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 from agentq.migrate import alembic_config
 from tests.conftest import Services
 from tests.harness import BIN, ROOT
-from worker.models import Base, new_id
-from worker.settings import normalize_database_url
+from worker.base.models import Base, new_id
+from worker.base.settings import normalize_database_url
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import event, text
 
 from tests.conftest import Tenant
-from worker import observe
-from worker.runtime import Runtime
+from worker.base.runtime import Runtime
+from worker.runs import observe
 
 
 def _rows_read(plan: dict[str, Any]) -> int:

@@ -15,7 +15,7 @@ from agentq.embedded import free_port
 from tests.agents import SCALE_QUEUE
 from tests.conftest import ApiClient, Services
 from tests.harness import BIN, ROOT, Process, Worker, wait_for
-from worker.runtime import Runtime
+from worker.base.runtime import Runtime
 
 pytestmark = [pytest.mark.usefixtures("worker"), pytest.mark.slow]
 

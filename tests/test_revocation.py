@@ -22,10 +22,10 @@ from sqlalchemy import text
 from api import create_app
 from tests.conftest import ApiClient, Services, Tenant, make_tenant
 from tests.harness import ApiServer, sse_events, wait_for
-from worker import keys
-from worker.keys import KeyCache
-from worker.runtime import Runtime, build_runtime
-from worker.settings import Settings
+from worker.access import keys
+from worker.access.keys import KeyCache
+from worker.base.runtime import Runtime, build_runtime
+from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tests.conftest import ApiClient
-from worker.runtime import Runtime
+from worker.base.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -12,8 +12,8 @@ import pytest
 from tests.agents import ORDER_QUEUE
 from tests.conftest import ApiClient, Services
 from tests.harness import Worker
-from worker import sessions
-from worker.runtime import Runtime
+from worker.base.runtime import Runtime
+from worker.runs import sessions
 
 pytestmark = pytest.mark.usefixtures("worker")
 _names = itertools.count(1)

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 
 from tests.harness import BIN, ROOT
-from worker.errors import ConfigurationError
-from worker.settings import load_settings
+from worker.base.errors import ConfigurationError
+from worker.base.settings import load_settings
 
 REDIS = "redis://127.0.0.1:6379/0"
 

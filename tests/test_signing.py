@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import time
 
-from worker import signing
+from worker.base import signing
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MSG_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"

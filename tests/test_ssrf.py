@@ -8,9 +8,9 @@ import json
 import pytest
 
 from tests.harness import Receiver
-from worker.notifier import Sender
-from worker.settings import Settings
-from worker.ssrf import Guard, Refused
+from worker.base.settings import Settings
+from worker.base.ssrf import Guard, Refused
+from worker.delivery.notifier import Sender
 
 
 @pytest.mark.parametrize("address", [

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import LLM_KEY, ApiClient, StartWorker
 from tests.harness import FakeLLM, wait_for
-from worker.models import new_id
+from worker.base.models import new_id
 
 pytestmark = pytest.mark.usefixtures("worker")
 

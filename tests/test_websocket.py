@@ -12,8 +12,8 @@ from simple_websocket import Client, ConnectionError
 
 from tests.conftest import ApiClient, Tenant
 from tests.harness import ApiServer, wait_for
-from worker.bus import TENANT_PREFIX
-from worker.runtime import Runtime
+from worker.base.bus import TENANT_PREFIX
+from worker.base.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -172,7 +172,7 @@ def test_subscribe_to_every_run_of_the_tenant(ws: Socket, api: ApiClient,
 
 def test_a_read_only_key_may_follow_but_not_submit(api_server: ApiServer, api: ApiClient,
                                                    runtime: Any) -> None:
-    from worker import keys
+    from worker.access import keys
 
     with runtime.db.transaction() as session:
         reader, _ = keys.issue_key(session, tenant_id=api.tenant.id, name="r",

@@ -11,11 +11,11 @@ from typing import Any
 
 from celery import signals
 
-from worker.errors import ConfigurationError
-from worker.logs import configure_logging
-from worker.runtime import build_runtime
-from worker.settings import load_settings
-from worker.shutdown import GracefulShutdown
+from worker.base.errors import ConfigurationError
+from worker.base.logs import configure_logging
+from worker.base.runtime import build_runtime
+from worker.base.settings import load_settings
+from worker.execution.shutdown import GracefulShutdown
 
 try:
     runtime = build_runtime(load_settings())

@@ -18,8 +18,8 @@ from flask.sessions import SecureCookieSessionInterface
 
 from api.dashboard import api_keys, hooks, runs  # noqa: F401 - their routes hang on bp
 from api.dashboard.access import bp
-from worker.errors import ConfigurationError
-from worker.runtime import Runtime
+from worker.base.errors import ConfigurationError
+from worker.base.runtime import Runtime
 
 SESSION_HOURS = 12
 

@@ -27,8 +27,9 @@ from werkzeug.wrappers.response import Response as BaseResponse
 
 from api.bodies import read_body
 from api.deps import principal, runtime
-from worker import jsonb, keys
-from worker.errors import AgentqError, InvalidRequest, NotFound
+from worker.access import keys
+from worker.base import jsonb
+from worker.base.errors import AgentqError, InvalidRequest, NotFound
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")

@@ -11,8 +11,8 @@ from api.api_keys import key_view
 from api.dashboard.access import bp, describe, form, needs
 from api.deps import principal, runtime
 from api.schemas import ApiKeyCreate
-from worker import keys
-from worker.errors import InvalidRequest
+from worker.access import keys
+from worker.base.errors import InvalidRequest
 
 
 @bp.get("/keys")

@@ -12,9 +12,12 @@ from api.dashboard.access import bp, describe, form, needs
 from api.deps import principal, runtime
 from api.hook_sources import source_view
 from api.schemas import EndpointCreate, HookSourceCreate, HookSourceRotate
-from worker import dispatch, inbound, keys, webhooks
-from worker.errors import Conflict, InvalidRequest
-from worker.views import delivery_attempt_view, delivery_view, endpoint_view
+from worker.access import keys
+from worker.base.errors import Conflict, InvalidRequest
+from worker.delivery import webhooks
+from worker.inbound import receive as inbound
+from worker.runs import dispatch
+from worker.runs.views import delivery_attempt_view, delivery_view, endpoint_view
 
 
 @bp.get("/webhooks")

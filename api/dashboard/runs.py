@@ -15,12 +15,15 @@ from api import events as event_stream
 from api.dashboard.access import bp, describe, form, local, needs
 from api.deps import principal, runtime
 from api.schemas import RunCreate
-from worker import admission, dispatch, keys, observe, runs, steps, webhooks
-from worker.attempts import Dispatch, attempts
-from worker.errors import AgentqError, Conflict, LimitExceeded
-from worker.models import RunStatus
-from worker.submission import RunRequest, submit
-from worker.views import attempt_view, delivery_view, run_view, step_view
+from worker.access import keys
+from worker.base.errors import AgentqError, Conflict, LimitExceeded
+from worker.base.models import RunStatus
+from worker.delivery import webhooks
+from worker.runs import admission, dispatch, observe, steps
+from worker.runs import store as runs
+from worker.runs.attempts import Dispatch, attempts
+from worker.runs.submission import RunRequest, submit
+from worker.runs.views import attempt_view, delivery_view, run_view, step_view
 
 SINCE = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(days=1),
          "7d": timedelta(days=7)}

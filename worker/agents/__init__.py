@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from worker.errors import ConfigurationError, UnknownAgent
+from worker.base.errors import ConfigurationError, UnknownAgent
 
 if TYPE_CHECKING:
-    from worker.context import RunContext
+    from worker.agents.context import RunContext
 
 AgentFn = Callable[["RunContext", Any], Any]
 

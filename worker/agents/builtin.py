@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.agents import agent
-from worker.context import RunContext
-from worker.errors import RetryableError
+from worker.agents.context import RunContext
+from worker.base.errors import RetryableError
 
 
 class SleepInput(BaseModel):

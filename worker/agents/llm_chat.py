@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.agents import agent
-from worker.context import RunContext
+from worker.agents.context import RunContext
 
 
 class Message(BaseModel):

@@ -12,7 +12,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.agents import agent
-from worker.context import RunContext
+from worker.agents.context import RunContext
 
 LIBRARY = (
     {

@@ -1,0 +1,88 @@
+"""What an agent sees of its run: ``ctx``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from worker.base.errors import Cancelled
+from worker.runs.steps import idempotency_key
+
+if TYPE_CHECKING:
+    from worker.llm.client import LLM
+    from worker.runs.steps import StepRunner
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunContext:
+    """The handle an agent gets for one attempt of one run.
+
+    ``emit`` appends a progress event to the run's log; ``cancelled`` says whether someone
+    asked the run to stop; ``time_left()`` is what remains of the attempt's timeout;
+    ``session`` is the conversation's state (a dict, saved when the attempt succeeds; without
+    a session_id it is an empty dict that is not kept). ``step`` runs a function once per
+    run and name, whatever the attempt; ``llm`` makes LLM calls, each a step.
+    """
+
+    run_id: str
+    tenant_id: str
+    agent: str
+    attempt: int
+    max_attempts: int
+    timeout_s: int
+    session_id: str | None
+    request_id: str | None
+    log: logging.LoggerAdapter[logging.Logger]
+    session: dict[str, Any]
+    _emit: Callable[[dict[str, Any]], int] = field(repr=False)
+    _is_cancelled: Callable[[], bool] = field(repr=False)
+    _steps: StepRunner | None = field(default=None, repr=False)
+    _llm: LLM | None = field(default=None, repr=False)
+    _deadline: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_s
+
+    def emit(self, phase: str, message: str, **data: Any) -> int:
+        """Append a ``progress`` event ``{phase, message, **data}``; return its ``seq``."""
+        return self._emit({"phase": phase, "message": message, **data})
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run has been asked to stop (the request arrives within a second)."""
+        return self._is_cancelled()
+
+    def check_cancelled(self) -> None:
+        """Raise ``Cancelled`` if the run has been asked to stop."""
+        if self.cancelled:
+            raise Cancelled(f"run {self.run_id} was cancelled")
+
+    def time_left(self) -> float:
+        """Seconds left before this attempt's timeout."""
+        return max(0.0, self._deadline - time.monotonic())
+
+    def step(self, name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` once for this run and ``name``: its JSON result is
+        committed before this returns, and a later attempt (a retry, a crash recovery, a
+        replay) gets it back without calling ``fn``. A step that raised is not kept and
+        runs again. In a loop, number the names (``f"search:{i}"``); a name reused with
+        other arguments raises ``StepMismatch``."""
+        assert self._steps is not None, "steps need a worker's context"
+        return self._steps.run(name, fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def idempotency_key(self, name: str) -> str:
+        """A key that is the same for every attempt of this run: give it to APIs that
+        deduplicate (Stripe's Idempotency-Key, an email provider's), so a step cut off
+        mid-call does not act twice."""
+        return idempotency_key(self.run_id, name)
+
+    @property
+    def llm(self) -> LLM:
+        """Chat completions against the configured endpoint, each call a durable step."""
+        assert self._llm is not None, "ctx.llm needs a worker's context"
+        return self._llm

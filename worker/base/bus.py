@@ -1,0 +1,276 @@
+"""Wake-ups over Redis pub/sub: committed run events, and cancel requests.
+
+Redis carries news only. Postgres holds the events themselves, so a lost message costs a
+listener a catch-up read, never data: every listener resumes from the last ``seq`` it saw.
+
+- Writers ``announce`` each event once its transaction has committed.
+- An API process keeps one ``Hub``: a single pub/sub connection, whatever the number of
+  streams, that subscribes a run's channel while someone watches it and fans its events
+  out to the watchers in this process.
+- A worker process keeps one ``CancelListener`` for cancel requests of its running attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from worker.runs.events import Event
+
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = "agentq:run:"
+TENANT_PREFIX = "agentq:tenant:"  # every run's terminal event, for tenant-wide listeners
+CANCEL_PREFIX = "agentq:cancel:"
+RESYNC = "resync"  # what a watcher receives when it may have missed events
+_WATCH_BACKLOG = 1000
+
+
+def _client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                health_check_interval=30)
+
+
+def encode(event: Event) -> str:
+    return json.dumps({"run_id": event.run_id, "seq": event.seq, "type": event.type,
+                       "data": event.data, "at": event.at.isoformat()})
+
+
+def decode(payload: bytes | str) -> Event:
+    body = json.loads(payload)
+    return Event(body["run_id"], int(body["seq"]), body["type"], body["data"],
+                 datetime.fromisoformat(body["at"]))
+
+
+class Bus:
+    """Publish committed events and cancel requests; never raises on Redis trouble."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.redis = _client(redis_url)
+        self._hub: Hub | None = None
+        self._hub_lock = threading.Lock()
+
+    def announce(self, committed: list[Event], tenants: dict[str, str] | None = None) -> None:
+        """Publish events after their transaction committed (one round trip). Terminal
+        events also go to their tenant's channel (``tenants`` maps run ids to tenants)."""
+        tenants = tenants or {}
+        # Event 1 of a run is its creation: no one can be watching a run before they know
+        # its id, so there is nobody to tell (the tenant channel only carries ends).
+        committed = [event for event in committed if event.seq > 1]
+        if not committed:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for event in committed:
+                    encoded = encode(event)
+                    pipe.publish(RUN_PREFIX + event.run_id, encoded)
+                    if event.is_terminal and event.run_id in tenants:
+                        pipe.publish(TENANT_PREFIX + tenants[event.run_id], encoded)
+                pipe.execute()
+        except redis.RedisError as error:
+            log.warning("bus announce failed; listeners will catch up from Postgres",
+                        extra={"run_id": committed[0].run_id, "error": str(error)})
+
+    def request_cancel(self, run_id: str) -> None:
+        """Tell the worker running ``run_id`` to stop; the database is the fallback."""
+        try:
+            self.redis.publish(CANCEL_PREFIX + run_id, "cancel")
+        except redis.RedisError as error:
+            log.warning("cancel notice not sent; the worker will see it at its next heartbeat",
+                        extra={"run_id": run_id, "error": str(error)})
+
+    @property
+    def hub(self) -> Hub:
+        """This process's hub (made on first use, and again after a fork)."""
+        with self._hub_lock:  # two at once would make two hubs, each with its connection
+            if self._hub is None or self._hub.pid != os.getpid():
+                self._hub = Hub(self.redis_url)
+            return self._hub
+
+
+class Watch:
+    """One listener's view of a run's channel: committed events, in arrival order."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._items: queue.Queue[Event | str] = queue.Queue(maxsize=_WATCH_BACKLOG)
+
+    def put(self, item: Event | str) -> None:
+        try:
+            self._items.put_nowait(item)
+        except queue.Full:  # a slow reader: drop, and make it catch up from Postgres
+            self._drain()
+            self._items.put_nowait(RESYNC)
+
+    def next(self, timeout: float) -> Event | str | None:
+        """The next event, RESYNC (catch up from Postgres), or None after ``timeout``."""
+        try:
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._items.get_nowait()
+            except queue.Empty:
+                return
+
+
+class Hub:
+    """One pub/sub connection per process, shared by every watcher in it."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.pid = os.getpid()
+        self._pubsub = _client(redis_url).pubsub()
+        self._lock = threading.Lock()
+        # redis-py's PubSub is not safe to share: two first subscribes at once open two
+        # connections, and the one not kept is never read. One (un)subscribe at a time.
+        self._send_lock = threading.Lock()
+        self._watches: dict[str, set[Watch]] = {}
+        self._confirmed: dict[str, threading.Event] = {}
+        self._stale: set[str] = set()  # channels whose watchers must catch up on resubscribe
+        self.healthy = True
+        threading.Thread(target=self._listen, name="agentq-hub", daemon=True).start()
+
+    def watch(self, run_id: str) -> AbstractContextManager[Watch]:
+        """Watch a run's events (see ``watch_channel``)."""
+        return self.watch_channel(RUN_PREFIX + run_id)
+
+    def watch_tenant(self, tenant_id: str) -> AbstractContextManager[Watch]:
+        """Watch the terminal events of every run of a tenant."""
+        return self.watch_channel(TENANT_PREFIX + tenant_id)
+
+    @contextmanager
+    def watch_channel(self, channel: str, *, ready_timeout: float = 2.0) -> Iterator[Watch]:
+        """Watch a channel; the subscription is confirmed before this yields.
+
+        Confirmation matters: any event committed after it reaches the watcher, and any
+        event committed before it is in Postgres for the watcher's catch-up read.
+        """
+        watch = Watch(channel)
+        with self._lock:
+            watchers = self._watches.setdefault(channel, set())
+            first = not watchers
+            watchers.add(watch)
+            confirmed = self._confirmed.setdefault(channel, threading.Event())
+        try:
+            if first:
+                self._send(self._pubsub.subscribe, channel)
+            if not confirmed.wait(ready_timeout):
+                watch.put(RESYNC)  # not confirmed in time: the reader must poll Postgres
+            yield watch
+        finally:
+            with self._lock:
+                watchers.discard(watch)
+                last = not watchers
+                if last:
+                    self._watches.pop(channel, None)
+                    self._confirmed.pop(channel, None)
+            if last:
+                self._send(self._pubsub.unsubscribe, channel)
+
+    def _send(self, command: Callable[..., Any], channel: str) -> None:
+        try:
+            with self._send_lock:
+                command(channel)
+        except redis.RedisError as error:
+            self.healthy = False
+            log.warning("hub could not (un)subscribe", extra={"error": str(error)})
+
+    def _listen(self) -> None:
+        pause = 0.5
+        while True:
+            try:
+                if not self.healthy:
+                    self._resubscribe()
+                message = self._pubsub.get_message(timeout=1.0)
+            except (redis.RedisError, OSError) as error:
+                self._broken(error)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            pause = 0.5
+            if message is not None:
+                self._dispatch(message)
+
+    def _resubscribe(self) -> None:
+        """After an outage, subscribe the watched channels Redis does not know of."""
+        with self._lock:
+            wanted = set(self._watches)
+        known = {name.decode() if isinstance(name, bytes) else name
+                 for name in self._pubsub.channels}
+        missing = sorted(wanted - known)
+        if missing:
+            with self._send_lock:
+                self._pubsub.subscribe(*missing)
+        self.healthy = True
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message["channel"].decode()
+        kind = message["type"]
+        if kind == "subscribe":
+            with self._lock:
+                confirmed = self._confirmed.get(channel)
+                watchers = list(self._watches.get(channel, ()))
+                stale = channel in self._stale
+                self._stale.discard(channel)
+            if confirmed is not None:
+                confirmed.set()
+            if stale:  # resubscribed after an outage: events in between were not heard
+                for watch in watchers:
+                    watch.put(RESYNC)
+            return
+        if kind != "message":
+            return
+        event = decode(message["data"])
+        with self._lock:
+            watchers = list(self._watches.get(channel, ()))
+        for watch in watchers:
+            watch.put(event)
+
+    def _broken(self, error: BaseException) -> None:
+        if self.healthy:
+            log.warning("hub lost Redis; watchers fall back to Postgres",
+                        extra={"error": str(error)})
+        self.healthy = False
+        with self._lock:
+            self._stale.update(self._watches)
+            watchers = [w for group in self._watches.values() for w in group]
+        for watch in watchers:
+            watch.put(RESYNC)
+
+
+class CancelListener:
+    """A worker process's one subscription to cancel requests (``agentq:cancel:*``)."""
+
+    def __init__(self, redis_url: str, on_cancel: Callable[[str], None]) -> None:
+        self._pubsub = _client(redis_url).pubsub(ignore_subscribe_messages=True)
+        self._on_cancel = on_cancel
+        threading.Thread(target=self._listen, name="agentq-cancels", daemon=True).start()
+
+    def _listen(self) -> None:
+        pause = 0.5
+        while True:
+            try:
+                if not self._pubsub.patterns:
+                    self._pubsub.psubscribe(CANCEL_PREFIX + "*")
+                message = self._pubsub.get_message(timeout=5.0)
+            except (redis.RedisError, OSError):
+                time.sleep(pause)  # the heartbeat reads cancel requests from Postgres too
+                pause = min(pause * 2, 10.0)
+                continue
+            pause = 0.5
+            if message is not None and message["type"] == "pmessage":
+                self._on_cancel(message["channel"].decode().removeprefix(CANCEL_PREFIX))

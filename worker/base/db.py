@@ -1,0 +1,143 @@
+"""Connections to Postgres: one engine per process, transactions owned by the caller."""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.base.settings import DatabaseSettings
+
+
+class Database:
+    """A lazily created engine, safe to carry across ``fork()`` (Celery's prefork pool)."""
+
+    def __init__(self, settings: DatabaseSettings, *,
+                 before_commit: Callable[[Session], None] | None = None,
+                 after_commit: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._settings = settings
+        self._before_commit = before_commit
+        self._after_commit = after_commit
+        self._engine: Engine | None = None
+        self._autocommit_engine: Engine | None = None
+        self._pid = 0
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            self._open()
+        assert self._engine is not None
+        return self._engine
+
+    def _open(self) -> None:
+        if self._engine is not None:
+            # Inherited from a parent process: forget its connections without closing
+            # them, as SQLAlchemy's pooling guide says for multiprocessing.
+            self._engine.dispose(close=False)
+        s = self._settings
+        self._engine = create_engine(
+            s.database_url,
+            pool_size=s.db_pool_size,
+            max_overflow=s.db_pool_size,
+            pool_timeout=10,
+            pool_recycle=1800,
+            connect_args={"connect_timeout": s.db_connect_timeout_s},
+            # Bound values hold secrets (signing secrets, tokens, inputs): never in an
+            # error's message, so never in a log line or traceback.
+            hide_parameters=True,
+        )
+        event.listen(self._engine, "checkout", _refuse_closed)
+        # The same pool; each connection it lends is in autocommit until it comes back.
+        self._autocommit_engine = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._pid = os.getpid()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Yield a session inside one transaction: committed on success, rolled back on error.
+
+        ``before_commit`` may add to the transaction what its changes imply (the deliveries
+        of a run that ended); ``after_commit`` gets ``session.info`` (the events recorded,
+        the deliveries created) once the transaction has committed, never if it rolled back.
+        """
+        _ = self.engine
+        assert self._sessions is not None
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+                if self._before_commit is not None and session.info:
+                    self._before_commit(session)
+            info = dict(session.info)
+            session.info.clear()
+        if info and self._after_commit is not None:
+            self._after_commit(info)
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Session]:
+        """Yield a session whose every statement commits by itself: no BEGIN or COMMIT
+        round trips. For reads, and for writes that are one (atomic) statement; events
+        recorded are still announced, after the statement. A connection is taken from the
+        pool at the first statement: a session that needs none costs none."""
+        _ = self.engine
+        assert self._autocommit_engine is not None
+        with Session(bind=self._autocommit_engine, expire_on_commit=False) as session:
+            yield session
+            info = dict(session.info)
+        if info and self._after_commit is not None:
+            self._after_commit(info)
+
+    def one_row(self, sql: str, params: Mapping[str, Any]) -> Any:
+        """Run one statement that commits by itself; return its first row (a named tuple).
+
+        Straight on a pooled psycopg connection, for the one write of a submission: the
+        SQLAlchemy Connection, Session and Result around a statement cost an API process
+        about as much CPU as psycopg's own work. ``sql`` has psycopg's ``%(name)s``
+        placeholders; errors are raised as SQLAlchemy's, as from any other statement.
+        """
+        try:
+            pooled = self.engine.raw_connection()
+            connection = pooled.driver_connection
+            assert isinstance(connection, psycopg.Connection)
+            try:
+                connection.autocommit = True
+                with connection.cursor(row_factory=namedtuple_row) as cursor:
+                    cursor.execute(sql, params)
+                    return cursor.fetchone()
+            finally:
+                if connection.broken or connection.closed:
+                    pooled.invalidate()  # never lent again
+                else:
+                    connection.autocommit = False  # lent back as the pool lends it
+                pooled.close()
+        except psycopg.Error as error:  # as SQLAlchemy raises it from any other statement
+            raise DBAPIError.instance(sql, params, error, psycopg.Error,
+                                      hide_parameters=True) from error
+
+    def dispose(self) -> None:
+        """Drop the pool; its connections are closed only if this process opened them."""
+        if self._engine is not None:
+            self._engine.dispose(close=self._pid == os.getpid())
+        self._engine = None
+
+
+def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Refuse a pooled connection the server has closed (a restart, say) before using it.
+
+    An idle connection has nothing to read; if its socket is readable, the server hung up
+    (or sent an error). Checking costs a poll of the socket, not a round trip as
+    ``pool_pre_ping`` would, on every checkout. ``poll``, not ``select``: an API process
+    holding a thousand streams has descriptors past select's limit of 1,024.
+    """
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server closed this pooled connection")

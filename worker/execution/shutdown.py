@@ -1,0 +1,91 @@
+"""Graceful shutdown: on SIGTERM a worker stops taking runs, lets running attempts finish
+within ``AGENTQ_SHUTDOWN_GRACE_S``, then gives the rest back to the queue at once.
+
+Celery's warm shutdown already stops consuming and waits for running tasks, without limit.
+This adds the limit, and makes sure no run it gives up waits for its lease to go stale:
+the run is re-queued (the interrupted attempt does not count toward ``max_attempts``) and
+published before the process running it is killed. An attempt whose process died during
+the shutdown (``honcho`` and ``docker compose`` may signal the whole process group) is
+re-queued as soon as it is seen to be gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery.worker import state
+
+from worker.base.queues import RUN_TASK
+from worker.runs import attempts, dispatch
+from worker.runs import store as runs
+
+if TYPE_CHECKING:
+    from worker.base.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.2
+
+
+class GracefulShutdown:
+    """Hooked to Celery's ``worker_ready`` and ``worker_shutting_down`` signals."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._pool: Any = None
+        self._hostname = ""
+        self._started = False
+
+    def ready(self, consumer: Any) -> None:
+        self._pool = consumer.pool
+        self._hostname = consumer.hostname
+
+    def begin(self, how: str) -> None:
+        if self._started:
+            return
+        self._started = True
+        grace = 0.0 if how == "Cold" else self._rt.settings.shutdown_grace_s
+        threading.Thread(target=self._drain, args=(grace,), name="agentq-shutdown",
+                         daemon=True).start()
+
+    def _drain(self, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        tracked = set(_running())
+        while tracked and time.monotonic() < deadline:
+            gone = tracked - set(_running())
+            if gone:
+                self._requeue(sorted(gone))  # a no-op for attempts that recorded an outcome
+                tracked -= gone
+            time.sleep(_POLL_S)
+        if tracked:
+            self._requeue(sorted(tracked))
+            for request in _run_requests():
+                request.cancel(self._pool, signal=signal.SIGKILL, emit_retry=False)
+
+    def _requeue(self, run_ids: list[str]) -> None:
+        try:
+            with self._rt.db.transaction() as session:
+                jobs = attempts.requeue_interrupted(session, run_ids=run_ids,
+                                                    worker=self._hostname)
+                sent = dispatch.publish_all(self._rt, jobs, reason="worker shutting down")
+                runs.mark_dispatched(session, run_ids=sent)
+        except Exception:
+            log.exception("could not re-queue runs at shutdown; their leases will expire",
+                          extra={"run_ids": run_ids})
+            return
+        for job in jobs:
+            log.warning("run re-queued at shutdown", extra={"run_id": job.run_id,
+                                                            "worker": self._hostname})
+
+
+def _run_requests() -> list[Any]:
+    return [request for request in tuple(state.active_requests) if request.name == RUN_TASK]
+
+
+def _running() -> dict[str, Any]:
+    """Run id -> request, for the run attempts this worker is executing now."""
+    return {request.args[0]: request for request in _run_requests()}

@@ -1,0 +1,390 @@
+"""An attempt's life under its lease: claim, heartbeat, finish, and recovery when it dies.
+
+A claim bumps the run's lease epoch in one UPDATE. Every later write of that attempt names
+the epoch, so once the lease has moved on (the sweeper re-queued a dead attempt, a newer
+attempt claimed the run), a late write from the old one changes nothing.
+
+Every function takes a session and never commits: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from worker.base.errors import LeaseLost
+from worker.base.models import TERMINAL_STATUSES, AttemptOutcome, Run, RunAttempt, RunStatus
+from worker.runs import events
+from worker.runs.views import iso
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What publishing a run takes: its id, its queue and its time limit."""
+
+    run_id: str
+    queue: str
+    timeout_s: int
+    countdown_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one attempt of a run; ``epoch`` fences every later write."""
+
+    run_id: str
+    tenant_id: str
+    agent: str
+    input: Any
+    attempt: int
+    max_attempts: int
+    free_attempts: int
+    epoch: int
+    timeout_s: int
+    queue: str
+    session_id: str | None
+    request_id: str | None
+    worker: str
+    waited_s: float = 0.0  # from submission to this claim
+
+    @property
+    def attempts_left(self) -> int:
+        return self.max_attempts - (self.attempt - self.free_attempts)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, and so where the run goes next."""
+
+    status: RunStatus
+    attempt_outcome: AttemptOutcome
+    result: Any = None
+    error: dict[str, Any] | None = None
+    traceback: str | None = None
+    retry_in_s: float | None = None  # with status RETRYING
+
+
+ENDED_RUNS_KEY = "agentq.ended_runs"  # run id -> (the run as it ended, endpoints to notify)
+
+_ENDED = ", ".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
+
+# The claim, its attempt row and its status event in one statement: atomic even without a
+# transaction, and one round trip (a hot path: every attempt). The conditions are those of
+# worker.readiness: claimable, the session's earlier runs ended, the tenant under its cap.
+_CLAIM = text("""
+    WITH claimed AS (
+        UPDATE runs SET status = 'running', attempt = attempt + 1,
+            lease_epoch = lease_epoch + 1, worker = :worker,
+            started_at = coalesce(started_at, now()), heartbeat_at = now(),
+            next_attempt_at = NULL, last_seq = last_seq + 1
+        WHERE id = :run_id
+          AND (status = 'queued' OR (status = 'retrying' AND next_attempt_at <= now()))
+          AND (session_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM runs AS earlier
+                WHERE earlier.tenant_id = runs.tenant_id
+                  AND earlier.session_id = runs.session_id AND earlier.id < runs.id
+                  AND earlier.status NOT IN (:ended_statuses)))
+          AND (:cap = 0 OR (SELECT count(*) FROM runs AS busy
+                            WHERE busy.tenant_id = runs.tenant_id
+                              AND busy.status = 'running') < :cap)
+        RETURNING id, tenant_id, agent, input, attempt, max_attempts, free_attempts,
+                  lease_epoch, timeout_s, queue, session_id, request_id, last_seq,
+                  extract(epoch FROM now() - created_at) AS waited_s
+    ), attempt_row AS (
+        INSERT INTO run_attempts (run_id, attempt, lease_epoch, worker)
+        SELECT id, attempt, lease_epoch, :worker FROM claimed
+        RETURNING run_id
+    ), status_event AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT id, last_seq, 'status',
+               jsonb_build_object('status', 'running', 'attempt', attempt)
+        FROM claimed
+        RETURNING at
+    )
+    SELECT claimed.*, status_event.at AS event_at
+    FROM claimed, status_event WHERE EXISTS (SELECT 1 FROM attempt_row)
+""".replace(":ended_statuses", _ENDED))  # constants only
+
+# The outcome: the run, its attempt and its status event in one statement, returning the
+# run as it now stands and, if it ended, the tenant's endpoints that want to hear of it.
+_FINISH = text("""
+    WITH finished AS (
+        UPDATE runs SET status = :status, result = CAST(:result AS jsonb),
+            error = CAST(:error AS jsonb),
+            finished_at = CASE WHEN :terminal THEN now() END,
+            next_attempt_at = :next_attempt_at,
+            dispatched_at = CASE WHEN :retrying THEN NULL ELSE dispatched_at END,
+            last_seq = last_seq + 1
+        WHERE id = :run_id AND lease_epoch = :epoch AND status = 'running'
+        RETURNING *
+    ), attempt_row AS (
+        UPDATE run_attempts SET finished_at = now(), outcome = :outcome,
+            error_type = :error_type, error_message = :error_message, traceback = :traceback
+        WHERE run_id = (SELECT id FROM finished) AND attempt = :attempt
+        RETURNING run_id
+    ), status_event AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT id, last_seq, 'status', CAST(:data AS jsonb) FROM finished
+        RETURNING at
+    )
+    SELECT finished.*, status_event.at AS event_at,
+        CASE WHEN :terminal THEN (
+            SELECT coalesce(json_agg(json_build_array(e.id, e.url)), '[]'::json)
+            FROM webhook_endpoints AS e
+            WHERE e.tenant_id = finished.tenant_id AND e.deleted_at IS NULL
+              AND e.disabled_at IS NULL AND :event_type = ANY(e.events)) END AS targets
+    FROM finished, status_event WHERE EXISTS (SELECT 1 FROM attempt_row)
+""")
+
+_CLAIMABLE = or_(
+    Run.status == RunStatus.QUEUED,
+    and_(Run.status == RunStatus.RETRYING, Run.next_attempt_at <= func.now()),
+)
+
+
+def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -> Claim | None:
+    """Take the next attempt of a queued (or due retrying) run; None if it is not claimable.
+
+    Only one claim can win, so a message delivered twice (a second publish, a broker
+    redelivery) does nothing the second time. A run whose session has an earlier run still
+    going, or whose tenant is at its running cap, is held back: its message is dropped and
+    it is dispatched again when it may start.
+    """
+    if running_cap > 0:  # count and claim one at a time per tenant, so the cap holds
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(
+            select(Run.tenant_id).where(Run.id == run_id).scalar_subquery()))))
+    row = session.execute(_CLAIM, {"run_id": run_id, "worker": worker,
+                                   "cap": running_cap}).one_or_none()
+    if row is None:
+        # Held back (or a duplicate message): a held-back run waits to be dispatched again.
+        session.execute(update(Run)
+                        .where(Run.id == run_id, Run.status == RunStatus.QUEUED,
+                               Run.dispatched_at.is_not(None))
+                        .values(dispatched_at=None))
+        return None
+    events.remember(session, events.Event(
+        run_id, row.last_seq, events.STATUS,
+        {"status": RunStatus.RUNNING.value, "attempt": row.attempt}, row.event_at))
+    return Claim(
+        run_id=run_id, tenant_id=row.tenant_id, agent=row.agent, input=row.input,
+        attempt=row.attempt, max_attempts=row.max_attempts, free_attempts=row.free_attempts,
+        epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
+        session_id=row.session_id, request_id=row.request_id, worker=worker,
+        waited_s=float(row.waited_s),
+    )
+
+
+@dataclass(frozen=True)
+class Lease:
+    held: bool
+    cancel_requested: bool = False
+
+
+def heartbeat(session: Session, *, run_id: str, epoch: int) -> Lease:
+    """Renew the lease, and learn whether the run was asked to stop."""
+    query = (
+        update(Run)
+        .where(Run.id == run_id, Run.lease_epoch == epoch, Run.status == RunStatus.RUNNING)
+        .values(heartbeat_at=func.now())
+        .returning(Run.cancel_requested_at)
+    )
+    row = session.execute(query).one_or_none()
+    if row is None:
+        return Lease(held=False)
+    return Lease(held=True, cancel_requested=row.cancel_requested_at is not None)
+
+
+def cancel_requested(session: Session, *, claim: Claim) -> bool:
+    """Whether the run was asked to stop, read under its row's lock (so a cancel cannot
+    slip in between this read and the caller's write)."""
+    requested = session.scalar(
+        select(Run.cancel_requested_at)
+        .where(Run.id == claim.run_id, Run.lease_epoch == claim.epoch)
+        .with_for_update())
+    return requested is not None
+
+
+def finish(session: Session, *, claim: Claim, outcome: Outcome) -> events.Event:
+    """Write the attempt's outcome under its lease; return its status event.
+
+    One statement updates the run and the attempt and appends the status event, and
+    returns the run as it now stands with the endpoints to notify if it ended (for the
+    deliveries, in the same transaction). Raises LeaseLost when the attempt no longer holds
+    the run: a zombie's write is never applied.
+    """
+    retrying = outcome.status == RunStatus.RETRYING
+    next_attempt_at = (datetime.now(UTC) + timedelta(seconds=outcome.retry_in_s or 0)
+                       if retrying else None)
+    data: dict[str, Any] = {"status": outcome.status.value, "attempt": claim.attempt}
+    if outcome.status == RunStatus.SUCCEEDED:
+        data["result"] = outcome.result
+    elif outcome.error is not None:
+        data["error"] = outcome.error
+    if retrying:
+        data["next_attempt_at"] = iso(next_attempt_at)
+    error = outcome.error or {}
+    terminal = outcome.status.is_terminal
+    row = session.execute(_FINISH, {
+        "run_id": claim.run_id, "epoch": claim.epoch, "attempt": claim.attempt,
+        "status": outcome.status.value, "terminal": terminal, "retrying": retrying,
+        "result": None if outcome.result is None else json.dumps(outcome.result),
+        "error": None if outcome.error is None else json.dumps(outcome.error),
+        "next_attempt_at": next_attempt_at, "outcome": outcome.attempt_outcome.value,
+        "error_type": error.get("type"), "error_message": error.get("message"),
+        "traceback": outcome.traceback, "data": json.dumps(data),
+        "event_type": f"run.{outcome.status.value}",
+    }).one_or_none()
+    if row is None:
+        raise LeaseLost(f"run {claim.run_id}: lease epoch {claim.epoch} is no longer current")
+    if terminal:
+        session.info.setdefault(ENDED_RUNS_KEY, {})[claim.run_id] = (Run.from_row(row),
+                                                                     row.targets)
+    return events.remember(session, events.Event(claim.run_id, row.last_seq, events.STATUS,
+                                                 json.loads(json.dumps(data)), row.event_at))
+
+
+def due_retries(session: Session, *, grace_s: float, limit: int) -> list[Dispatch]:
+    """Move retrying runs that are due (and were not picked up) back to queued."""
+    due = (
+        select(Run.id)
+        .where(Run.status == RunStatus.RETRYING,
+               Run.next_attempt_at < func.now() - timedelta(seconds=grace_s))
+        .order_by(Run.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    query = (
+        update(Run)
+        .where(Run.id.in_(due.scalar_subquery()))
+        .values(status=RunStatus.QUEUED, next_attempt_at=None, dispatched_at=None,
+                last_seq=Run.last_seq + 1)
+        .returning(Run.id, Run.queue, Run.timeout_s, Run.attempt, Run.last_seq)
+    )
+    moved = session.execute(query).all()
+    for row in moved:
+        events.record(session, run_id=row.id, seq=row.last_seq, type=events.STATUS,
+                      data={"status": RunStatus.QUEUED, "attempt": row.attempt})
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in moved]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the sweeper did with a run whose attempt died."""
+
+    run_id: str
+    agent: str
+    status: RunStatus
+    outcome: AttemptOutcome
+    dispatch: Dispatch | None
+
+
+def recover_stale(
+    session: Session, *, lease_timeout_s: float, hard_grace_s: float, limit: int
+) -> list[Recovery]:
+    """End attempts whose lease went stale: re-queue their runs, or dead-letter them.
+
+    A stale lease means the process running the attempt is gone (SIGKILL, out of memory,
+    a lost machine, a hard time limit). The attempt is recorded as ``crashed`` (or
+    ``timed_out`` if it outlived its time limit); the epoch moves on, so if the old
+    process is alive after all, its writes are refused.
+    """
+    stale = session.execute(
+        select(Run.id, Run.agent, Run.attempt, Run.max_attempts, Run.free_attempts,
+               Run.timeout_s, Run.queue, Run.cancel_requested_at, RunAttempt.started_at,
+               func.now().label("now"))
+        .join(RunAttempt, and_(RunAttempt.run_id == Run.id, RunAttempt.attempt == Run.attempt))
+        .where(Run.status == RunStatus.RUNNING,
+               Run.heartbeat_at < func.now() - timedelta(seconds=lease_timeout_s))
+        .order_by(Run.heartbeat_at)
+        .limit(limit)
+        .with_for_update(of=Run, skip_locked=True)
+    ).all()
+    recovered = []
+    for row in stale:
+        overran = (row.now - row.started_at).total_seconds() > row.timeout_s + hard_grace_s
+        outcome = AttemptOutcome.TIMED_OUT if overran else AttemptOutcome.CRASHED
+        error = _lost_error(row.attempt, overran=overran)
+        exhausted = row.attempt - row.free_attempts >= row.max_attempts
+        status = RunStatus.DEAD_LETTERED if exhausted else RunStatus.QUEUED
+        if row.cancel_requested_at is not None:  # asked to stop before its worker died
+            status, error = RunStatus.CANCELLED, _cancelled_error(error)
+        _abandon(session, run_id=row.id, attempt=row.attempt, status=status,
+                 outcome=outcome, error=error)
+        dispatch = Dispatch(row.id, row.queue, row.timeout_s) \
+            if status == RunStatus.QUEUED else None
+        recovered.append(Recovery(row.id, row.agent, status, outcome, dispatch))
+    return recovered
+
+
+def requeue_interrupted(session: Session, *, run_ids: list[str], worker: str) -> list[Dispatch]:
+    """Give back runs a stopping worker could not finish; the attempt does not count."""
+    rows = session.execute(
+        select(Run.id, Run.attempt, Run.queue, Run.timeout_s, Run.cancel_requested_at)
+        .where(Run.id.in_(run_ids), Run.status == RunStatus.RUNNING, Run.worker == worker)
+        .with_for_update()
+    ).all()
+    error = {"type": "WorkerShutdown",
+             "message": f"worker {worker} stopped before the attempt finished; re-queued"}
+    requeued = []
+    for row in rows:
+        if row.cancel_requested_at is not None:  # asked to stop: it ends here, cancelled
+            _abandon(session, run_id=row.id, attempt=row.attempt, status=RunStatus.CANCELLED,
+                     outcome=AttemptOutcome.CANCELLED, error=_cancelled_error(error))
+            continue
+        _abandon(session, run_id=row.id, attempt=row.attempt, status=RunStatus.QUEUED,
+                 outcome=AttemptOutcome.CRASHED, error=error, free=True)
+        requeued.append(Dispatch(row.id, row.queue, row.timeout_s))
+    return requeued
+
+
+def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
+             outcome: AttemptOutcome, error: dict[str, str], free: bool = False) -> None:
+    """End a running attempt that will not write its own outcome; move the lease on."""
+    terminal = status.is_terminal
+    seq = session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status=status, lease_epoch=Run.lease_epoch + 1, error=error,
+                dispatched_at=None, finished_at=func.now() if terminal else None,
+                free_attempts=Run.free_attempts + (1 if free else 0),
+                last_seq=Run.last_seq + 1)
+        .returning(Run.last_seq)
+    ).scalar_one()
+    _end_attempt(session, run_id=run_id, attempt=attempt, outcome=outcome, error=error)
+    events.record(session, run_id=run_id, seq=seq, type=events.STATUS,
+                  data={"status": status, "attempt": attempt, "error": error})
+
+
+def _end_attempt(session: Session, *, run_id: str, attempt: int, outcome: AttemptOutcome,
+                 error: dict[str, Any] | None, traceback: str | None = None) -> None:
+    error = error or {}
+    session.execute(
+        update(RunAttempt)
+        .where(RunAttempt.run_id == run_id, RunAttempt.attempt == attempt)
+        .values(finished_at=func.now(), outcome=outcome, error_type=error.get("type"),
+                error_message=error.get("message"), traceback=traceback)
+    )
+
+
+def _cancelled_error(lost: dict[str, str]) -> dict[str, str]:
+    return {"type": "Cancelled",
+            "message": f"cancelled; its attempt ended without stopping ({lost['message']})"}
+
+
+def _lost_error(attempt: int, *, overran: bool) -> dict[str, str]:
+    if overran:
+        return {"type": "TimeLimitExceeded",
+                "message": f"attempt {attempt} ran past its hard time limit and was killed"}
+    return {"type": "WorkerLost",
+            "message": f"the worker running attempt {attempt} stopped renewing its lease "
+                       "(killed, out of memory, or lost)"}
+
+
+def attempts(session: Session, *, run_id: str) -> list[RunAttempt]:
+    query = select(RunAttempt).where(RunAttempt.run_id == run_id).order_by(RunAttempt.attempt)
+    return list(session.scalars(query))

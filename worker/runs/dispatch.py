@@ -1,0 +1,186 @@
+"""Getting runs from Postgres to the broker without losing one.
+
+The run is committed first, then published, then marked dispatched. If publishing fails
+(broker down, process killed in between) the run stays unmarked and the sweeper publishes
+it later. If the broker loses messages it had (Redis restarted without its data, a message
+dropped by a task that failed), the sweeper sees the queue hold fewer messages than
+Postgres has waiting runs and publishes the longest-waiting ones again. A second publish of
+the same run is harmless: only one claim can win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from worker.base.queues import DELIVER_TASK, PUBLISH_RETRY_POLICY, RUN_TASK, declare_queue
+from worker.delivery import webhooks
+from worker.runs import store as runs
+from worker.runs.attempts import Dispatch
+
+if TYPE_CHECKING:
+    from worker.base.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 500
+_MARK_EVERY_S = 0.05
+
+
+def publish(rt: Runtime, job: Dispatch) -> bool:
+    """Send the run's message; False (and a log line) if the broker did not take it.
+
+    The run's timeout becomes the message's soft time limit, with a hard limit
+    ``AGENTQ_HARD_TIMEOUT_GRACE_S`` later for an agent that ignores the soft one.
+    """
+    try:
+        rt.celery.send_task(
+            RUN_TASK, args=[job.run_id], queue=job.queue, countdown=job.countdown_s,
+            soft_time_limit=job.timeout_s,
+            time_limit=job.timeout_s + rt.settings.hard_timeout_grace_s,
+            retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"
+        log.warning("publish failed; the sweeper will retry",
+                    extra={"run_id": job.run_id, "error": f"{type(error).__name__}: {error}"})
+        return False
+    return True
+
+
+def dispatch(rt: Runtime, job: Dispatch) -> bool:
+    """Publish a committed run and have it marked dispatched (in a batch); never raises."""
+    if not publish(rt, job):
+        return False
+    rt.marker().add(job.run_id)
+    return True
+
+
+class Marker:
+    """Marks published runs dispatched in batches: one UPDATE every 50 ms, not one per run.
+
+    A run published but not yet marked when its process dies is published again by the
+    sweeper (``AGENTQ_DISPATCH_GRACE_S`` later, if no worker has claimed it by then); a
+    second message is harmless.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self.pid = os.getpid()
+        self._rt = rt
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="agentq-marker", daemon=True).start()
+
+    def add(self, run_id: str) -> None:
+        with self._lock:
+            self._pending.add(run_id)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(_MARK_EVERY_S)  # let a batch gather
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = sorted(self._pending), set()
+        if not batch:
+            return
+        try:
+            with self._rt.db.autocommit() as session:
+                runs.mark_dispatched(session, run_ids=batch)
+        except Exception as error:  # published already: at worst a harmless re-publish
+            log.warning("could not mark runs dispatched",
+                        extra={"runs": len(batch), "error": f"{type(error).__name__}: {error}"})
+
+
+def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:
+    """Publish each job; return the ids that reached the broker."""
+    sent = [job.run_id for job in jobs if publish(rt, job)]
+    for run_id in sent:
+        log.info("run dispatched by the sweeper", extra={"run_id": run_id, "reason": reason})
+    return sent
+
+
+def redispatch_unpublished(rt: Runtime) -> int:
+    """Publish queued runs that were committed but never published."""
+    with rt.db.transaction() as session:
+        due = runs.due_for_dispatch(session, grace_s=rt.settings.dispatch_grace_s,
+                                    limit=SWEEP_BATCH,
+                                    running_cap=rt.settings.tenant_max_running)
+        sent = publish_all(rt, due, reason="never published")
+        runs.mark_dispatched(session, run_ids=sent)
+    return len(sent)
+
+
+def redispatch_lost(rt: Runtime) -> int:
+    """Publish again the waiting runs whose messages the broker no longer holds."""
+    with rt.db.transaction() as session:
+        waiting = runs.published_and_waiting(session)
+    if not waiting:
+        return 0
+    depths = broker_depths(rt, list(waiting))
+    total = 0
+    for queue, expected in waiting.items():
+        missing = expected - depths.get(queue, expected)
+        if missing <= 0:
+            continue
+        with rt.db.transaction() as session:
+            lost = runs.longest_waiting(session, queue=queue,
+                                        older_than_s=rt.settings.redispatch_after_s,
+                                        limit=min(missing, SWEEP_BATCH))
+            sent = publish_all(rt, lost, reason=f"missing from queue {queue}")
+            runs.mark_dispatched(session, run_ids=sent)
+        total += len(sent)
+    return total
+
+
+def broker_depths(rt: Runtime, queues: list[str]) -> dict[str, int]:
+    """Messages ready in each queue. Declaring also restores lost bindings (Redis)."""
+    depths = {}
+    with rt.celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        for name in queues:
+            depths[name] = declare_queue(name, channel)
+    return depths
+
+
+def publish_delivery(rt: Runtime, delivery_id: str) -> bool:
+    """Publish a delivery's send task; False (and a log line) if the broker did not take
+    it (the sweeper sends it then)."""
+    try:
+        rt.celery.send_task(DELIVER_TASK, args=[delivery_id], retry=True,
+                            retry_policy=PUBLISH_RETRY_POLICY)
+    except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"
+        log.warning("delivery publish failed; the sweeper will retry",
+                    extra={"delivery_id": delivery_id, "error": type(error).__name__})
+        return False
+    return True
+
+
+def dispatch_deliveries(rt: Runtime, delivery_ids: list[str]) -> int:
+    """Publish the send tasks of committed deliveries and mark them; never raises."""
+    sent = [delivery_id for delivery_id in delivery_ids if publish_delivery(rt, delivery_id)]
+    if sent:
+        try:
+            with rt.db.transaction() as session:
+                webhooks.mark_dispatched(session, delivery_ids=sent)
+        except Exception as error:  # published already: at worst a harmless second send task
+            log.warning("could not mark deliveries dispatched",
+                        extra={"error": f"{type(error).__name__}: {error}"})
+    return len(sent)
+
+
+def redispatch_deliveries(rt: Runtime) -> int:
+    """Publish deliveries that are due and have no send task on its way."""
+    settings = rt.settings
+    with rt.db.transaction() as session:
+        due = webhooks.due(session, grace_s=settings.dispatch_grace_s,
+                           lost_after_s=settings.redispatch_after_s, limit=SWEEP_BATCH,
+                           per_tenant=settings.webhook_tenant_concurrency)
+    return dispatch_deliveries(rt, due)

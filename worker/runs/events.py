@@ -1,0 +1,110 @@
+"""The run's event log: one gap-free ``seq`` per run, written with the state it reports.
+
+``runs.last_seq`` is bumped in the same statement that changes the run (or in ``append``
+below); the row lock that UPDATE takes serialises concurrent writers, and a rolled-back
+transaction takes its seq with it, so the log never has gaps.
+
+Every event recorded in a transaction is kept in ``session.info``; once the transaction
+commits, the database announces them on the bus (see ``worker.db``), so listeners learn
+of an event only after it is durable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import insert, select, text
+from sqlalchemy.orm import Session
+
+from worker.base.errors import LeaseLost
+from worker.base.models import TERMINAL_STATUSES, RunEvent
+
+STATUS = "status"
+PROGRESS = "progress"
+SESSION_KEY = "agentq.events"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One committed entry of a run's event log."""
+
+    run_id: str
+    seq: int
+    type: str
+    data: dict[str, Any]
+    at: datetime
+
+    @cached_property
+    def data_json(self) -> str:
+        """The data as compact JSON, encoded once however many streams send it."""
+        return json.dumps(self.data, separators=(",", ":"))
+
+    @property
+    def is_terminal(self) -> bool:
+        """The run's last event: a status event with a terminal status."""
+        return self.type == STATUS and self.data.get("status") in TERMINAL_STATUSES
+
+
+def remember(session: Session, event: Event) -> Event:
+    """Note an event written in this transaction, to be announced after it commits."""
+    session.info.setdefault(SESSION_KEY, []).append(event)
+    return event
+
+
+def record(session: Session, *, run_id: str, seq: int, type: str,
+           data: dict[str, Any]) -> Event:
+    """Insert event ``seq``, already reserved by the caller's UPDATE of the run."""
+    at = session.execute(
+        insert(RunEvent).values(run_id=run_id, seq=seq, type=type, data=data)
+        .returning(RunEvent.at)
+    ).scalar_one()
+    return remember(session, Event(run_id, seq, type, json.loads(json.dumps(data)), at))
+
+
+_APPEND = text(
+    """
+    WITH bumped AS (
+        UPDATE runs SET last_seq = last_seq + 1
+        WHERE id = :run_id AND lease_epoch = :epoch AND status = 'running'
+        RETURNING id, last_seq
+    )
+    INSERT INTO run_events (run_id, seq, type, data)
+    SELECT id, last_seq, :type, CAST(:data AS jsonb) FROM bumped
+    RETURNING seq, at
+    """
+)
+
+
+def append(
+    session: Session, *, run_id: str, epoch: int, type: str, data: dict[str, Any]
+) -> Event:
+    """Append an event written by the attempt holding ``epoch``."""
+    encoded = json.dumps(data)
+    row = session.execute(
+        _APPEND, {"run_id": run_id, "epoch": epoch, "type": type, "data": encoded}
+    ).one_or_none()
+    if row is None:
+        raise LeaseLost(f"run {run_id}: attempt with lease epoch {epoch} no longer holds it")
+    return remember(session, Event(run_id, int(row.seq), type, json.loads(encoded), row.at))
+
+
+def after(session: Session, *, run_id: str, seq: int, limit: int = 1000) -> list[Event]:
+    """Return the run's events with ``seq`` greater than ``seq``, oldest first."""
+    query = (
+        select(RunEvent)
+        .where(RunEvent.run_id == run_id, RunEvent.seq > seq)
+        .order_by(RunEvent.seq)
+        .limit(limit)
+    )
+    return [Event(row.run_id, row.seq, row.type, row.data, row.at)
+            for row in session.scalars(query)]
+
+
+def recorded(session: Session) -> list[Event]:
+    """The events recorded in this session's transaction so far."""
+    found: list[Event] = session.info.get(SESSION_KEY, [])
+    return found

@@ -1,0 +1,175 @@
+"""Durable steps: a step's result is committed before ``ctx.step`` returns, and later
+attempts of the run (a retry, a crash recovery, a replay) get it back instead of running
+the step again.
+
+A step is keyed by the run and its name. Its arguments are fingerprinted, so a name reused
+with other arguments (a loop that forgot to number its steps) is an error, not a silent
+wrong answer. A step that raised is not stored: it runs again on the next attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from worker.base import jsonb
+from worker.base.errors import StepMismatch
+from worker.base.models import RunStep
+from worker.runs import events
+from worker.runs import usage as spend
+
+if TYPE_CHECKING:
+    from worker.base.db import Database
+
+MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What an earlier execution of a step left."""
+
+    fingerprint: str
+    result: Any
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One LLM call's cost, stored with its step and summed on the run and the tenant."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "latency_ms": self.latency_ms}
+
+
+def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A stable hash of a step's arguments (objects that are not JSON count by type)."""
+    encoded = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"),
+                         default=lambda value: f"<{type(value).__qualname__}>")
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def idempotency_key(run_id: str, name: str) -> str:
+    """The same for every attempt of the run: pass it to APIs that deduplicate by key."""
+    return f"agentq-{run_id}-{hashlib.sha256(name.encode()).hexdigest()[:24]}"
+
+
+def check(name: str, stored: Stored | None, fingerprint: str) -> None:
+    """Refuse a name reused with other arguments, saying how to fix it."""
+    if stored is not None and stored.fingerprint != fingerprint:
+        raise StepMismatch(
+            f"step {name!r} already ran in this run with other arguments; give each call "
+            f"a name of its own (e.g. f\"{name}:{{i}}\" in a loop)")
+
+
+def load(session: Session, *, run_id: str) -> dict[str, Stored]:
+    """The run's finished steps, by name."""
+    rows = session.execute(select(RunStep.name, RunStep.fingerprint, RunStep.result)
+                           .where(RunStep.run_id == run_id))
+    return {row.name: Stored(row.fingerprint, row.result) for row in rows}
+
+
+_STORE = text("""
+    INSERT INTO run_steps (run_id, name, fingerprint, result, attempt, duration_ms, usage)
+    VALUES (:run_id, :name, :fingerprint, CAST(:result AS jsonb), :attempt, :duration_ms,
+            CAST(:usage AS jsonb))
+    ON CONFLICT (run_id, name) DO NOTHING
+""")
+
+def store(session: Session, *, run_id: str, epoch: int, attempt: int, name: str,
+          fingerprint: str, result: Any, duration_ms: int, usage: Usage | None) -> None:
+    """Commit (with the caller's transaction) the step's result, its ``step.finished``
+    event and its usage. Raises LeaseLost if this attempt no longer holds the run."""
+    events.append(session, run_id=run_id, epoch=epoch, type=events.PROGRESS, data={
+        "phase": "step.finished", "message": f"Step {name} finished", "step": name,
+        "duration_ms": duration_ms})
+    session.execute(_STORE, {
+        "run_id": run_id, "name": name, "fingerprint": fingerprint,
+        "result": json.dumps(result), "attempt": attempt, "duration_ms": duration_ms,
+        "usage": json.dumps(usage.as_dict()) if usage else None})
+    if usage is not None:
+        spend.add(session, run_id=run_id, input_tokens=usage.input_tokens,
+                  output_tokens=usage.output_tokens)
+
+
+def listed(session: Session, *, run_id: str) -> list[RunStep]:
+    """The run's stored steps in the order they finished."""
+    return list(session.scalars(select(RunStep).where(RunStep.run_id == run_id)
+                                .order_by(RunStep.finished_at, RunStep.name)))
+
+
+def as_json(value: Any, *, what: str = "the value") -> Any:
+    """``value`` as plain JSON that Postgres can store (a pydantic model dumped), or
+    TypeError naming what is wrong."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    try:
+        return json.loads(jsonb.dumps(value, what=what))
+    except jsonb.Unstorable as error:
+        raise TypeError(str(error)) from None
+    except TypeError as error:
+        raise TypeError(f"{what} is not JSON-serialisable: {error}") from None
+
+
+class StepRunner:
+    """The durable steps of one attempt: what ``ctx.step`` and ``ctx.llm`` call."""
+
+    def __init__(self, db: Database, *, run_id: str, epoch: int, attempt: int,
+                 emit: Callable[[dict[str, Any]], int]) -> None:
+        self._db = db
+        self._run_id = run_id
+        self._epoch = epoch
+        self._attempt = attempt
+        self._emit = emit
+        self._done: dict[str, Stored] | None = None
+
+    def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+            kwargs: dict[str, Any], *,
+            usage_of: Callable[[Any], Usage | None] | None = None) -> Any:
+        """Return the step's stored result, or run ``fn`` and store what it returns."""
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+            raise ValueError(f"a step name is a string of 1 to {MAX_NAME} characters")
+        signature = fingerprint(args, kwargs)
+        done = self._finished()
+        check(name, done.get(name), signature)
+        if name in done:
+            return copy.deepcopy(done[name].result)
+        self._emit({"phase": "step.started", "message": f"Step {name} started", "step": name})
+        began = time.monotonic()
+        try:
+            result = as_json(fn(*args, **kwargs), what=f"step {name!r}'s result")
+        except Exception as error:
+            with contextlib.suppress(Exception):  # the step's own error is what matters
+                self._emit({"phase": "step.failed", "step": name, "error": type(error).__name__,
+                            "message": f"Step {name} failed: {type(error).__name__}"})
+            raise
+        duration_ms = round((time.monotonic() - began) * 1000)
+        with self._db.transaction() as session:
+            store(session, run_id=self._run_id, epoch=self._epoch, attempt=self._attempt,
+                  name=name, fingerprint=signature, result=result, duration_ms=duration_ms,
+                  usage=usage_of(result) if usage_of else None)
+        done[name] = Stored(signature, result)
+        return copy.deepcopy(result)
+
+    def _finished(self) -> dict[str, Stored]:
+        if self._done is None:
+            with self._db.autocommit() as session:
+                self._done = load(session, run_id=self._run_id)
+            if self._done:
+                names = list(self._done)
+                self._emit({"phase": "step.resumed", "steps": names[:50],
+                            "message": f"Resuming: {len(names)} finished step(s) reused"})
+        return self._done

@@ -1,0 +1,338 @@
+"""The run lifecycle in Postgres: create, read, claim, finish, and the dispatch outbox.
+
+Every function takes a session and never commits: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import false, func, or_, select, text, true, update
+from sqlalchemy.orm import Session, aliased
+
+from worker.base import jsonb
+from worker.base.errors import Conflict, NotFound
+from worker.base.models import TERMINAL_STATUSES, Run, RunStatus, new_id
+from worker.runs import admission, events
+from worker.runs.attempts import Dispatch
+from worker.runs.readiness import session_free, under_running_cap
+
+if TYPE_CHECKING:
+    from worker.base.db import Database
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What a client asked for, already validated and with defaults applied."""
+
+    agent: str
+    input: Any
+    timeout_s: int
+    max_attempts: int
+    queue: str
+    session_id: str | None = None
+    webhook_url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
+    reply_url: str | None = None
+    multitask: str = "enqueue"
+    priority: str = "normal"
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    status: RunStatus | None = None
+    agent: str | None = None
+    session_id: str | None = None
+    since: datetime | None = None  # created at or after
+
+
+_QUEUED_EVENT = {"status": RunStatus.QUEUED.value, "attempt": 0}
+
+def _create_sql(slot: str | None) -> str:
+    """The run and its first event in one statement (a hot path: every submission); led
+    by ``slot``, the run is stored only if the tenant's caps leave it a slot. In psycopg's
+    placeholders: run by a session's connection, or on its own (``Database.one_row``)."""
+    lead, source = (f"slot AS ({slot}),", "FROM slot") if slot else ("", "")
+    return f"""
+    WITH {lead} stored AS (
+        INSERT INTO runs (id, tenant_id, agent, status, input, attempt, max_attempts,
+                          timeout_s, session_id, metadata, webhook_url, reply_url,
+                          request_id, queue, priority, lease_epoch, last_seq)
+        SELECT %(id)s, %(tenant_id)s, %(agent)s, 'queued', CAST(%(input)s AS jsonb), 0,
+               %(max_attempts)s, %(timeout_s)s, %(session_id)s, CAST(%(metadata)s AS jsonb),
+               %(webhook_url)s, %(reply_url)s, %(request_id)s, %(queue)s, %(priority)s, 0, 1
+        {source}
+        RETURNING *
+    ), first AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT id, 1, 'status', CAST(%(event)s AS jsonb) FROM stored
+        RETURNING at
+    )
+    SELECT stored.*, first.at AS event_at FROM stored, first
+    """  # noqa: S608 (constants only)
+
+
+_CREATE = _create_sql(None)
+_CREATE_ADMITTED = _create_sql(admission.SLOT)
+
+
+def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
+    """Store a queued run and its first event in one statement of the session's
+    transaction; the caller dispatches it after commit (and took its slot under the
+    tenant's caps first: ``admission.take``). Returns the stored run (detached)."""
+    row = session.connection().exec_driver_sql(_CREATE, _create_params(tenant_id, new)).one()
+    events.remember(session, events.Event(row.id, 1, events.STATUS, dict(_QUEUED_EVENT),
+                                          row.event_at))
+    return Run.from_row(row)
+
+
+def create_alone(db: Database, *, tenant_id: str, new: NewRun, caps: admission.Caps) -> Run:
+    """As ``create``, but the statement commits by itself: one round trip, no transaction.
+    With caps, it takes the run's slot in the same statement, and stores nothing (raising
+    ``admission.Full``) when the tenant's figure leaves none. (Event 1 is not announced:
+    nobody can be watching a run before it has an id.)"""
+    params = _create_params(tenant_id, new)
+    if not caps.any:
+        return Run.from_row(db.one_row(_CREATE, params))
+    row = db.one_row(_CREATE_ADMITTED, {**params, **caps.params(tenant_id)})
+    if row is None:
+        raise admission.Full(caps)
+    return Run.from_row(row)
+
+
+def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
+    return {
+        "id": new_id("run"), "tenant_id": tenant_id, "agent": new.agent,
+        "input": jsonb.dumps(new.input, what="input"), "max_attempts": new.max_attempts,
+        "timeout_s": new.timeout_s, "session_id": new.session_id,
+        "metadata": jsonb.dumps(new.metadata, what="metadata"),
+        "webhook_url": new.webhook_url, "reply_url": new.reply_url,
+        "request_id": new.request_id, "queue": new.queue, "priority": new.priority,
+        "event": json.dumps(_QUEUED_EVENT),
+    }
+
+
+def get(session: Session, *, tenant_id: str, run_id: str) -> Run:
+    """Return the tenant's run, or raise NotFound (also for another tenant's run)."""
+    run = session.scalar(select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id))
+    if run is None:
+        raise NotFound("run", run_id)
+    return run
+
+
+def page(
+    session: Session, *, tenant_id: str, where: RunFilter, limit: int, before: str | None
+) -> tuple[list[Run], str | None]:
+    """Return up to ``limit`` runs newest first, and the id to continue before (or None)."""
+    query = select(Run).where(Run.tenant_id == tenant_id)
+    if where.status is not None:
+        query = query.where(Run.status == where.status)
+    if where.agent is not None:
+        query = query.where(Run.agent == where.agent)
+    if where.session_id is not None:
+        query = query.where(Run.session_id == where.session_id)
+    if where.since is not None:
+        query = query.where(Run.created_at >= where.since)
+    if before is not None:
+        query = query.where(Run.id < before)
+    rows = list(session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)
+
+
+_MARK_DISPATCHED = text("UPDATE runs SET dispatched_at = now() WHERE id = ANY(:ids)")
+
+
+def mark_dispatched(session: Session, *, run_ids: list[str]) -> None:
+    """Record that these runs' messages reached the broker."""
+    if run_ids:
+        session.execute(_MARK_DISPATCHED, {"ids": run_ids})
+
+
+def may_start(session: Session, *, run_id: str, running_cap: int) -> bool:
+    """Whether the run could be claimed now (its session is free, its tenant under cap)."""
+    found = session.scalar(select(Run.id).where(
+        Run.id == run_id, session_free(), under_running_cap(running_cap)))
+    return found is not None
+
+
+def active_in_session(session: Session, *, tenant_id: str, session_id: str) -> list[Run]:
+    """The session's runs that have not ended, oldest first."""
+    query = (select(Run)
+             .where(Run.tenant_id == tenant_id, Run.session_id == session_id,
+                    Run.status.not_in(list(TERMINAL_STATUSES)))
+             .order_by(Run.id))
+    return list(session.scalars(query))
+
+
+def waiting_count(session: Session, *, tenant_id: str) -> int:
+    """The tenant's runs waiting to start (queued or retrying)."""
+    count = session.scalar(select(func.count()).select_from(Run).where(
+        Run.tenant_id == tenant_id, Run.status.in_([RunStatus.QUEUED, RunStatus.RETRYING])))
+    return int(count or 0)
+
+
+def running_count(session: Session, *, tenant_id: str) -> int:
+    count = session.scalar(select(func.count()).select_from(Run).where(
+        Run.tenant_id == tenant_id, Run.status == RunStatus.RUNNING))
+    return int(count or 0)
+
+
+def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
+                  limit: int = 50) -> list[Dispatch]:
+    """Held-back runs that may start now that these runs ended: later runs of their
+    sessions, and other runs of their tenants waiting under a running cap."""
+    ended = aliased(Run)
+    related = select(ended.tenant_id).where(ended.id.in_(run_ids))
+    same_session = select(ended.session_id).where(ended.id.in_(run_ids),
+                                                  ended.session_id.is_not(None))
+    query = (
+        select(Run.id, Run.queue, Run.timeout_s)
+        .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_(None),
+               Run.tenant_id.in_(related),
+               or_(Run.session_id.in_(same_session), true() if running_cap > 0 else false()),
+               session_free(), under_running_cap(running_cap))
+        .order_by(Run.id)
+        .limit(limit)
+    )
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+
+
+def due_for_dispatch(session: Session, *, grace_s: float, limit: int,
+                     running_cap: int = 0) -> list[Dispatch]:
+    """Lock and return queued runs whose publish never happened and that may start."""
+    query = (
+        select(Run.id, Run.queue, Run.timeout_s)
+        .where(
+            Run.status == RunStatus.QUEUED,
+            Run.dispatched_at.is_(None),
+            Run.created_at < func.now() - timedelta(seconds=grace_s),
+            session_free(),
+            under_running_cap(running_cap),
+        )
+        .order_by(Run.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+
+
+def published_and_waiting(session: Session) -> dict[str, int]:
+    """How many queued runs each queue's broker should be holding a message for."""
+    query = (
+        select(Run.queue, func.count())
+        .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_not(None))
+        .group_by(Run.queue)
+    )
+    return {queue: count for queue, count in session.execute(query).all()}
+
+
+def longest_waiting(session: Session, *, queue: str, older_than_s: float,
+                    limit: int) -> list[Dispatch]:
+    """Lock and return the queue's runs published longest ago and still not claimed."""
+    query = (
+        select(Run.id, Run.queue, Run.timeout_s)
+        .where(Run.status == RunStatus.QUEUED, Run.queue == queue,
+               Run.dispatched_at < func.now() - timedelta(seconds=older_than_s))
+        .order_by(Run.dispatched_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    run: Run
+    notify_worker: bool  # the run is running: its worker must be told to stop
+
+
+def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
+    """Cancel a run. Queued or retrying: it ends now and never starts. Running: it is asked
+    to stop (the worker ends it ``cancelled``). Already cancelled: nothing to do.
+
+    Raises Conflict for a run that ended otherwise.
+    """
+    run = session.scalar(select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id)
+                         .with_for_update())
+    if run is None:
+        raise NotFound("run", run_id)
+    status = RunStatus(run.status)
+    if status in (RunStatus.QUEUED, RunStatus.RETRYING):
+        run.status = RunStatus.CANCELLED
+        run.cancel_requested_at = run.finished_at = func.now()
+        run.next_attempt_at = None
+        run.error = {"type": "Cancelled", "message": "cancelled before it started"}
+        run.last_seq += 1
+        session.flush()
+        session.refresh(run)
+        events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,
+                      data={"status": RunStatus.CANCELLED, "attempt": run.attempt,
+                            "error": run.error})
+        return CancelResult(run, notify_worker=False)
+    if status == RunStatus.RUNNING:
+        if run.cancel_requested_at is None:
+            run.cancel_requested_at = func.now()
+            session.flush()
+            session.refresh(run)
+        return CancelResult(run, notify_worker=True)
+    if status == RunStatus.CANCELLED:
+        return CancelResult(run, notify_worker=False)
+    raise Conflict(f"run {run_id} already ended {status}; it cannot be cancelled")
+
+
+REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED})
+
+
+def replay(session: Session, *, run: Run, caps: admission.Caps) -> Run:
+    """Queue a failed, dead-lettered or cancelled run again; its earlier attempts are kept.
+
+    The earlier attempts stop counting toward ``max_attempts``: the replay gets a full budget.
+    The run is locked and read again first, so of two replays at once the second finds it
+    queued and is refused (409). It waits again, so it takes a place under the tenant's
+    ``caps`` as a submission does (``admission.admitted`` around the transaction; an
+    operator's replay may pass ``admission.NONE``).
+    """
+    session.refresh(run, with_for_update=True)
+    if run.status not in REPLAYABLE:
+        raise Conflict(f"run {run.id} is {run.status}; only failed, dead_lettered or "
+                       "cancelled runs can be replayed")
+    admission.take(session, tenant_id=run.tenant_id, caps=caps)
+    run.status = RunStatus.QUEUED
+    run.free_attempts = run.attempt
+    run.result = run.error = None
+    run.finished_at = run.next_attempt_at = run.dispatched_at = None
+    run.cancel_requested_at = run.discarded_at = None
+    run.last_seq += 1
+    session.flush()
+    events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,
+                  data={"status": RunStatus.QUEUED, "attempt": run.attempt, "replay": True})
+    return run
+
+
+def dead_letters(session: Session, *, tenant_id: str | None = None,
+                 include_discarded: bool = False, limit: int = 1000) -> list[Run]:
+    """Dead-lettered runs, newest first (across tenants unless one is named)."""
+    query = select(Run).where(Run.status == RunStatus.DEAD_LETTERED)
+    if tenant_id is not None:
+        query = query.where(Run.tenant_id == tenant_id)
+    if not include_discarded:
+        query = query.where(Run.discarded_at.is_(None))
+    return list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
+
+
+def discard(session: Session, *, run_ids: list[str]) -> int:
+    """Mark dead letters as dismissed (their history is kept); return how many."""
+    query = (
+        update(Run)
+        .where(Run.id.in_(run_ids), Run.status == RunStatus.DEAD_LETTERED,
+               Run.discarded_at.is_(None))
+        .values(discarded_at=func.now())
+        .returning(Run.id)
+    )
+    return len(session.execute(query).all())
