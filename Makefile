@@ -36,6 +36,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # worker/'s layers (pyproject.toml): dependencies point one way
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from worker.base.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from worker.base.runtime import Runtime
+from worker.base.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -143,7 +141,9 @@ def revoke_key(key: str) -> None:
             click.echo(f"revoked {record.id} ({record.prefix}…)", err=True)
     except NotFound:
         raise click.ClickException(f"no API key has the id or prefix {key!r}") from None
-    api_keys.announce_revocation(rt.bus.redis, record.id)  # API processes forget it at once
+    from worker.access.cache import announce_revocation
+
+    announce_revocation(rt.bus.redis, record.id)  # API processes forget it at once
 
 
 @main.group()
@@ -153,7 +153,7 @@ def dlq() -> None:
 
 def load_runtime() -> Runtime:
     """The runtime from the environment, or a one-line configuration error (exit 2)."""
-    from worker.base.runtime import build_runtime
+    from worker.app import build_runtime
     from worker.base.settings import load_settings
 
     return build_runtime(_configured(load_settings))

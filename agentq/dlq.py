@@ -9,10 +9,9 @@ import click
 from sqlalchemy import select
 
 from worker.base.models import Run, Tenant
+from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.runs import admission, dispatch
-from worker.runs import store as runs
-from worker.runs.attempts import Dispatch
+from worker.runs import admission, dispatch, store
 from worker.runs.views import iso, run_view
 
 
@@ -28,7 +27,7 @@ def _tenant_id(rt: Runtime, name: str | None) -> str | None:
 
 def list_dead(rt: Runtime, *, tenant: str | None, as_json: bool) -> None:
     with rt.db.transaction() as session:
-        dead = runs.dead_letters(session, tenant_id=_tenant_id(rt, tenant))
+        dead = store.dead_letters(session, tenant_id=_tenant_id(rt, tenant))
     if as_json:
         click.echo(json.dumps([{**run_view(run), "tenant_id": run.tenant_id} for run in dead]))
         return
@@ -48,12 +47,12 @@ def replay(rt: Runtime, *, run_ids: tuple[str, ...], everything: bool,
     """Queue the named dead letters (or all of them) again; return how many."""
     with rt.db.transaction() as session:
         if everything:
-            chosen = runs.dead_letters(session, tenant_id=_tenant_id(rt, tenant))
+            chosen = store.dead_letters(session, tenant_id=_tenant_id(rt, tenant))
         else:
             chosen = _named(session.scalars(select(Run).where(Run.id.in_(run_ids))).all(),
                             run_ids)
         for run in chosen:
-            runs.replay(session, run=run, caps=admission.NONE)  # an operator's: past the caps
+            store.replay(session, run=run, caps=admission.NONE)  # an operator's: past the caps
         jobs = [Dispatch(run.id, run.queue, run.timeout_s) for run in chosen]
     for job in jobs:
         dispatch.dispatch(rt, job)
@@ -66,10 +65,10 @@ def purge(rt: Runtime, *, run_ids: tuple[str, ...], everything: bool,
     """Dismiss dead letters: marked discarded, never deleted; return how many."""
     with rt.db.transaction() as session:
         if everything:
-            ids = [run.id for run in runs.dead_letters(session, tenant_id=_tenant_id(rt, tenant))]
+            ids = [run.id for run in store.dead_letters(session, tenant_id=_tenant_id(rt, tenant))]
         else:
             ids = list(run_ids)
-        return runs.discard(session, run_ids=ids)
+        return store.discard(session, run_ids=ids)
 
 
 def _named(found: Sequence[Run], run_ids: tuple[str, ...]) -> list[Run]:

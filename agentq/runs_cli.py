@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 
 from worker.base.errors import Conflict
 from worker.base.models import Run, RunStatus, Tenant
+from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.delivery import webhooks
-from worker.runs import admission, attempts, dispatch, events
-from worker.runs import store as runs
-from worker.runs.attempts import Dispatch
+from worker.runs import admission, attempts, dispatch, events, store
 from worker.runs.views import attempt_view, delivery_view, event_view, iso, run_view
 
 
@@ -123,7 +122,7 @@ def cancel_run(run_id: str) -> None:
     try:
         with rt.db.transaction() as session:
             run = _find(session, run_id)
-            outcome = runs.cancel(session, tenant_id=run.tenant_id, run_id=run_id)
+            outcome = store.cancel(session, tenant_id=run.tenant_id, run_id=run_id)
             status = outcome.run.status
     except Conflict as conflict:
         raise click.ClickException(str(conflict)) from None
@@ -139,7 +138,7 @@ def replay_run(run_id: str) -> None:
     rt = _runtime()
     try:
         with rt.db.transaction() as session:
-            run = runs.replay(session, run=_find(session, run_id),
+            run = store.replay(session, run=_find(session, run_id),
                               caps=admission.NONE)  # an operator's: past the caps
             job = Dispatch(run.id, run.queue, run.timeout_s)
     except Conflict as conflict:

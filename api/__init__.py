@@ -23,8 +23,9 @@ from api import (
     webhooks,
     ws,
 )
+from worker.app import build_runtime
 from worker.base.logs import configure_logging
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings, load_settings
 
 

@@ -9,7 +9,7 @@ from api.bodies import json_body
 from api.deps import principal, runtime
 from api.idempotency import withholding
 from api.schemas import ApiKeyCreate
-from worker.access import keys
+from worker.access import cache, keys
 from worker.base.models import ApiKey
 from worker.runs.views import iso
 
@@ -46,5 +46,5 @@ def revoke_key(key_id: str) -> tuple[str, int]:
     rt = runtime()
     with rt.db.transaction() as session:
         revoked = keys.revoke(session, tenant_id=principal().tenant_id, key_id=key_id)
-    rt.key_revoked(revoked.id)
+    cache.revoked(rt, revoked.id)
     return "", 204

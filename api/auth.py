@@ -13,6 +13,7 @@ from flask import g, request
 from api.deps import principal, runtime
 from api.errors import Problem, unauthorized
 from worker.access import keys, ratelimit
+from worker.access.cache import KeyCache
 
 # Credentials must never travel in URLs (they end up in logs and browser history).
 _CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "auth"})
@@ -75,7 +76,7 @@ def _authenticate(token: str) -> None:
         with rt.db.autocommit() as session:
             caller = keys.authenticate_jwt(session, token=token, settings=rt.settings)
     else:
-        key_hash, cache = keys.hash_key(token), rt.key_cache()
+        key_hash, cache = keys.hash_key(token), KeyCache.of(rt)
         caller = cache.get(key_hash)
         if caller is None:
             generation = cache.generation  # before the lookup: see KeyCache

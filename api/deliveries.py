@@ -14,7 +14,7 @@ from api.deps import principal, runtime
 from api.schemas import DeliveryListQuery
 from worker.base.models import DeliveryStatus
 from worker.delivery import webhooks
-from worker.runs import dispatch
+from worker.runs import outbox
 from worker.runs.views import delivery_attempt_view, delivery_view
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries")
@@ -52,5 +52,5 @@ def retry_delivery(delivery_id: str) -> tuple[Response, int]:
         delivery = webhooks.retry(session, tenant_id=principal().tenant_id,
                                   delivery_id=delivery_id)
         view = delivery_view(delivery)
-    dispatch.dispatch_deliveries(rt, [delivery_id])
+    outbox.dispatch(rt, [delivery_id])
     return jsonify(view), 202

@@ -19,11 +19,11 @@ from api.bodies import query
 from api.deps import principal, runtime
 from api.schemas import MAX_SEQ, EventsQuery
 from worker.access import grants
+from worker.access.grants import Grants
 from worker.access.keys import Principal
 from worker.base.errors import InvalidRequest
 from worker.base.runtime import Runtime
-from worker.runs import events
-from worker.runs import store as runs
+from worker.runs import events, store
 from worker.runs.events import Event
 from worker.runs.follow import follow
 from worker.runs.views import event_view
@@ -44,7 +44,7 @@ def run_events(run_id: str) -> Response:
     rt = runtime()
     after = resume_point()
     with rt.db.transaction() as session:
-        runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        store.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = [] if _wants_stream() else events.after(session, run_id=run_id, seq=after)
     if _wants_stream():
         return stream(rt, run_id, after, caller=principal())
@@ -82,7 +82,7 @@ def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal) -> Respon
         started, sent = time.monotonic(), 0
         try:
             yield f"retry: {RECONNECT_MS}\n\n"
-            with rt.grants().hold(caller, max_s=settings.stream_max_s) as grant:
+            with Grants.of(rt).hold(caller, max_s=settings.stream_max_s) as grant:
                 for event in follow(rt, run_id=run_id, after=after, grant=grant,
                                     tick_s=settings.stream_keepalive_s,
                                     max_s=settings.stream_max_s):

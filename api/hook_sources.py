@@ -10,7 +10,7 @@ from api.deps import principal, runtime
 from api.idempotency import idempotent
 from api.schemas import HookSourceCreate, HookSourceRotate
 from worker.base.models import HookSource
-from worker.inbound import receive as inbound
+from worker.inbound import hooks
 from worker.runs.views import iso
 
 bp = Blueprint("hook_sources", __name__, url_prefix="/v1/hook-sources")
@@ -37,7 +37,7 @@ def create_source() -> tuple[Response, int]:
     body = json_body(HookSourceCreate)
     rt = runtime()
     with rt.db.transaction() as session:
-        source = inbound.create_source(
+        source = hooks.create_source(
             session, rt=rt, tenant_id=principal().tenant_id, provider=body.provider,
             secret=body.secret, agent=body.agent, events=body.events,
             reply_url=str(body.reply) if body.reply else None)
@@ -47,14 +47,14 @@ def create_source() -> tuple[Response, int]:
 @bp.get("")
 def list_sources() -> Response:
     with runtime().db.transaction() as session:
-        items = inbound.sources(session, tenant_id=principal().tenant_id)
+        items = hooks.sources(session, tenant_id=principal().tenant_id)
         return jsonify({"items": [source_view(source) for source in items]})
 
 
 @bp.get("/<source_id>")
 def get_source(source_id: str) -> Response:
     with runtime().db.transaction() as session:
-        source = inbound.get_source(session, tenant_id=principal().tenant_id,
+        source = hooks.get_source(session, tenant_id=principal().tenant_id,
                                     source_id=source_id)
         return jsonify(source_view(source))
 
@@ -62,7 +62,7 @@ def get_source(source_id: str) -> Response:
 @bp.delete("/<source_id>")
 def delete_source(source_id: str) -> tuple[str, int]:
     with runtime().db.transaction() as session:
-        inbound.delete_source(session, tenant_id=principal().tenant_id, source_id=source_id)
+        hooks.delete_source(session, tenant_id=principal().tenant_id, source_id=source_id)
     return "", 204
 
 
@@ -71,7 +71,7 @@ def rotate_secret(source_id: str) -> Response:
     body = json_body(HookSourceRotate)
     rt = runtime()
     with rt.db.transaction() as session:
-        source = inbound.rotate_secret(session, tenant_id=principal().tenant_id,
+        source = hooks.rotate_secret(session, tenant_id=principal().tenant_id,
                                        source_id=source_id, secret=body.secret,
                                        overlap_s=rt.settings.webhook_secret_overlap_s)
         return jsonify(source_view(source))

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from api.bodies import raw_body
 from api.deps import runtime
 from api.errors import Problem, unauthorized
-from worker.inbound import receive as inbound
+from worker.inbound import hooks
 from worker.inbound.providers import Rejected, Unreadable
 from worker.runs.submission import launch
 
@@ -28,7 +28,7 @@ def receive(source_id: str) -> tuple[Response, int]:
     body = raw_body()
     try:
         headers = cast(Mapping[str, str], request.headers)  # case-insensitive lookups
-        received = inbound.receive(rt, source_id=source_id, headers=headers, body=body,
+        received = hooks.receive(rt, source_id=source_id, headers=headers, body=body,
                                    request_id=g.request_id)
     except Rejected as rejected:
         raise unauthorized(f"signature verification failed: {rejected}") from None

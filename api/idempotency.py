@@ -15,8 +15,7 @@ from api.bodies import read_body
 from api.deps import principal, runtime
 from worker.base.errors import InvalidRequest
 from worker.base.models import RunStatus
-from worker.runs import idempotency
-from worker.runs import store as runs
+from worker.runs import idempotency, store
 from worker.runs.views import run_view
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,7 +83,7 @@ def _fingerprint() -> str:
 def _replay(stored: idempotency.Stored) -> Response:
     if stored.run_id is not None:  # a run: as it stands now (200 when finished, else 202)
         with runtime().db.transaction() as session:
-            run = runs.get(session, tenant_id=principal().tenant_id, run_id=stored.run_id)
+            run = store.get(session, tenant_id=principal().tenant_id, run_id=stored.run_id)
         g.run_id = run.id
         response = jsonify(run_view(run))
         response.status_code = 200 if RunStatus(run.status).is_terminal else 202

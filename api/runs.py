@@ -11,9 +11,8 @@ from api.deps import principal, runtime
 from api.idempotency import idempotent
 from api.schemas import RunCreate, RunListQuery, WaitQuery
 from worker.base.models import Run, RunStatus
-from worker.runs import admission, attempts, dispatch, steps
-from worker.runs import store as runs
-from worker.runs.attempts import Dispatch
+from worker.base.queues import Dispatch
+from worker.runs import admission, attempts, dispatch, steps, store
 from worker.runs.submission import RunRequest, submit, wait_until_finished
 from worker.runs.views import attempt_view, run_view, step_view
 
@@ -47,7 +46,7 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
 def get_run(run_id: str) -> tuple[Response, dict[str, str]]:
     g.run_id = run_id
     with runtime().db.autocommit() as session:
-        run = runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        run = store.get(session, tenant_id=principal().tenant_id, run_id=run_id)
     headers = {} if RunStatus(run.status).is_terminal else {"Retry-After": "2"}
     return jsonify(run_view(run)), headers
 
@@ -55,9 +54,9 @@ def get_run(run_id: str) -> tuple[Response, dict[str, str]]:
 @bp.get("")
 def list_runs() -> Response:
     q = query(RunListQuery)
-    where = runs.RunFilter(status=q.status, agent=q.agent, session_id=q.session_id)
+    where = store.RunFilter(status=q.status, agent=q.agent, session_id=q.session_id)
     with runtime().db.autocommit() as session:
-        items, last = runs.page(session, tenant_id=principal().tenant_id, where=where,
+        items, last = store.page(session, tenant_id=principal().tenant_id, where=where,
                                 limit=q.limit, before=pagination.decode(q.cursor, prefix="run_"))
     return jsonify({"items": [run_view(run) for run in items],
                     "next_cursor": pagination.encode(last)})
@@ -68,7 +67,7 @@ def cancel_run(run_id: str) -> tuple[Response, int]:
     g.run_id = run_id
     rt = runtime()
     with rt.db.transaction() as session:
-        outcome = runs.cancel(session, tenant_id=principal().tenant_id, run_id=run_id)
+        outcome = store.cancel(session, tenant_id=principal().tenant_id, run_id=run_id)
     if outcome.notify_worker:
         rt.bus.request_cancel(run_id)
     return jsonify(run_view(outcome.run)), 202
@@ -82,8 +81,8 @@ def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
 
     def replay() -> Run:
         with rt.db.transaction() as session:
-            run = runs.get(session, tenant_id=tenant_id, run_id=run_id)
-            return runs.replay(session, run=run, caps=caps)
+            run = store.get(session, tenant_id=tenant_id, run_id=run_id)
+            return store.replay(session, run=run, caps=caps)
 
     run = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=replay)
     dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
@@ -94,7 +93,7 @@ def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
 def list_attempts(run_id: str) -> Response:
     g.run_id = run_id
     with runtime().db.transaction() as session:
-        runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        store.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = attempts.attempts(session, run_id=run_id)
     return jsonify({"items": [attempt_view(item) for item in items]})
 
@@ -103,6 +102,6 @@ def list_attempts(run_id: str) -> Response:
 def list_steps(run_id: str) -> Response:
     g.run_id = run_id
     with runtime().db.autocommit() as session:
-        runs.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        store.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = steps.listed(session, run_id=run_id)
     return jsonify({"items": [step_view(item) for item in items]})

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.auth import require_key
 from api.deps import principal, runtime
-from worker.runs import usage as spend
+from worker.runs import spend
 from worker.runs.views import usage_view
 
 bp = Blueprint("usage", __name__, url_prefix="/v1/usage")

@@ -9,6 +9,7 @@ from api.bodies import json_body
 from api.deps import principal, runtime
 from api.idempotency import withholding
 from api.schemas import EndpointCreate
+from worker.base.ssrf import Guard
 from worker.delivery import webhooks
 from worker.runs.views import endpoint_view, iso
 
@@ -24,7 +25,7 @@ def create_endpoint() -> tuple[Response, int]:
     with rt.db.transaction() as session:
         endpoint = webhooks.create_endpoint(session, tenant_id=principal().tenant_id,
                                             url=str(body.url), events=body.events,
-                                            guard=rt.sender().guard)
+                                            guard=Guard.of(rt.settings))
         view = {**endpoint_view(endpoint), "secret": endpoint.secret}
     return jsonify(view), 201
 

@@ -26,12 +26,12 @@ from api.auth import SUBPROTOCOL_PREFIX, require_websocket_key
 from api.deps import principal, runtime
 from api.schemas import MAX_SEQ, SESSION_ID
 from worker.access import grants, keys, ratelimit
-from worker.access.grants import Grant
+from worker.access.grants import Grant, Grants
 from worker.access.keys import Principal
 from worker.base import jsonb
 from worker.base.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from worker.base.runtime import Runtime
-from worker.runs import store as runs
+from worker.runs import store
 from worker.runs.events import Event
 from worker.runs.follow import follow
 from worker.runs.submission import RunRequest, submit
@@ -113,7 +113,7 @@ class Connection:
     def serve(self) -> None:
         settings = self._rt.settings
         try:
-            with self._rt.grants().hold(self._caller, max_s=settings.stream_max_s) as grant:
+            with Grants.of(self._rt).hold(self._caller, max_s=settings.stream_max_s) as grant:
                 self._grant = grant
                 grant.on_end(self._close)
                 while not grant.ended and self._ws.connected:
@@ -196,12 +196,12 @@ class Connection:
             self._follow_tenant()
             return
         with self._rt.db.transaction() as session:
-            runs.get(session, tenant_id=self._tenant_id, run_id=run_id)
+            store.get(session, tenant_id=self._tenant_id, run_id=run_id)
         self._follow(run_id, after=after)
 
     def _cancel(self, run_id: str) -> None:
         with self._rt.db.transaction() as session:
-            outcome = runs.cancel(session, tenant_id=self._tenant_id, run_id=run_id)
+            outcome = store.cancel(session, tenant_id=self._tenant_id, run_id=run_id)
         if outcome.notify_worker:
             self._rt.bus.request_cancel(run_id)
 

@@ -12,8 +12,9 @@ from agentq import migrate
 from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.harness import BIN, ROOT, ApiServer, Process, Worker
 from worker.access import keys
+from worker.app import build_runtime
 from worker.base.models import new_id
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import load_settings
 
 FAST = {

@@ -30,7 +30,7 @@ import httpx
 from bench.cluster import Cluster
 from bench.report import Figure
 from bench.stream import percentile
-from worker.inbound import receive as inbound
+from worker.inbound import hooks as hook_sources
 from worker.runs.submission import RunRequest, submit
 
 SECRET = "bench-github-secret-0123456789"
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> tuple[list[float], list[float]]:
             rt = cluster.runtime
             tenant_id, _ = cluster.tenant_key("inbound")
             with rt.db.transaction() as session:
-                source = inbound.create_source(session, rt=rt, tenant_id=tenant_id,
+                source = hook_sources.create_source(session, rt=rt, tenant_id=tenant_id,
                                                provider="github", secret=SECRET,
                                                agent="bench.noop", events=None, reply_url=None)
                 source_id = source.id

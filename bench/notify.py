@@ -38,6 +38,7 @@ from bench.report import Figure
 from bench.stream import percentile
 from tests.harness import wait_for
 from worker.base.models import Delivery, RunEvent
+from worker.base.ssrf import Guard
 from worker.delivery import webhooks
 from worker.runs.submission import RunRequest, submit
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> tuple[float, float, list[float]]:
             tenant_id, _ = cluster.tenant_key("notify")
             with rt.db.transaction() as session:
                 webhooks.create_endpoint(session, tenant_id=tenant_id, url=receiver.url,
-                                         events=None, guard=rt.sender().guard)
+                                         events=None, guard=Guard.of(rt.settings))
 
             def queued() -> int:
                 with rt.db.transaction() as session:

@@ -24,8 +24,9 @@ from api import create_app
 from tests.agents import CRASH_QUEUE
 from tests.harness import ROOT, ApiServer, FakeLLM, Receiver, Worker, wait_for
 from worker.access import keys
+from worker.app import build_runtime
 from worker.base.models import TERMINAL_STATUSES, new_id
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings, load_settings
 
 TEST_AGENTS = "tests.agents"

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from api import create_app
 from tests.conftest import ApiClient, Tenant, make_tenant
 from tests.harness import BIN, ROOT
-from worker.base.runtime import build_runtime
+from worker.app import build_runtime
 from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")

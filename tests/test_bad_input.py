@@ -22,8 +22,9 @@ from sqlalchemy import func, select
 from api import create_app
 from tests.conftest import ApiClient, Tenant
 from tests.harness import ApiServer
+from worker.app import build_runtime
 from worker.base.models import InboundEvent, Run
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")

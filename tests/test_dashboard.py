@@ -22,8 +22,9 @@ from api import create_app
 from tests.conftest import Tenant, make_tenant
 from tests.harness import ROOT, ApiServer, Receiver, wait_for
 from worker.access import keys
+from worker.app import build_runtime
 from worker.base.errors import ConfigurationError
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")

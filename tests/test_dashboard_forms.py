@@ -55,10 +55,10 @@ def post_form(browser: FlaskClient, path: str, **fields: str) -> tuple[int, str]
 
 
 def runs_of(runtime: Runtime, tenant: Tenant) -> list[str]:
-    from worker.runs import store as runs
+    from worker.runs import store
 
     with runtime.db.autocommit() as session:
-        found, _ = runs.page(session, tenant_id=tenant.id, where=runs.RunFilter(), limit=100,
+        found, _ = store.page(session, tenant_id=tenant.id, where=store.RunFilter(), limit=100,
                              before=None)
     return [run.priority for run in found]
 
@@ -109,10 +109,10 @@ def test_the_hook_source_and_key_forms_use_the_api_models(app: Flask, runtime: R
     assert "provider" in page
     _, page = post_form(browser, "/keys", name="x" * 300)
     assert "name" in page
-    from worker.inbound import receive as inbound
+    from worker.inbound import hooks
 
     with runtime.db.autocommit() as session:
-        assert inbound.sources(session, tenant_id=tenant.id) == []
+        assert hooks.sources(session, tenant_id=tenant.id) == []
         assert len(keys.keys_of(session, tenant_id=tenant.id)) == 1
 
 

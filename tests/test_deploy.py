@@ -23,8 +23,9 @@ from agentq import migrate
 from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.conftest import FAST, TEST_AGENTS, make_tenant
 from tests.harness import BIN, ROOT, ApiServer, Process, Worker, sse_events, wait_for
+from worker.app import build_runtime
 from worker.base.models import TERMINAL_STATUSES, Run, RunEvent
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import load_settings
 
 pytestmark = pytest.mark.slow

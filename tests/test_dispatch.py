@@ -10,8 +10,9 @@ from sqlalchemy import select
 from agentq.embedded import free_port
 from api import create_app
 from tests.conftest import ApiClient, Tenant
+from worker.app import build_runtime
 from worker.base.models import Run
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 
 

@@ -6,7 +6,7 @@ from flask import Flask
 
 from agentq.embedded import free_port
 from api import create_app
-from worker.base.runtime import build_runtime
+from worker.app import build_runtime
 from worker.base.settings import Settings
 
 

@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 from api import create_app
 from tests.conftest import ApiClient, Tenant
 from tests.harness import Receiver
+from worker.app import build_runtime
 from worker.base.models import IdempotencyKey, Run
-from worker.base.runtime import Runtime, build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.runs import idempotency
 

@@ -11,14 +11,13 @@ from tests.conftest import Tenant
 from worker.base.errors import LeaseLost
 from worker.base.models import AttemptOutcome, Run, RunEvent, RunStatus
 from worker.base.runtime import Runtime
-from worker.runs import attempts, events
-from worker.runs import store as runs
+from worker.runs import attempts, events, store
 
 
 def make_run(runtime: Runtime, tenant: Tenant, agent: str = "echo") -> str:
-    new = runs.NewRun(agent=agent, input={}, timeout_s=30, max_attempts=3, queue="runs.normal")
+    new = store.NewRun(agent=agent, input={}, timeout_s=30, max_attempts=3, queue="runs.normal")
     with runtime.db.transaction() as session:
-        return runs.create(session, tenant_id=tenant.id, new=new).id
+        return store.create(session, tenant_id=tenant.id, new=new).id
 
 
 def claim(runtime: Runtime, run_id: str, worker: str) -> attempts.Claim | None:

@@ -13,7 +13,8 @@ from api import create_app
 from tests.agents import CAPPED_QUEUE
 from tests.conftest import ApiClient, Services, make_tenant
 from tests.harness import Worker
-from worker.base.runtime import Runtime, build_runtime
+from worker.app import build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.runs import admission
 

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import create_app
 from tests.conftest import ApiClient
 from tests.harness import Receiver, wait_for
-from worker.base.runtime import build_runtime
+from worker.app import build_runtime
 from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -22,9 +22,10 @@ from sqlalchemy import text
 from api import create_app
 from tests.conftest import ApiClient, Services, Tenant, make_tenant
 from tests.harness import ApiServer, sse_events, wait_for
-from worker.access import keys
-from worker.access.keys import KeyCache
-from worker.base.runtime import Runtime, build_runtime
+from worker.access import cache, keys
+from worker.access.cache import KeyCache
+from worker.app import build_runtime
+from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -81,7 +82,7 @@ def revoke_elsewhere(runtime: Runtime, tenant: Tenant, *, announce: bool = True)
                                 {"h": keys.hash_key(tenant.key)})
         keys.revoke(session, tenant_id=tenant.id, key_id=key_id)
     if announce:
-        keys.announce_revocation(runtime.bus.redis, key_id)
+        cache.announce_revocation(runtime.bus.redis, key_id)
 
 
 def jwt_for(tenant: Tenant, *, lifetime_s: float = 300, **claims: Any) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 
 from celery import signals
 
+from worker.app import build_runtime
 from worker.base.errors import ConfigurationError
 from worker.base.logs import configure_logging
-from worker.base.runtime import build_runtime
 from worker.base.settings import load_settings
 from worker.execution.shutdown import GracefulShutdown
 

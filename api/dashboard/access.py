@@ -28,6 +28,7 @@ from werkzeug.wrappers.response import Response as BaseResponse
 from api.bodies import read_body
 from api.deps import principal, runtime
 from worker.access import keys
+from worker.access.cache import KeyCache
 from worker.base import jsonb
 from worker.base.errors import AgentqError, InvalidRequest, NotFound
 
@@ -62,7 +63,7 @@ def signed_in() -> BaseResponse | None:
 def _live_key(key_id: str) -> keys.Principal | None:
     """The session's key, if still live: remembered per process as the JSON API's keys are,
     so a revocation (which clears every process's memory) ends the session at once."""
-    cache, slot = runtime().key_cache(), f"id:{key_id}"
+    cache, slot = KeyCache.of(runtime()), f"id:{key_id}"
     caller = cache.get(slot)
     if caller is None:
         generation = cache.generation  # before the lookup: see KeyCache

@@ -11,7 +11,7 @@ from api.api_keys import key_view
 from api.dashboard.access import bp, describe, form, needs
 from api.deps import principal, runtime
 from api.schemas import ApiKeyCreate
-from worker.access import keys
+from worker.access import cache, keys
 from worker.base.errors import InvalidRequest
 
 
@@ -46,7 +46,7 @@ def revoke_key(key_id: str) -> BaseResponse:
     rt = runtime()
     with rt.db.transaction() as db:
         revoked = keys.revoke(db, tenant_id=principal().tenant_id, key_id=key_id)
-    rt.key_revoked(revoked.id)
+    cache.revoked(rt, revoked.id)
     if key_id == principal().key_id:  # signed in with it: that session ends here
         session.clear()
         return redirect(url_for("dashboard.sign_in"))

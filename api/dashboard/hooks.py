@@ -14,9 +14,10 @@ from api.hook_sources import source_view
 from api.schemas import EndpointCreate, HookSourceCreate, HookSourceRotate
 from worker.access import keys
 from worker.base.errors import Conflict, InvalidRequest
+from worker.base.ssrf import Guard
 from worker.delivery import webhooks
-from worker.inbound import receive as inbound
-from worker.runs import dispatch
+from worker.inbound import hooks
+from worker.runs import outbox
 from worker.runs.views import delivery_attempt_view, delivery_view, endpoint_view
 
 
@@ -29,7 +30,7 @@ def webhooks_page(**shown: Any) -> str:
         recent = [delivery_view(d) for d in webhooks.deliveries(db, tenant_id=tenant_id)]
         sources = [{**source_view(s), "url": url_for("hooks.receive", source_id=s.id,
                                                      _external=True)}
-                   for s in inbound.sources(db, tenant_id=tenant_id)]
+                   for s in hooks.sources(db, tenant_id=tenant_id)]
     return render_template("dashboard/webhooks.html", endpoints=endpoints, deliveries=recent,
                            sources=sources, agents=runtime().registry.names(), **shown)
 
@@ -45,7 +46,7 @@ def create_endpoint() -> Any:
         with rt.db.transaction() as db:
             endpoint = webhooks.create_endpoint(
                 db, tenant_id=principal().tenant_id, url=str(body.url), events=body.events,
-                guard=rt.sender().guard)
+                guard=Guard.of(rt.settings))
             secret = endpoint.secret
     except InvalidRequest as error:
         flash(describe(error), "error")
@@ -96,7 +97,7 @@ def retry_delivery(delivery_id: str) -> BaseResponse:
     except Conflict as error:
         flash(str(error), "error")
     else:
-        dispatch.dispatch_deliveries(rt, [delivery_id])
+        outbox.dispatch(rt, [delivery_id])
         flash("Delivery queued to be sent again.", "ok")
     return redirect(url_for("dashboard.delivery_page", delivery_id=delivery_id))
 
@@ -112,7 +113,7 @@ def create_source() -> BaseResponse:
                     secret=fields.get("secret", ""), agent=fields.get("agent", ""),
                     events=events or None)
         with rt.db.transaction() as db:
-            source = inbound.create_source(
+            source = hooks.create_source(
                 db, rt=rt, tenant_id=principal().tenant_id, provider=body.provider,
                 secret=body.secret, agent=body.agent, events=body.events, reply_url=None)
             flash(f"Hook source {source.id} added: point {source.provider} at "
@@ -129,7 +130,7 @@ def rotate_source(source_id: str) -> BaseResponse:
     try:
         with rt.db.transaction() as db:
             body = form(HookSourceRotate, secret=request.form.get("secret", ""))
-            inbound.rotate_secret(db, tenant_id=principal().tenant_id, source_id=source_id,
+            hooks.rotate_secret(db, tenant_id=principal().tenant_id, source_id=source_id,
                                   secret=body.secret,
                                   overlap_s=rt.settings.webhook_secret_overlap_s)
     except InvalidRequest as error:
@@ -144,6 +145,6 @@ def rotate_source(source_id: str) -> BaseResponse:
 @needs(keys.ADMIN)
 def delete_source(source_id: str) -> BaseResponse:
     with runtime().db.transaction() as db:
-        inbound.delete_source(db, tenant_id=principal().tenant_id, source_id=source_id)
+        hooks.delete_source(db, tenant_id=principal().tenant_id, source_id=source_id)
     flash("Hook source deleted.", "ok")
     return redirect(url_for("dashboard.webhooks_page"))

@@ -18,10 +18,10 @@ from api.schemas import RunCreate
 from worker.access import keys
 from worker.base.errors import AgentqError, Conflict, LimitExceeded
 from worker.base.models import RunStatus
+from worker.base.queues import Dispatch
 from worker.delivery import webhooks
-from worker.runs import admission, dispatch, observe, steps
-from worker.runs import store as runs
-from worker.runs.attempts import Dispatch, attempts
+from worker.runs import admission, dispatch, observe, steps, store
+from worker.runs.attempts import attempts
 from worker.runs.submission import RunRequest, submit
 from worker.runs.views import attempt_view, delivery_view, run_view, step_view
 
@@ -37,21 +37,21 @@ def home() -> BaseResponse:
     return redirect(url_for("dashboard.runs_page"))
 
 
-def _filters() -> tuple[runs.RunFilter, dict[str, str]]:
+def _filters() -> tuple[store.RunFilter, dict[str, str]]:
     chosen = {name: request.args.get(name, "").strip()
               for name in ("status", "agent", "session_id", "since")}
     status = chosen["status"] if chosen["status"] in {s.value for s in RunStatus} else None
     since = SINCE.get(chosen["since"])
-    where = runs.RunFilter(status=RunStatus(status) if status else None,
+    where = store.RunFilter(status=RunStatus(status) if status else None,
                            agent=chosen["agent"] or None,
                            session_id=chosen["session_id"] or None,
                            since=datetime.now(UTC) - since if since else None)
     return where, chosen
 
 
-def _runs(where: runs.RunFilter) -> list[dict[str, Any]]:
+def _runs(where: store.RunFilter) -> list[dict[str, Any]]:
     with runtime().db.autocommit() as db:
-        items, _ = runs.page(db, tenant_id=principal().tenant_id, where=where, limit=PAGE,
+        items, _ = store.page(db, tenant_id=principal().tenant_id, where=where, limit=PAGE,
                              before=None)
     return [run_view(run) for run in items]
 
@@ -110,12 +110,12 @@ def _back_to_form(agent: str, raw: str) -> tuple[str, int]:
 def _run_details(run_id: str) -> dict[str, Any]:
     tenant_id = principal().tenant_id
     with runtime().db.autocommit() as db:
-        run = runs.get(db, tenant_id=tenant_id, run_id=run_id)
+        run = store.get(db, tenant_id=tenant_id, run_id=run_id)
         return {
             "run": run_view(run),
             "last_seq": run.last_seq,
             "terminal": RunStatus(run.status).is_terminal,
-            "replayable": run.status in runs.REPLAYABLE,
+            "replayable": run.status in store.REPLAYABLE,
             "attempts": [attempt_view(a) for a in attempts(db, run_id=run_id)],
             "steps": [step_view(s) for s in steps.listed(db, run_id=run_id)],
             "deliveries": [delivery_view(d) for d in  # receivers' URLs and answers: admin
@@ -143,7 +143,7 @@ def run_events(run_id: str) -> Response:
     EventSource: the JSON API's stream, behind the session cookie."""
     rt = runtime()
     with rt.db.autocommit() as db:
-        runs.get(db, tenant_id=principal().tenant_id, run_id=run_id)
+        store.get(db, tenant_id=principal().tenant_id, run_id=run_id)
     return event_stream.stream(rt, run_id, event_stream.resume_point(), caller=principal())
 
 
@@ -153,7 +153,7 @@ def cancel_run(run_id: str) -> BaseResponse:
     rt = runtime()
     try:
         with rt.db.transaction() as db:
-            outcome = runs.cancel(db, tenant_id=principal().tenant_id, run_id=run_id)
+            outcome = store.cancel(db, tenant_id=principal().tenant_id, run_id=run_id)
     except Conflict as error:
         flash(str(error), "error")
     else:
@@ -183,7 +183,7 @@ def _replay(run_ids: list[str]) -> int:
     def replay() -> list[Dispatch]:
         with rt.db.transaction() as db:
             return [Dispatch(run.id, run.queue, run.timeout_s) for run in (
-                runs.replay(db, run=runs.get(db, tenant_id=tenant_id, run_id=run_id),
+                store.replay(db, run=store.get(db, tenant_id=tenant_id, run_id=run_id),
                             caps=caps) for run_id in run_ids)]
 
     replayed = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=replay)
@@ -199,7 +199,7 @@ def _replay(run_ids: list[str]) -> int:
 def dead_letters() -> str:
     with runtime().db.autocommit() as db:
         dead = [run_view(run) for run in
-                runs.dead_letters(db, tenant_id=principal().tenant_id, limit=200)]
+                store.dead_letters(db, tenant_id=principal().tenant_id, limit=200)]
     return render_template("dashboard/dead_letters.html", runs=dead)
 
 
@@ -207,7 +207,7 @@ def dead_letters() -> str:
 @needs(keys.WRITE)
 def replay_all() -> BaseResponse:
     with runtime().db.autocommit() as db:
-        ids = [run.id for run in runs.dead_letters(db, tenant_id=principal().tenant_id)]
+        ids = [run.id for run in store.dead_letters(db, tenant_id=principal().tenant_id)]
     try:
         flash(f"{_replay(ids)} dead-lettered run(s) queued again.", "ok")
     except (Conflict, LimitExceeded) as error:  # none is replayed then: try again

@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from worker.access.keys import Principal
 from worker.base.db import Database
+from worker.base.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,11 @@ class Grant:
 
 class Grants:
     """This process's open grants, by credential; checks them every ``RECHECK_S``."""
+
+    @classmethod
+    def of(cls, rt: Runtime) -> Grants:
+        """This process's grants."""
+        return rt.own("grants", lambda: cls(rt.db))
 
     def __init__(self, db: Database) -> None:
         self.pid = os.getpid()

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import secrets
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
-import redis
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
@@ -152,83 +147,6 @@ _BY_HASH = text(  # every request runs it
     "SELECT id, tenant_id, scopes, last_used_at FROM api_keys "
     "WHERE key_hash = :key_hash AND revoked_at IS NULL"
 )
-
-
-class KeyCache:
-    """What an API process remembers of valid keys, to spare the database a lookup on
-    every request. Entries last ``AGENTQ_KEY_CACHE_S``; a revocation anywhere is announced
-    on Redis (with the key's id) and clears every process's cache at once (the TTL bounds
-    the staleness if the announcement is lost), and ``on_revoked`` ends what the key holds
-    open in this process (its streams and sockets).
-
-    A lookup races a revocation: read the key (live), the key is revoked, then remember
-    it. So ``put`` takes the ``generation`` read before the lookup, and remembers nothing
-    if any revocation was heard since.
-    """
-
-    CHANNEL = "agentq:keys:revoked"
-
-    def __init__(self, redis_url: str, ttl_s: float,
-                 on_revoked: Callable[[str | None], None] | None = None) -> None:
-        self.pid = os.getpid()
-        self._ttl_s = ttl_s
-        self._on_revoked = on_revoked
-        self._entries: dict[str, tuple[Principal, float]] = {}
-        self._generation = 0
-        self._lock = threading.Lock()
-        self._pubsub = redis.Redis.from_url(redis_url, socket_connect_timeout=2).pubsub(
-            ignore_subscribe_messages=True)
-        threading.Thread(target=self._listen, name="agentq-key-cache", daemon=True).start()
-
-    @property
-    def generation(self) -> int:
-        """Read before looking a key up; pass to ``put``."""
-        return self._generation
-
-    def get(self, key_hash: str) -> Principal | None:
-        entry = self._entries.get(key_hash)
-        if entry is None or entry[1] < time.monotonic():
-            return None
-        return entry[0]
-
-    def put(self, key_hash: str, caller: Principal, *, generation: int) -> None:
-        """Remember a key looked up at ``generation``, unless a revocation came since."""
-        if self._ttl_s <= 0:
-            return
-        with self._lock:
-            if generation == self._generation:
-                self._entries[key_hash] = (caller, time.monotonic() + self._ttl_s)
-
-    def forget(self, key_id: str | None = None) -> None:
-        """Drop every remembered key: this process revoked ``key_id``, or heard of a
-        revocation (None: of some key, unknown, while it was not listening)."""
-        with self._lock:
-            self._generation += 1
-            self._entries.clear()
-        if self._on_revoked is not None:
-            self._on_revoked(key_id)
-
-    def _listen(self) -> None:
-        while True:
-            try:
-                if not self._pubsub.channels:
-                    self._pubsub.subscribe(self.CHANNEL)
-                    self.forget()  # (re)subscribed: anything may have been missed
-                message = self._pubsub.get_message(timeout=5.0)
-                if message is not None:
-                    data = message.get("data")
-                    self.forget(data.decode() if isinstance(data, bytes) else None)
-            except (redis.RedisError, OSError):
-                self.forget()
-                time.sleep(1.0)
-
-
-def announce_revocation(redis_client: redis.Redis, key_id: str) -> None:
-    """Tell every API process to forget the keys it remembers and to end what ``key_id``
-    holds open (best effort: else caches expire in AGENTQ_KEY_CACHE_S, and open streams
-    notice at their next check)."""
-    with contextlib.suppress(redis.RedisError):
-        redis_client.publish(KeyCache.CHANNEL, key_id)
 
 
 _BY_ID = text(

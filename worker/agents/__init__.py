@@ -1,8 +1,11 @@
-"""The agent registry: ``@agent("name")`` turns a function into a runnable agent.
+"""What users write: ``@agent("name")`` turns a function into a runnable agent; the
+registry; ``RunContext`` (``ctx``, in ``context``); the built-in agents.
 
 An agent is ``fn(ctx, input) -> result``: JSON in, JSON out. If it declares an
 ``input_model`` (a pydantic model), the API validates input against it before anything is
 queued, and the agent receives the parsed model instead of raw JSON.
+
+May import: ``worker.base``.
 """
 
 from __future__ import annotations
@@ -10,14 +13,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
+from worker.agents.context import RunContext
 from worker.base.errors import ConfigurationError, UnknownAgent
-
-if TYPE_CHECKING:
-    from worker.agents.context import RunContext
 
 AgentFn = Callable[["RunContext", Any], Any]
 

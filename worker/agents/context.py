@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from worker.base.errors import Cancelled
-from worker.runs.steps import idempotency_key
-
-if TYPE_CHECKING:
-    from worker.llm.client import LLM
-    from worker.runs.steps import StepRunner
 
 T = TypeVar("T")
+
+
+class Steps(Protocol):
+    """What runs an agent's durable steps (``worker.runs.steps.StepRunner``)."""
+
+    def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> Any: ...
+
+
+class Chat(Protocol):
+    """``ctx.llm`` (``worker.llm.client.LLM``): chat completions, each a durable step."""
+
+    def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
+             name: str | None = None, **params: Any) -> dict[str, Any]:
+        """One chat completion, as a durable step named ``name`` (default ``llm:1``,
+        ``llm:2``, ... in call order). Returns ``{content, message, model, finish_reason,
+        usage: {input_tokens, output_tokens}, latency_ms}``."""
+        ...
+
+
+def idempotency_key(run_id: str, name: str) -> str:
+    """The same for every attempt of the run: pass it to APIs that deduplicate by key."""
+    return f"agentq-{run_id}-{hashlib.sha256(name.encode()).hexdigest()[:24]}"
 
 
 @dataclass
@@ -41,8 +60,8 @@ class RunContext:
     session: dict[str, Any]
     _emit: Callable[[dict[str, Any]], int] = field(repr=False)
     _is_cancelled: Callable[[], bool] = field(repr=False)
-    _steps: StepRunner | None = field(default=None, repr=False)
-    _llm: LLM | None = field(default=None, repr=False)
+    _steps: Steps | None = field(default=None, repr=False)
+    _llm: Chat | None = field(default=None, repr=False)
     _deadline: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +101,7 @@ class RunContext:
         return idempotency_key(self.run_id, name)
 
     @property
-    def llm(self) -> LLM:
+    def llm(self) -> Chat:
         """Chat completions against the configured endpoint, each call a durable step."""
         assert self._llm is not None, "ctx.llm needs a worker's context"
         return self._llm

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from worker.runs.events import Event
+from worker.base.event import Event
 
 log = logging.getLogger(__name__)
 

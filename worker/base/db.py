@@ -31,6 +31,12 @@ class Database:
         self._pid = 0
         self._sessions: sessionmaker[Session] | None = None
 
+    def on_commit(self, *, before: Callable[[Session], None],
+                  after: Callable[[dict[str, Any]], None]) -> None:
+        """Wire what a commit implies (``worker.runs.lifecycle``: a run's successors before
+        it, its announcements and deliveries' dispatch after it); see ``transaction``."""
+        self._before_commit, self._after_commit = before, after
+
     @property
     def engine(self) -> Engine:
         if self._engine is None or self._pid != os.getpid():

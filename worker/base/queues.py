@@ -1,20 +1,16 @@
-"""The Celery side: configuration, queues and the (thin) tasks.
-
-Tasks take ids, never objects, and hand over to domain functions at once.
+"""The Celery side: the app's configuration, the queues, the task names, and what a run's
+message carries (``Dispatch``). The tasks themselves are ``worker.app``'s.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 from kombu.entity import Exchange, Queue
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker.base.settings import Settings
-
-if TYPE_CHECKING:
-    from worker.base.runtime import Runtime
 
 RUN_TASK = "agentq.run"
 SWEEP_TASK = "agentq.sweep"
@@ -95,29 +91,12 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def register_tasks(rt: Runtime) -> None:
-    """Attach agentq's tasks to the runtime's Celery app."""
-    from worker.delivery import notifier
-    from worker.execution import execute as execution
-    from worker.runs import sweeper
 
-    @rt.celery.task(name=RUN_TASK, bind=True)
-    def run(task: Task, run_id: str) -> None:
-        """Execute one attempt of run ``run_id`` (a no-op if it is not claimable)."""
-        try:
-            execution.execute(rt, run_id=run_id, worker=task.request.hostname or "unknown")
-        except (OperationalError, InterfaceError) as error:
-            # Postgres is away: try the claim again later rather than drop the message.
-            raise task.retry(exc=error, countdown=2, max_retries=None) from error
+@dataclass(frozen=True)
+class Dispatch:
+    """What publishing a run takes: its id, its queue and its time limit."""
 
-    # No task events (Flower): three Redis publishes per delivery, a sixth of the notifier's
-    # CPU; a delivery's attempts are in the database and in agentq_deliveries instead.
-    @rt.celery.task(name=DELIVER_TASK, acks_late=False, send_events=False)
-    def deliver(delivery_id: str) -> None:
-        """Make one attempt of webhook delivery ``delivery_id`` (a no-op if not due)."""
-        notifier.deliver(rt, delivery_id=delivery_id)
-
-    @rt.celery.task(name=SWEEP_TASK)
-    def sweep() -> None:
-        """Publish runs whose dispatch was lost between commit and broker."""
-        sweeper.sweep(rt)
+    run_id: str
+    queue: str
+    timeout_s: int
+    countdown_s: float | None = None

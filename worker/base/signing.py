@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from datetime import UTC, datetime
 
 PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -46,3 +47,12 @@ def verify(secret: str, msg_id: str, timestamp: int | str, body: bytes, header: 
         for candidate in header.split()
         if candidate.startswith("v1,")
     )
+
+
+def live_secrets(current: str | None, previous: str | None,
+                 previous_expires_at: datetime | None) -> list[str]:
+    """The secrets that sign now: the current one, and the previous during its overlap."""
+    secrets = [current] if current else []
+    if previous and previous_expires_at and previous_expires_at > datetime.now(UTC):
+        secrets.append(previous)
+    return secrets

@@ -10,10 +10,14 @@ hidden in IPv6 (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::/96``, 6to4, Teredo).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from worker.base.errors import InvalidRequest
+from worker.base.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -49,6 +53,11 @@ class Guard:
 
     def __init__(self, allowed_cidrs: list[str]) -> None:
         self.allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in allowed_cidrs]
+
+    @classmethod
+    def of(cls, settings: Settings) -> Guard:
+        """The guard of ``AGENTQ_WEBHOOK_ALLOWED_CIDRS`` (made once per list)."""
+        return _guard(tuple(settings.webhook_allowed_cidrs))
 
     def check_address(self, address: IPAddress) -> None:
         """Raise Refused unless ``address`` is public or explicitly allowed."""
@@ -93,3 +102,17 @@ class Guard:
         for address in addresses:
             self.check_address(address)
         return Target(address=addresses[0], host=parts.hostname, port=port)
+
+
+def refuse_internal(url: str, *, guard: Guard, field: str) -> None:
+    """Refuse a URL that names an internal address outright (names are checked at send)."""
+    try:
+        guard.check_url(url)
+    except Refused as refused:
+        raise InvalidRequest(f"{field} points at an internal network",
+                             [{"field": field, "message": str(refused)}]) from None
+
+
+@functools.cache
+def _guard(allowed_cidrs: tuple[str, ...]) -> Guard:
+    return Guard(list(allowed_cidrs))

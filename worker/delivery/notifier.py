@@ -23,7 +23,8 @@ from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.base.ssrf import Guard, Refused
 from worker.delivery import webhooks
-from worker.runs import dispatch
+from worker.runs import outbox
+from worker.runs.dispatch import SWEEP_BATCH
 
 log = logging.getLogger("agentq.notifier")
 
@@ -35,10 +36,15 @@ _MAX_RETRY_AFTER_S = 86400.0
 class Sender:
     """One HTTP client per process; every request goes to an address the guard checked."""
 
+    @classmethod
+    def of(cls, rt: Runtime) -> Sender:
+        """This process's sender (one HTTP client per process)."""
+        return rt.own("sender", lambda: cls(rt.settings))
+
     def __init__(self, settings: Settings) -> None:
         self.pid = os.getpid()
         self._settings = settings
-        self.guard = Guard(settings.webhook_allowed_cidrs)
+        self.guard = Guard.of(settings)
         self._client = deadlines.client(
             timeout=httpx.Timeout(settings.webhook_timeout_s), follow_redirects=False,
             headers={"user-agent": USER_AGENT}, limits=httpx.Limits(max_connections=100),
@@ -102,21 +108,21 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
     body = json.dumps(sending.payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {"content-type": "application/json"}
-    if sending.format == webhooks.STANDARD:
+    if sending.format == outbox.STANDARD:
         headers.update({
             "webhook-id": sending.delivery_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signing.signature_header(sending.secrets, sending.delivery_id,
                                                           timestamp, body),
         })
-    response = rt.sender().post(sending.url, headers, body)
+    response = Sender.of(rt).post(sending.url, headers, body)
     # A success is one atomic statement; a failure may disable the endpoint (a transaction).
     with rt.db.autocommit() if response.ok else rt.db.transaction() as session:
         recorded = webhooks.record(session, sending=sending, response=response,
                                    schedule=settings.webhook_retry_schedule,
                                    disable_after_s=settings.webhook_disable_after_s)
     if recorded.next_id is not None:  # marked dispatched: publish it (or the sweeper will)
-        dispatch.publish_delivery(rt, recorded.next_id)
+        outbox.publish(rt, recorded.next_id)
     outcome = recorded.status.value if recorded.status is not None else "superseded"
     rt.metrics.inc("agentq_deliveries", outcome=outcome)
     rt.metrics.observe("agentq_delivery_latency_seconds", response.latency_ms / 1000)
@@ -134,3 +140,14 @@ def _retry_after(response: httpx.Response) -> float | None:
     """The receiver's ``Retry-After``, at most a day."""
     wait = retry.retry_after_s(response)
     return None if wait is None else min(wait, _MAX_RETRY_AFTER_S)
+
+
+def redispatch_due(rt: Runtime) -> int:
+    """The sweeper's repair: publish deliveries that are due and have no send task on its
+    way (each tenant no more than it has room for)."""
+    settings = rt.settings
+    with rt.db.transaction() as session:
+        due = webhooks.due(session, grace_s=settings.dispatch_grace_s,
+                           lost_after_s=settings.redispatch_after_s, limit=SWEEP_BATCH,
+                           per_tenant=settings.webhook_tenant_concurrency)
+    return outbox.dispatch(rt, due)

@@ -1,15 +1,12 @@
-"""Outbound webhooks in Postgres: endpoints, secrets, and the deliveries outbox.
+"""Outbound webhooks in Postgres: endpoints and their secrets, and each delivery's attempts
+(held by one sender at a time, recorded fenced by the attempt they name), retried by hand.
 
-A run's terminal transition and its delivery rows are written in one transaction (the
-database's ``before_commit`` hook calls ``enqueue``), so a crash between the commit and
-the send loses nothing: the sweeper sends what is due and was not sent.
-
+The deliveries themselves are made with the run's end (``worker.runs.outbox``).
 Every function takes a session and never commits: the caller owns the transaction.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,50 +21,14 @@ from worker.base.models import (
     Delivery,
     DeliveryAttempt,
     DeliveryStatus,
-    Run,
     Tenant,
     WebhookEndpoint,
     new_id,
 )
-from worker.base.ssrf import Guard, Refused
-from worker.runs.events import Event
-from worker.runs.views import iso, run_view
-
-EVENT_TYPES = ("run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered")
-STANDARD, SLACK = "standard", "slack"  # delivery formats
-_SLACK_TEXT_LIMIT = 3000
-
-
-def slack_message(run: Run) -> dict[str, Any]:
-    """The answer a Slack response_url shows: the result's text, or what went wrong."""
-    if run.status == "succeeded":
-        result = run.result
-        if isinstance(result, dict):
-            result = result.get("answer") or result.get("text") or result
-        text = result if isinstance(result, str) else json.dumps(result, indent=2)
-    else:
-        error = run.error or {}
-        text = f"The run {run.status.replace('_', ' ')}: {error.get('message', 'no detail')}"
-    return {"response_type": "in_channel", "text": text[:_SLACK_TEXT_LIMIT]}
-
-
-def live_secrets(current: str | None, previous: str | None,
-                 previous_expires_at: datetime | None) -> list[str]:
-    """The secrets that sign now: the current one, and the previous during its overlap."""
-    secrets = [current] if current else []
-    if previous and previous_expires_at and previous_expires_at > datetime.now(UTC):
-        secrets.append(previous)
-    return secrets
-
-
-def refuse_internal(url: str, *, guard: Guard, field: str) -> None:
-    """Refuse a URL that names an internal address outright (names are checked at send)."""
-    try:
-        guard.check_url(url)
-    except Refused as refused:
-        raise InvalidRequest(f"{field} points at an internal network",
-                             [{"field": field, "message": str(refused)}]) from None
-
+from worker.base.signing import live_secrets
+from worker.base.ssrf import Guard, refuse_internal
+from worker.runs.outbox import EVENT_TYPES
+from worker.runs.views import iso
 
 # Endpoints ------------------------------------------------------------------------------
 
@@ -140,57 +101,6 @@ def rotate_default_secret(session: Session, *, tenant_id: str, overlap_s: float)
     return tenant
 
 
-def require_default_secret(session: Session, *, tenant_id: str) -> None:
-    """A run's webhook_url needs the tenant's secret, or its receiver could verify nothing."""
-    secret = session.scalar(select(Tenant.webhook_secret).where(Tenant.id == tenant_id))
-    if secret is None:
-        raise InvalidRequest("webhook_url needs the tenant's webhook secret", [{
-            "field": "webhook_url",
-            "message": "create the secret that signs these deliveries first: "
-                       "POST /v1/webhook-secret"}])
-
-
-# The outbox -----------------------------------------------------------------------------
-
-def enqueue(session: Session,
-            ended: list[tuple[Event, Run, list[list[str]] | None]]) -> list[str]:
-    """Create the deliveries of the runs that end in this transaction (with their terminal
-    events, and their endpoints if already known); return the deliveries' ids."""
-    created = []
-    for event, run, known in ended:
-        event_type = f"run.{event.data['status']}"
-        endpoints = known if known is not None else _endpoints(session, run, event_type)
-        targets: list[tuple[str | None, str]] = [(endpoint_id, url)
-                                                 for endpoint_id, url in endpoints]
-        if run.webhook_url:
-            targets.append((None, run.webhook_url))
-        if not targets and not run.reply_url:
-            continue
-        payload = {"type": event_type, "timestamp": iso(event.at), "data": run_view(run)}
-        outgoing = [(endpoint_id, url, STANDARD, payload) for endpoint_id, url in targets]
-        if run.reply_url:
-            outgoing.append((None, run.reply_url, SLACK, slack_message(run)))
-        for endpoint_id, url, kind, body in outgoing:
-            delivery = Delivery(
-                id=new_id("msg"), tenant_id=run.tenant_id, run_id=run.id,
-                endpoint_id=endpoint_id, url=url, event_type=event_type, format=kind,
-                payload=body, status=DeliveryStatus.PENDING, attempts=0,
-                next_attempt_at=func.now())
-            session.add(delivery)
-            created.append(delivery.id)
-    if created:
-        session.flush()
-    return created
-
-
-def _endpoints(session: Session, run: Run, event_type: str) -> list[list[str]]:
-    """The tenant's live endpoints that want ``event_type``, as [id, url] pairs."""
-    query = select(WebhookEndpoint.id, WebhookEndpoint.url).where(
-        WebhookEndpoint.tenant_id == run.tenant_id, WebhookEndpoint.deleted_at.is_(None),
-        WebhookEndpoint.disabled_at.is_(None), WebhookEndpoint.events.contains([event_type]))
-    return [[row.id, row.url] for row in session.execute(query)]
-
-
 # A delivery waiting to be sent, nobody sending it, to a live endpoint (or a URL of its own).
 _UNHELD_TO_LIVE_ENDPOINT = """
     status IN ('pending', 'retrying') AND (locked_until IS NULL OR locked_until < now())
@@ -236,12 +146,6 @@ def due(session: Session, *, grace_s: float, lost_after_s: float, limit: int,
     tenant's backlog never fills the batch and holds up another's."""
     return list(session.scalars(_DUE, {"grace_s": grace_s, "lost_after_s": lost_after_s,
                                        "limit": limit, "per_tenant": per_tenant}))
-
-
-def mark_dispatched(session: Session, *, delivery_ids: list[str]) -> None:
-    if delivery_ids:
-        session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids))
-                        .values(dispatched_at=func.now()))
 
 
 @dataclass(frozen=True)

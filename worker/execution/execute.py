@@ -18,11 +18,12 @@ from worker.agents.context import RunContext
 from worker.base import jsonb, retry
 from worker.base.errors import Cancelled, LeaseLost
 from worker.base.models import AttemptOutcome, RunStatus
+from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.execution.supervisor import Active
+from worker.execution.supervisor import Active, Supervisor
 from worker.llm.client import LLM
 from worker.runs import attempts, dispatch, events, sessions, steps
-from worker.runs.attempts import Claim, Dispatch, Outcome
+from worker.runs.attempts import Claim, Outcome
 
 log = logging.getLogger("agentq.run")
 
@@ -43,7 +44,7 @@ def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
     if claim.attempt == 1:
         rt.metrics.observe("agentq_run_queue_wait_seconds", claim.waited_s, agent=claim.agent)
     state = _session_state(rt, claim)
-    supervisor = rt.supervisor()
+    supervisor = Supervisor.of(rt)
     active = supervisor.begin(claim)
     try:
         with Heartbeat(rt, claim, active) as lease:
@@ -92,7 +93,7 @@ class Heartbeat:
                                                        "error": f"{type(error).__name__}"})
                 continue
             if lease.cancel_requested:  # the bus's notice may have been lost
-                self._rt.supervisor().cancel(self._claim.run_id)
+                Supervisor.of(self._rt).cancel(self._claim.run_id)
             if not lease.held and not self._stop.is_set():
                 self.lost = True
                 log.warning("lease lost; the attempt should stop",

@@ -15,16 +15,13 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.worker import state
 
 from worker.base.queues import RUN_TASK
+from worker.base.runtime import Runtime
 from worker.runs import attempts, dispatch
-from worker.runs import store as runs
-
-if TYPE_CHECKING:
-    from worker.base.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +69,7 @@ class GracefulShutdown:
                 jobs = attempts.requeue_interrupted(session, run_ids=run_ids,
                                                     worker=self._hostname)
                 sent = dispatch.publish_all(self._rt, jobs, reason="worker shutting down")
-                runs.mark_dispatched(session, run_ids=sent)
+                dispatch.mark_dispatched(session, run_ids=sent)
         except Exception:
             log.exception("could not re-queue runs at shutdown; their leases will expire",
                           extra={"run_ids": run_ids})

@@ -15,16 +15,13 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from worker.base.bus import CancelListener
 from worker.base.errors import Cancelled, LeaseLost
 from worker.base.models import AttemptOutcome, RunStatus
+from worker.base.runtime import Runtime
 from worker.runs import attempts
 from worker.runs.attempts import Claim, Outcome
-
-if TYPE_CHECKING:
-    from worker.base.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +40,11 @@ class Active:
 
 class Supervisor:
     """One per worker process; made on the first attempt the process runs."""
+
+    @classmethod
+    def of(cls, rt: Runtime) -> Supervisor:
+        """This worker process's supervisor of running attempts."""
+        return rt.own("supervisor", lambda: cls(rt))
 
     def __init__(self, rt: Runtime) -> None:
         self.pid = os.getpid()

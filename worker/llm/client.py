@@ -17,18 +17,16 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from worker.base import retry
 from worker.base.errors import ConfigurationError, LLMError
-from worker.runs import usage as spend
+from worker.base.runtime import Runtime
+from worker.base.settings import Settings
+from worker.runs import spend
 from worker.runs.steps import StepRunner, Usage
-
-if TYPE_CHECKING:
-    from worker.base.runtime import Runtime
-    from worker.base.settings import Settings
 
 OPENAI = "https://api.openai.com/v1"
 _MAX_WAIT_S = 60.0  # the longest pause between two tries of one call

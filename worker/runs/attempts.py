@@ -19,18 +19,9 @@ from sqlalchemy.orm import Session
 
 from worker.base.errors import LeaseLost
 from worker.base.models import TERMINAL_STATUSES, AttemptOutcome, Run, RunAttempt, RunStatus
-from worker.runs import events
+from worker.base.queues import Dispatch
+from worker.runs import events, lifecycle
 from worker.runs.views import iso
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """What publishing a run takes: its id, its queue and its time limit."""
-
-    run_id: str
-    queue: str
-    timeout_s: int
-    countdown_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +60,6 @@ class Outcome:
     retry_in_s: float | None = None  # with status RETRYING
 
 
-ENDED_RUNS_KEY = "agentq.ended_runs"  # run id -> (the run as it ended, endpoints to notify)
 
 _ENDED = ", ".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
 
@@ -241,11 +231,13 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> events.Event:
     }).one_or_none()
     if row is None:
         raise LeaseLost(f"run {claim.run_id}: lease epoch {claim.epoch} is no longer current")
-    if terminal:
-        session.info.setdefault(ENDED_RUNS_KEY, {})[claim.run_id] = (Run.from_row(row),
-                                                                     row.targets)
-    return events.remember(session, events.Event(claim.run_id, row.last_seq, events.STATUS,
-                                                 json.loads(json.dumps(data)), row.event_at))
+    event = events.remember(session, events.Event(claim.run_id, row.last_seq, events.STATUS,
+                                                  json.loads(json.dumps(data)), row.event_at))
+    if terminal:  # its deliveries, in this transaction (to the endpoints read above)
+        lifecycle.ended(session, run=Run.from_row(row), event=event, endpoints=row.targets)
+    elif retrying:
+        lifecycle.freed(session, run=Run.from_row(row))
+    return event
 
 
 def due_retries(session: Session, *, grace_s: float, limit: int) -> list[Dispatch]:
@@ -356,8 +348,11 @@ def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
         .returning(Run.last_seq)
     ).scalar_one()
     _end_attempt(session, run_id=run_id, attempt=attempt, outcome=outcome, error=error)
-    events.record(session, run_id=run_id, seq=seq, type=events.STATUS,
-                  data={"status": status, "attempt": attempt, "error": error})
+    event = events.record(session, run_id=run_id, seq=seq, type=events.STATUS,
+                          data={"status": status, "attempt": attempt, "error": error})
+    if terminal:
+        lifecycle.ended(session, run=session.get_one(Run, run_id, populate_existing=True),
+                        event=event)
 
 
 def _end_attempt(session: Session, *, run_id: str, attempt: int, outcome: AttemptOutcome,

@@ -14,15 +14,12 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
 
-from worker.base.queues import DELIVER_TASK, PUBLISH_RETRY_POLICY, RUN_TASK, declare_queue
-from worker.delivery import webhooks
-from worker.runs import store as runs
-from worker.runs.attempts import Dispatch
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-if TYPE_CHECKING:
-    from worker.base.runtime import Runtime
+from worker.base.queues import PUBLISH_RETRY_POLICY, RUN_TASK, Dispatch, declare_queue
+from worker.base.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +51,7 @@ def dispatch(rt: Runtime, job: Dispatch) -> bool:
     """Publish a committed run and have it marked dispatched (in a batch); never raises."""
     if not publish(rt, job):
         return False
-    rt.marker().add(job.run_id)
+    Marker.of(rt).add(job.run_id)
     return True
 
 
@@ -65,6 +62,11 @@ class Marker:
     sweeper (``AGENTQ_DISPATCH_GRACE_S`` later, if no worker has claimed it by then); a
     second message is harmless.
     """
+
+    @classmethod
+    def of(cls, rt: Runtime) -> Marker:
+        """This process's marker."""
+        return rt.own("marker", lambda: cls(rt))
 
     def __init__(self, rt: Runtime) -> None:
         self.pid = os.getpid()
@@ -93,7 +95,7 @@ class Marker:
             return
         try:
             with self._rt.db.autocommit() as session:
-                runs.mark_dispatched(session, run_ids=batch)
+                mark_dispatched(session, run_ids=batch)
         except Exception as error:  # published already: at worst a harmless re-publish
             log.warning("could not mark runs dispatched",
                         extra={"runs": len(batch), "error": f"{type(error).__name__}: {error}"})
@@ -107,39 +109,6 @@ def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:
     return sent
 
 
-def redispatch_unpublished(rt: Runtime) -> int:
-    """Publish queued runs that were committed but never published."""
-    with rt.db.transaction() as session:
-        due = runs.due_for_dispatch(session, grace_s=rt.settings.dispatch_grace_s,
-                                    limit=SWEEP_BATCH,
-                                    running_cap=rt.settings.tenant_max_running)
-        sent = publish_all(rt, due, reason="never published")
-        runs.mark_dispatched(session, run_ids=sent)
-    return len(sent)
-
-
-def redispatch_lost(rt: Runtime) -> int:
-    """Publish again the waiting runs whose messages the broker no longer holds."""
-    with rt.db.transaction() as session:
-        waiting = runs.published_and_waiting(session)
-    if not waiting:
-        return 0
-    depths = broker_depths(rt, list(waiting))
-    total = 0
-    for queue, expected in waiting.items():
-        missing = expected - depths.get(queue, expected)
-        if missing <= 0:
-            continue
-        with rt.db.transaction() as session:
-            lost = runs.longest_waiting(session, queue=queue,
-                                        older_than_s=rt.settings.redispatch_after_s,
-                                        limit=min(missing, SWEEP_BATCH))
-            sent = publish_all(rt, lost, reason=f"missing from queue {queue}")
-            runs.mark_dispatched(session, run_ids=sent)
-        total += len(sent)
-    return total
-
-
 def broker_depths(rt: Runtime, queues: list[str]) -> dict[str, int]:
     """Messages ready in each queue. Declaring also restores lost bindings (Redis)."""
     depths = {}
@@ -150,37 +119,10 @@ def broker_depths(rt: Runtime, queues: list[str]) -> dict[str, int]:
     return depths
 
 
-def publish_delivery(rt: Runtime, delivery_id: str) -> bool:
-    """Publish a delivery's send task; False (and a log line) if the broker did not take
-    it (the sweeper sends it then)."""
-    try:
-        rt.celery.send_task(DELIVER_TASK, args=[delivery_id], retry=True,
-                            retry_policy=PUBLISH_RETRY_POLICY)
-    except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"
-        log.warning("delivery publish failed; the sweeper will retry",
-                    extra={"delivery_id": delivery_id, "error": type(error).__name__})
-        return False
-    return True
+_MARK_DISPATCHED = text("UPDATE runs SET dispatched_at = now() WHERE id = ANY(:ids)")
 
 
-def dispatch_deliveries(rt: Runtime, delivery_ids: list[str]) -> int:
-    """Publish the send tasks of committed deliveries and mark them; never raises."""
-    sent = [delivery_id for delivery_id in delivery_ids if publish_delivery(rt, delivery_id)]
-    if sent:
-        try:
-            with rt.db.transaction() as session:
-                webhooks.mark_dispatched(session, delivery_ids=sent)
-        except Exception as error:  # published already: at worst a harmless second send task
-            log.warning("could not mark deliveries dispatched",
-                        extra={"error": f"{type(error).__name__}: {error}"})
-    return len(sent)
-
-
-def redispatch_deliveries(rt: Runtime) -> int:
-    """Publish deliveries that are due and have no send task on its way."""
-    settings = rt.settings
-    with rt.db.transaction() as session:
-        due = webhooks.due(session, grace_s=settings.dispatch_grace_s,
-                           lost_after_s=settings.redispatch_after_s, limit=SWEEP_BATCH,
-                           per_tenant=settings.webhook_tenant_concurrency)
-    return dispatch_deliveries(rt, due)
+def mark_dispatched(session: Session, *, run_ids: list[str]) -> None:
+    """Record that these runs' messages reached the broker."""
+    if run_ids:
+        session.execute(_MARK_DISPATCHED, {"ids": run_ids})

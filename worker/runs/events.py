@@ -5,48 +5,27 @@ below); the row lock that UPDATE takes serialises concurrent writers, and a roll
 transaction takes its seq with it, so the log never has gaps.
 
 Every event recorded in a transaction is kept in ``session.info``; once the transaction
-commits, the database announces them on the bus (see ``worker.db``), so listeners learn
-of an event only after it is durable.
+commits, ``worker.runs.lifecycle`` announces them on the bus, so listeners learn of an
+event only after it is durable. (``Event`` itself is ``worker.base.event``: the bus carries
+it too.)
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from worker.base.errors import LeaseLost
-from worker.base.models import TERMINAL_STATUSES, RunEvent
+from worker.base.event import PROGRESS, STATUS, Event
+from worker.base.models import RunEvent
 
-STATUS = "status"
-PROGRESS = "progress"
+__all__ = ["PROGRESS", "SESSION_KEY", "STATUS", "Event", "after", "append", "record",
+           "recorded", "remember"]
+
 SESSION_KEY = "agentq.events"
-
-
-@dataclass(frozen=True)
-class Event:
-    """One committed entry of a run's event log."""
-
-    run_id: str
-    seq: int
-    type: str
-    data: dict[str, Any]
-    at: datetime
-
-    @cached_property
-    def data_json(self) -> str:
-        """The data as compact JSON, encoded once however many streams send it."""
-        return json.dumps(self.data, separators=(",", ":"))
-
-    @property
-    def is_terminal(self) -> bool:
-        """The run's last event: a status event with a terminal status."""
-        return self.type == STATUS and self.data.get("status") in TERMINAL_STATUSES
 
 
 def remember(session: Session, event: Event) -> Event:

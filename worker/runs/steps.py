@@ -16,19 +16,16 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from worker.base import jsonb
+from worker.base.db import Database
 from worker.base.errors import StepMismatch
 from worker.base.models import RunStep
-from worker.runs import events
-from worker.runs import usage as spend
-
-if TYPE_CHECKING:
-    from worker.base.db import Database
+from worker.runs import events, spend
 
 MAX_NAME = 200
 
@@ -60,11 +57,6 @@ def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     encoded = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"),
                          default=lambda value: f"<{type(value).__qualname__}>")
     return hashlib.sha256(encoded.encode()).hexdigest()
-
-
-def idempotency_key(run_id: str, name: str) -> str:
-    """The same for every attempt of the run: pass it to APIs that deduplicate by key."""
-    return f"agentq-{run_id}-{hashlib.sha256(name.encode()).hexdigest()[:24]}"
 
 
 def check(name: str, stored: Stored | None, fingerprint: str) -> None:

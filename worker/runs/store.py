@@ -8,20 +8,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import false, func, or_, select, text, true, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from worker.base import jsonb
+from worker.base.db import Database
 from worker.base.errors import Conflict, NotFound
 from worker.base.models import TERMINAL_STATUSES, Run, RunStatus, new_id
-from worker.runs import admission, events
-from worker.runs.attempts import Dispatch
+from worker.base.queues import Dispatch
+from worker.runs import admission, events, lifecycle
 from worker.runs.readiness import session_free, under_running_cap
-
-if TYPE_CHECKING:
-    from worker.base.db import Database
 
 
 @dataclass(frozen=True)
@@ -145,15 +143,6 @@ def page(
     return rows, (rows[-1].id if more else None)
 
 
-_MARK_DISPATCHED = text("UPDATE runs SET dispatched_at = now() WHERE id = ANY(:ids)")
-
-
-def mark_dispatched(session: Session, *, run_ids: list[str]) -> None:
-    """Record that these runs' messages reached the broker."""
-    if run_ids:
-        session.execute(_MARK_DISPATCHED, {"ids": run_ids})
-
-
 def may_start(session: Session, *, run_id: str, running_cap: int) -> bool:
     """Whether the run could be claimed now (its session is free, its tenant under cap)."""
     found = session.scalar(select(Run.id).where(
@@ -181,26 +170,6 @@ def running_count(session: Session, *, tenant_id: str) -> int:
     count = session.scalar(select(func.count()).select_from(Run).where(
         Run.tenant_id == tenant_id, Run.status == RunStatus.RUNNING))
     return int(count or 0)
-
-
-def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
-                  limit: int = 50) -> list[Dispatch]:
-    """Held-back runs that may start now that these runs ended: later runs of their
-    sessions, and other runs of their tenants waiting under a running cap."""
-    ended = aliased(Run)
-    related = select(ended.tenant_id).where(ended.id.in_(run_ids))
-    same_session = select(ended.session_id).where(ended.id.in_(run_ids),
-                                                  ended.session_id.is_not(None))
-    query = (
-        select(Run.id, Run.queue, Run.timeout_s)
-        .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_(None),
-               Run.tenant_id.in_(related),
-               or_(Run.session_id.in_(same_session), true() if running_cap > 0 else false()),
-               session_free(), under_running_cap(running_cap))
-        .order_by(Run.id)
-        .limit(limit)
-    )
-    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
 
 
 def due_for_dispatch(session: Session, *, grace_s: float, limit: int,
@@ -271,9 +240,10 @@ def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
         run.last_seq += 1
         session.flush()
         session.refresh(run)
-        events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,
-                      data={"status": RunStatus.CANCELLED, "attempt": run.attempt,
-                            "error": run.error})
+        event = events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,
+                              data={"status": RunStatus.CANCELLED, "attempt": run.attempt,
+                                    "error": run.error})
+        lifecycle.ended(session, run=run, event=event)  # its deliveries, in this transaction
         return CancelResult(run, notify_worker=False)
     if status == RunStatus.RUNNING:
         if run.cancel_requested_at is None:

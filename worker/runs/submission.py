@@ -14,11 +14,10 @@ from sqlalchemy.orm import Session
 from worker.base import jsonb
 from worker.base.errors import Conflict, InvalidRequest
 from worker.base.models import Run, RunStatus
+from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.delivery import webhooks
-from worker.runs import admission, dispatch, sessions
-from worker.runs import store as runs
-from worker.runs.attempts import Dispatch
+from worker.base.ssrf import Guard, refuse_internal
+from worker.runs import admission, dispatch, outbox, sessions, store
 from worker.runs.follow import follow
 
 
@@ -39,7 +38,7 @@ class RunRequest:
     priority: str = "normal"  # high, normal or low: its queue, unless the agent names one
 
 
-def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
+def plan(rt: Runtime, request: RunRequest) -> store.NewRun:
     """Resolve the run's policy and check its input; raise InvalidRequest listing problems."""
     spec = rt.registry.get(request.agent)
     settings = rt.settings
@@ -49,7 +48,7 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
     except ValidationError as error:
         raise InvalidRequest.from_validation(error, prefix="input") from None
     if request.webhook_url:
-        webhooks.refuse_internal(request.webhook_url, guard=rt.sender().guard,
+        refuse_internal(request.webhook_url, guard=Guard.of(rt.settings),
                                  field="webhook_url")
     timeout_s = request.timeout_s or spec.timeout_s or settings.default_timeout_s
     if timeout_s > settings.max_timeout_s:
@@ -58,7 +57,7 @@ def plan(rt: Runtime, request: RunRequest) -> runs.NewRun:
             [{"field": "timeout_s",
               "message": f"must be at most {settings.max_timeout_s} (AGENTQ_MAX_TIMEOUT_S)"}],
         )
-    return runs.NewRun(
+    return store.NewRun(
         agent=spec.name,
         input=request.input,
         timeout_s=timeout_s,
@@ -106,7 +105,7 @@ class Stored:
     interrupted: list[str]
 
 
-def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) -> Stored:
+def store_run(rt: Runtime, session: Session, *, tenant_id: str, new: store.NewRun) -> Stored:
     """Store a planned run under the tenant's caps and its session's double-texting policy
     (``enqueue`` waits its turn; ``reject`` is 409 while a run is going; ``interrupt``
     cancels the runs going first). Call within the transaction that creates it, in
@@ -117,26 +116,26 @@ def store(rt: Runtime, session: Session, *, tenant_id: str, new: runs.NewRun) ->
     interrupted = []
     if new.session_id:
         sessions.ensure(session, tenant_id=tenant_id, session_id=new.session_id)
-        active = runs.active_in_session(session, tenant_id=tenant_id,
+        active = store.active_in_session(session, tenant_id=tenant_id,
                                         session_id=new.session_id)
         if active and new.multitask == "reject":
             raise Conflict(f"session {new.session_id!r} has run {active[0].id} in progress "
                            "(multitask: reject)", run_id=active[0].id)
         if active and new.multitask == "interrupt":
             for earlier in active:
-                if runs.cancel(session, tenant_id=tenant_id, run_id=earlier.id).notify_worker:
+                if store.cancel(session, tenant_id=tenant_id, run_id=earlier.id).notify_worker:
                     interrupted.append(earlier.id)
-    run = runs.create(session, tenant_id=tenant_id, new=new)
+    run = store.create(session, tenant_id=tenant_id, new=new)
     held_back = new.session_id is not None or settings.tenant_max_running > 0
-    ready = not held_back or runs.may_start(session, run_id=run.id,
+    ready = not held_back or store.may_start(session, run_id=run.id,
                                             running_cap=settings.tenant_max_running)
     return Stored(run, ready, interrupted)
 
 
-def _require_secret(session: Session, tenant_id: str, new: runs.NewRun) -> None:
+def _require_secret(session: Session, tenant_id: str, new: store.NewRun) -> None:
     """A run's webhook_url needs the tenant's signing secret (reads only then)."""
     if new.webhook_url:
-        webhooks.require_default_secret(session, tenant_id=tenant_id)
+        outbox.require_default_secret(session, tenant_id=tenant_id)
 
 
 def launch(rt: Runtime, stored: Stored) -> None:
@@ -160,12 +159,12 @@ def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
             with rt.db.autocommit() as session:
                 _require_secret(session, tenant_id, new)
         run = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=lambda: (
-            runs.create_alone(rt.db, tenant_id=tenant_id, new=new, caps=caps)))
+            store.create_alone(rt.db, tenant_id=tenant_id, new=new, caps=caps)))
         stored = Stored(run, True, [])
     else:  # a run of a session, or under a running cap: checked and stored in one transaction
         def in_transaction() -> Stored:
             with rt.db.transaction() as session:
-                return store(rt, session, tenant_id=tenant_id, new=new)
+                return store_run(rt, session, tenant_id=tenant_id, new=new)
 
         stored = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps,
                                     store=in_transaction)
@@ -176,12 +175,12 @@ def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
 def wait_until_finished(rt: Runtime, *, tenant_id: str, run_id: str, timeout_s: float) -> Run:
     """Return the run once it is terminal or ``timeout_s`` has passed, whichever is first."""
     with rt.db.transaction() as session:
-        run = runs.get(session, tenant_id=tenant_id, run_id=run_id)
+        run = store.get(session, tenant_id=tenant_id, run_id=run_id)
     if not RunStatus(run.status).is_terminal:
         for event in follow(rt, run_id=run_id, after=run.last_seq, tick_s=timeout_s,
                             max_s=timeout_s):
             if event is None or event.is_terminal:
                 break
         with rt.db.transaction() as session:
-            run = runs.get(session, tenant_id=tenant_id, run_id=run_id)
+            run = store.get(session, tenant_id=tenant_id, run_id=run_id)
     return run

@@ -8,27 +8,26 @@ no harm.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
-from worker.runs import attempts, dispatch, idempotency
-from worker.runs import store as runs
-
-if TYPE_CHECKING:
-    from worker.base.runtime import Runtime
+from worker.base.runtime import Runtime
+from worker.runs import attempts, dispatch, idempotency, store
 
 log = logging.getLogger(__name__)
 
+Repair = Callable[[Runtime], int]
 
-def sweep(rt: Runtime) -> None:
-    """Run every repair once; a failing repair is logged and does not stop the others."""
-    repairs: tuple[Callable[[Runtime], int], ...] = (
+
+def sweep(rt: Runtime, *, also: Sequence[Repair] = ()) -> None:
+    """Run every repair of runs once, and ``also`` (the layers above's: the deliveries'),
+    each on its own: a failing repair is logged and does not stop the others."""
+    repairs: tuple[Repair, ...] = (
         recover_stale_attempts,
         dispatch_due_retries,
-        dispatch.redispatch_unpublished,
-        dispatch.redispatch_lost,
-        dispatch.redispatch_deliveries,
+        redispatch_unpublished,
+        redispatch_lost,
         idempotency.purge_expired,
+        *also,
     )
     for repair in repairs:
         try:
@@ -47,7 +46,7 @@ def recover_stale_attempts(rt: Runtime) -> int:
         )
         jobs = [item.dispatch for item in recovered if item.dispatch is not None]
         sent = dispatch.publish_all(rt, jobs, reason="attempt's lease went stale")
-        runs.mark_dispatched(session, run_ids=sent)
+        dispatch.mark_dispatched(session, run_ids=sent)
     for item in recovered:
         if item.dispatch is not None:
             rt.metrics.inc("agentq_run_retries", agent=item.agent)
@@ -62,5 +61,38 @@ def dispatch_due_retries(rt: Runtime) -> int:
         due = attempts.due_retries(session, grace_s=rt.settings.dispatch_grace_s,
                                    limit=dispatch.SWEEP_BATCH)
         sent = dispatch.publish_all(rt, due, reason="retry due")
-        runs.mark_dispatched(session, run_ids=sent)
+        dispatch.mark_dispatched(session, run_ids=sent)
     return len(sent)
+
+
+def redispatch_unpublished(rt: Runtime) -> int:
+    """Publish queued runs that were committed but never published."""
+    with rt.db.transaction() as session:
+        due = store.due_for_dispatch(session, grace_s=rt.settings.dispatch_grace_s,
+                                    limit=dispatch.SWEEP_BATCH,
+                                    running_cap=rt.settings.tenant_max_running)
+        sent = dispatch.publish_all(rt, due, reason="never published")
+        dispatch.mark_dispatched(session, run_ids=sent)
+    return len(sent)
+
+
+def redispatch_lost(rt: Runtime) -> int:
+    """Publish again the waiting runs whose messages the broker no longer holds."""
+    with rt.db.transaction() as session:
+        waiting = store.published_and_waiting(session)
+    if not waiting:
+        return 0
+    depths = dispatch.broker_depths(rt, list(waiting))
+    total = 0
+    for queue, expected in waiting.items():
+        missing = expected - depths.get(queue, expected)
+        if missing <= 0:
+            continue
+        with rt.db.transaction() as session:
+            lost = store.longest_waiting(session, queue=queue,
+                                        older_than_s=rt.settings.redispatch_after_s,
+                                        limit=min(missing, dispatch.SWEEP_BATCH))
+            sent = dispatch.publish_all(rt, lost, reason=f"missing from queue {queue}")
+            dispatch.mark_dispatched(session, run_ids=sent)
+        total += len(sent)
+    return total

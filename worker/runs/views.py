@@ -14,7 +14,7 @@ from worker.base.models import (
     WebhookEndpoint,
 )
 from worker.runs.events import Event
-from worker.runs.usage import Day
+from worker.runs.spend import Day
 
 
 def iso(value: datetime | None) -> str | None:

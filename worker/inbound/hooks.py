@@ -23,12 +23,12 @@ from sqlalchemy.orm import Session
 from worker.base.errors import InvalidRequest, NotFound
 from worker.base.models import HookSource, InboundEvent, Run, new_id
 from worker.base.runtime import Runtime
-from worker.delivery import webhooks
-from worker.delivery.webhooks import live_secrets
+from worker.base.signing import live_secrets
+from worker.base.ssrf import Guard, refuse_internal
 from worker.inbound import providers
 from worker.inbound.providers import Inbound
-from worker.runs import admission
-from worker.runs.submission import RunRequest, Stored, plan, store
+from worker.runs import admission, outbox
+from worker.runs.submission import RunRequest, Stored, plan, store_run
 
 
 def _invalid(field: str, message: str) -> InvalidRequest:
@@ -43,8 +43,8 @@ def create_source(session: Session, *, rt: Runtime, tenant_id: str, provider: st
         raise _invalid("secret", problem)
     rt.registry.get(agent)  # UnknownAgent (422) lists the agents there are
     if reply_url:
-        webhooks.refuse_internal(reply_url, guard=rt.sender().guard, field="reply")
-        webhooks.require_default_secret(session, tenant_id=tenant_id)
+        refuse_internal(reply_url, guard=Guard.of(rt.settings), field="reply")
+        outbox.require_default_secret(session, tenant_id=tenant_id)
     source = HookSource(id=new_id("hs"), tenant_id=tenant_id, provider=provider, secret=secret,
                         agent=agent, events=list(events) if events else None,
                         reply_url=reply_url)
@@ -138,7 +138,7 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
             if not _claim_delivery(session, source, inbound):
                 count(outcome="duplicate")
                 return _duplicate(session, source, inbound)
-            stored = store(rt, session, tenant_id=source.tenant_id, new=new)
+            stored = store_run(rt, session, tenant_id=source.tenant_id, new=new)
             session.execute(update(InboundEvent)
                             .where(InboundEvent.source_id == source.id,
                                    InboundEvent.delivery_id == inbound.delivery_id)

@@ -1,0 +1,60 @@
+"""A process's runtime, assembled from every layer: where the parts meet.
+
+``build_runtime`` makes the runtime, wires the run lifecycle into the database's commit
+(``worker.runs.lifecycle``: successors before it; announcements, deliveries' and
+successors' dispatch after it), and attaches the Celery tasks. Tasks take ids, never
+objects, and hand over to a layer's function at once: a run's attempt to
+``worker.execution``, a delivery's attempt to ``worker.delivery``, the sweep to
+``worker.runs.sweeper`` (with the deliveries' repair).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from worker.agents import load_agents
+from worker.base.bus import Bus
+from worker.base.queues import DELIVER_TASK, RUN_TASK, SWEEP_TASK, make_celery
+from worker.base.runtime import Runtime
+from worker.base.settings import Settings
+from worker.delivery import notifier
+from worker.execution import execute
+from worker.runs import lifecycle, sweeper
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Build a runtime; nothing connects until first used (safe before ``fork``)."""
+    rt = Runtime(settings=settings, bus=Bus(settings.redis_url),
+                 registry=load_agents(settings.agents), celery=make_celery(settings))
+    rt.db.on_commit(before=functools.partial(lifecycle.before_commit, rt),
+                    after=functools.partial(lifecycle.after_commit, rt))
+    register_tasks(rt)
+    return rt
+
+
+def register_tasks(rt: Runtime) -> None:
+    """Attach agentq's tasks to the runtime's Celery app."""
+
+    @rt.celery.task(name=RUN_TASK, bind=True)
+    def run(task: Task, run_id: str) -> None:
+        """Execute one attempt of run ``run_id`` (a no-op if it is not claimable)."""
+        try:
+            execute.execute(rt, run_id=run_id, worker=task.request.hostname or "unknown")
+        except (OperationalError, InterfaceError) as error:
+            # Postgres is away: try the claim again later rather than drop the message.
+            raise task.retry(exc=error, countdown=2, max_retries=None) from error
+
+    # No task events (Flower): three Redis publishes per delivery, a sixth of the notifier's
+    # CPU; a delivery's attempts are in the database and in agentq_deliveries instead.
+    @rt.celery.task(name=DELIVER_TASK, acks_late=False, send_events=False)
+    def deliver(delivery_id: str) -> None:
+        """Make one attempt of webhook delivery ``delivery_id`` (a no-op if not due)."""
+        notifier.deliver(rt, delivery_id=delivery_id)
+
+    @rt.celery.task(name=SWEEP_TASK)
+    def sweep() -> None:
+        """Repair what was lost: runs' dispatches, stale attempts, deliveries."""
+        sweeper.sweep(rt, also=(notifier.redispatch_due,))

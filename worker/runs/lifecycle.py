@@ -1,0 +1,106 @@
+"""What a run's change of status sets going, in the transaction that makes it and after.
+
+Every transition that ends a run (``attempts.finish``, ``store.cancel``, the sweeper's and a
+stopping worker's ``attempts`` recoveries) calls ``ended``, which writes the run's webhook
+deliveries in the same transaction (the outbox: ``outbox.enqueue``); every transition that
+frees a run's place (ended, or retrying later) calls ``freed``, so that the runs it held
+back (later runs of its session, its tenant's runs over a running cap) are picked before
+the commit (``before_commit``). After the commit, ``after_commit`` announces the events the
+transaction recorded on the bus, counts the ends in the metrics, and publishes the picked
+runs and the deliveries. ``worker.app`` wires the two hooks into the database's commit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import false, or_, select, true
+from sqlalchemy.orm import Session, aliased
+
+from worker.base.event import Event
+from worker.base.models import Run, RunStatus
+from worker.base.queues import Dispatch
+from worker.base.runtime import Runtime
+from worker.runs import dispatch, events, outbox
+from worker.runs.readiness import session_free, under_running_cap
+
+_DELIVERIES = "agentq.deliveries"  # ids of the deliveries made
+_TENANTS = "agentq.tenants"  # run id -> tenant, for the tenant channels' terminal events
+_ENDED = "agentq.ended"  # (agent, status, seconds it ran) for the metrics
+_FREED = "agentq.freed"  # runs whose place freed up: run id -> it had a session
+_SUCCESSORS = "agentq.successors"  # runs picked to start now
+
+
+def ended(session: Session, *, run: Run, event: Event,
+          endpoints: list[list[str]] | None = None) -> None:
+    """``run`` ends in this transaction with ``event``: make its deliveries (to
+    ``endpoints`` if the caller read them already), and free its place."""
+    info = session.info
+    info.setdefault(_DELIVERIES, []).extend(
+        outbox.enqueue(session, run=run, event=event, endpoints=endpoints))
+    info.setdefault(_TENANTS, {})[run.id] = run.tenant_id
+    info.setdefault(_ENDED, []).append(_ending(run))
+    freed(session, run=run)
+
+
+def freed(session: Session, *, run: Run) -> None:
+    """``run`` gives up its place in this transaction (it ended, or waits to retry)."""
+    session.info.setdefault(_FREED, {})[run.id] = run.session_id is not None
+
+
+def before_commit(rt: Runtime, session: Session) -> None:
+    """Pick the runs the freed ones held back, to be dispatched once this commits."""
+    held_back = session.info.get(_FREED, {})
+    cap = rt.settings.tenant_max_running
+    if cap > 0 or any(held_back.values()):  # only a session or a cap holds runs back
+        session.info[_SUCCESSORS] = next_to_start(session, run_ids=list(held_back),
+                                                  running_cap=cap)
+
+
+def after_commit(rt: Runtime, info: dict[str, Any]) -> None:
+    """Announce what the transaction committed, and send what it set going on its way."""
+    committed: list[Event] = info.get(events.SESSION_KEY, [])
+    if rt.settings.fault == "exit_after_terminal_commit" and any(
+            event.is_terminal for event in committed):
+        os._exit(70)  # test-only: die between the commit and everything after it
+    if committed:
+        rt.bus.announce(committed, info.get(_TENANTS))
+    for agent, status, duration_s in info.get(_ENDED, []):
+        rt.metrics.inc("agentq_runs_finished", agent=agent, status=status)
+        if status == "dead_lettered":
+            rt.metrics.inc("agentq_runs_dead_lettered", agent=agent)
+        if duration_s is not None:
+            rt.metrics.observe("agentq_run_duration_seconds", duration_s, agent=agent)
+    for job in info.get(_SUCCESSORS, []):
+        dispatch.dispatch(rt, job)
+    if info.get(_DELIVERIES):
+        outbox.dispatch(rt, info[_DELIVERIES])
+
+
+def _ending(run: Run) -> tuple[str, str, float | None]:
+    """What the metrics keep of a run that ended: agent, status, and how long it ran."""
+    duration = None
+    if run.started_at is not None and run.finished_at is not None:
+        duration = max(0.0, (run.finished_at - run.started_at).total_seconds())
+    return run.agent, run.status, duration
+
+
+def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
+                  limit: int = 50) -> list[Dispatch]:
+    """Held-back runs that may start now that these runs ended: later runs of their
+    sessions, and other runs of their tenants waiting under a running cap."""
+    ended = aliased(Run)
+    related = select(ended.tenant_id).where(ended.id.in_(run_ids))
+    same_session = select(ended.session_id).where(ended.id.in_(run_ids),
+                                                  ended.session_id.is_not(None))
+    query = (
+        select(Run.id, Run.queue, Run.timeout_s)
+        .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_(None),
+               Run.tenant_id.in_(related),
+               or_(Run.session_id.in_(same_session), true() if running_cap > 0 else false()),
+               session_free(), under_running_cap(running_cap))
+        .order_by(Run.id)
+        .limit(limit)
+    )
+    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
