@@ -33,7 +33,6 @@ from worker.base.errors import LimitExceeded
 from worker.base.settings import Settings
 
 FRESH_S = 30.0  # how old the tenant's counts may be for a submission to skip counting
-RECENT_S = 0.05  # a count this recent is believed (those who waited for its lock)
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,10 @@ SLOT = """
 """
 
 # NO KEY: rows that refer to the tenant (runs, deliveries, sessions) may still be written.
+# now() is when this transaction began, before it waited for the lock: a count made since
+# was made by a submission that held the lock while this one waited.
 _LOCK = text("""
-    SELECT coalesce(admission_counted_at > clock_timestamp() - make_interval(secs => :recent_s),
-                    false) AS recent
+    SELECT coalesce(admission_counted_at > now(), false) AS counted_while_waiting
     FROM tenants WHERE id = :tenant_id FOR NO KEY UPDATE
 """)
 _COUNT = text("""
@@ -128,9 +128,10 @@ def admitted(db: Database, *, tenant_id: str, caps: Caps, store: Callable[[], T]
 def recount(db: Database, *, tenant_id: str) -> None:
     """Count the tenant's runs under its row's lock, in a transaction of its own. Many
     submissions find the figure full (or old) at once: the first counts, and the others,
-    having waited for its lock, find a count under ``RECENT_S`` old and leave it be."""
+    having waited for its lock, find a count made since they began waiting and believe it
+    (a submission that comes later counts again: runs may have ended since)."""
     with db.transaction() as session:
-        if session.execute(_LOCK, {"tenant_id": tenant_id, "recent_s": RECENT_S}).scalar():
+        if session.execute(_LOCK, {"tenant_id": tenant_id}).scalar():
             return
         counts = session.execute(_COUNT, {"tenant_id": tenant_id}).one()
         session.execute(_COUNTED, {"tenant_id": tenant_id, "waiting": counts.waiting,
