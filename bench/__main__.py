@@ -30,6 +30,7 @@ import psutil
 from bench.report import Figure, table
 
 BENCHMARKS = {  # name -> module with figures(quick) -> list[Figure]
+    "inflight": "bench.inflight",  # N slow llm.chat runs at once on one worker host
     "throughput": "bench.throughput",  # submit, end to end, one worker process
     "dispatch": "bench.dispatch",
     "streams": "bench.stream",  # also the API's RSS with 1,000 streams

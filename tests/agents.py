@@ -67,9 +67,12 @@ def poison(ctx: RunContext, input: dict[str, Any]) -> None:
 
 @agent("test.timeout", timeout_s=1, max_attempts=2)
 def too_slow(ctx: RunContext, input: dict[str, Any]) -> None:
-    """Report progress, then outlast the time limit."""
+    """Report progress, then outlast the time limit (working in short steps, so the time
+    limit raised into its thread reaches it at once)."""
     ctx.emit("working", f"attempt {ctx.attempt} started")
-    time.sleep(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @agent("test.stubborn", timeout_s=1, max_attempts=1)

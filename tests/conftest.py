@@ -228,10 +228,10 @@ def crash_worker(env: dict[str, str], services: Services,
     """Start workers that consume only the crash queue; stopped after the test."""
     started: list[Worker] = []
 
-    def start(concurrency: int = 1, **env_overrides: str) -> Worker:
+    def start(concurrency: int = 1, pool: str | None = None, **env_overrides: str) -> Worker:
         name = f"crash{next(_names)}"
         process = Worker(env={**env, **env_overrides}, log=services.root / f"{name}.log",
-                         name=name, concurrency=concurrency, queues=CRASH_QUEUE)
+                         name=name, concurrency=concurrency, queues=CRASH_QUEUE, pool=pool)
         process.start()
         process.wait_ready(runtime.celery)
         started.append(process)

@@ -105,11 +105,18 @@ class Process:
 
 
 class Worker(Process):
-    """``celery -A worker worker`` as a real process, optionally with beat (-B)."""
+    """``celery -A worker worker`` as a real process, optionally with beat (-B).
+
+    As the Procfile's ``worker`` by default: Celery's threads pool handing each run to the
+    engine, which holds ``concurrency`` runs at once (AGENTQ_WORKER_SLOTS). With a ``pool``
+    named (``prefork``, as the Procfile's ``cpu``), ``concurrency`` is Celery's own."""
 
     def __init__(self, *, env: dict[str, str], log: Path, name: str, concurrency: int = 2,
                  beat: bool = False, queues: str | None = None, pool: str | None = None,
                  app: str = "worker") -> None:
+        if pool is None and app == "worker":
+            pool, env = "threads", {**env, "AGENTQ_WORKER_SLOTS": str(concurrency)}
+            concurrency = 2  # the threads that hand runs over
         args = [str(BIN / "celery"), "-A", app, "worker", "--loglevel", "INFO",
                 "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
                 "--without-mingle", "--without-gossip"]

@@ -53,7 +53,10 @@ def test_sigkill_of_the_worker_mid_run_ends_succeeded_once(
 def test_poison_run_is_dead_lettered_and_the_worker_keeps_serving(
     api: ApiClient, runtime: Runtime, crash_worker: StartWorker
 ) -> None:
-    crash_worker(concurrency=1)
+    # A prefork worker (the Procfile's cpu): an agent that kills its process kills a child,
+    # which the worker replaces. (One in the default worker's engine takes the worker down
+    # with it; its orchestrator restarts it, and the same count dead-letters the run.)
+    crash_worker(concurrency=1, pool="prefork")
     # Given a run that kills the process running it, every time
     poison = api.submit("test.poison")
     done = api.wait(poison["id"], timeout=90)

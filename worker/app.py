@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 
 from celery import Task
-from sqlalchemy.exc import InterfaceError, OperationalError
+from celery.exceptions import Reject
 
 from worker.agents import load_agents
 from worker.base.bus import Bus
@@ -21,7 +21,7 @@ from worker.base.queues import DELIVER_TASK, RUN_TASK, SWEEP_TASK, make_celery
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.delivery import notifier
-from worker.execution import execute
+from worker.execution.engine import Engine, handing_off
 from worker.runs import lifecycle, sweeper
 
 
@@ -40,12 +40,12 @@ def register_tasks(rt: Runtime) -> None:
 
     @rt.celery.task(name=RUN_TASK, bind=True)
     def run(task: Task, run_id: str) -> None:
-        """Execute one attempt of run ``run_id`` (a no-op if it is not claimable)."""
-        try:
-            execute.execute(rt, run_id=run_id, worker=task.request.hostname or "unknown")
-        except (OperationalError, InterfaceError) as error:
-            # Postgres is away: try the claim again later rather than drop the message.
-            raise task.retry(exc=error, countdown=2, max_retries=None) from error
+        """Hand an attempt of run ``run_id`` to this process's engine (a no-op if it is
+        not claimable): at once, from a threads pool; to its end, in a prefork child."""
+        engine = Engine.of(rt)
+        worker = task.request.hostname or "unknown"
+        if not engine.run(run_id, worker, wait=not handing_off()):
+            raise Reject("this worker is stopping", requeue=True)  # another takes it
 
     # No task events (Flower): three Redis publishes per delivery, a sixth of the notifier's
     # CPU; a delivery's attempts are in the database and in agentq_deliveries instead.

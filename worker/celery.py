@@ -10,11 +10,13 @@ import sys
 from typing import Any
 
 from celery import signals
+from celery.concurrency.thread import TaskPool as ThreadsPool
 
 from worker.app import build_runtime
 from worker.base.errors import ConfigurationError
 from worker.base.logs import configure_logging
 from worker.base.settings import load_settings
+from worker.execution.engine import hand_off_runs
 from worker.execution.shutdown import GracefulShutdown
 
 try:
@@ -37,6 +39,13 @@ def _reset_connections(**_: Any) -> None:
     runtime.db.dispose()
 
 
+@signals.worker_init.connect
+def _pool(sender: Any, **_: Any) -> None:
+    # A threads pool's tasks hand each run to the engine; a prefork child runs it to its end.
+    if isinstance(sender.pool_cls, type) and issubclass(sender.pool_cls, ThreadsPool):
+        hand_off_runs()
+
+
 @signals.worker_ready.connect
 def _ready(sender: Any, **_: Any) -> None:
     shutdown.ready(sender)
@@ -45,3 +54,8 @@ def _ready(sender: Any, **_: Any) -> None:
 @signals.worker_shutting_down.connect
 def _shutting_down(how: str = "Warm", **_: Any) -> None:
     shutdown.begin(how)
+
+
+@signals.worker_shutdown.connect
+def _shut_down(**_: Any) -> None:
+    shutdown.end()

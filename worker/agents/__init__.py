@@ -11,16 +11,17 @@ May import: ``worker.base``.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from worker.agents.context import RunContext
 from worker.base.errors import ConfigurationError, UnknownAgent
 
-AgentFn = Callable[["RunContext", Any], Any]
+# fn(ctx, input): ctx is a RunContext, or an AsyncRunContext for an ``async def`` agent.
+AgentFn = Callable[[Any, Any], Any]
 
 BUILTIN_MODULES = ("worker.agents.builtin", "worker.agents.research",
                    "worker.agents.llm_chat")
@@ -41,6 +42,11 @@ class AgentSpec:
     queue: str | None = None
     input_model: type[BaseModel] | None = None
     multitask: str = "enqueue"  # per run: multitask (enqueue, reject, interrupt)
+
+    @property
+    def is_async(self) -> bool:
+        """An ``async def`` agent: run on the worker's event loop, not in a thread."""
+        return inspect.iscoroutinefunction(self.fn)
 
     def parse_input(self, raw: Any) -> Any:
         """Return what the agent receives: the parsed model if one is declared, else ``raw``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -19,6 +19,22 @@ class Steps(Protocol):
 
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             kwargs: dict[str, Any]) -> Any: ...
+
+
+class AsyncSteps(Protocol):
+    """What runs an async agent's durable steps (``worker.runs.steps.AsyncStepRunner``)."""
+
+    async def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any: ...
+
+
+class AsyncChat(Protocol):
+    """``ctx.llm`` of an async agent (``worker.llm.client.AsyncLLM``)."""
+
+    async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                   name: str | None = None, **params: Any) -> dict[str, Any]:
+        """One chat completion, awaited, as a durable step (see ``Chat.chat``)."""
+        ...
 
 
 class Chat(Protocol):
@@ -38,15 +54,8 @@ def idempotency_key(run_id: str, name: str) -> str:
 
 
 @dataclass
-class RunContext:
-    """The handle an agent gets for one attempt of one run.
-
-    ``emit`` appends a progress event to the run's log; ``cancelled`` says whether someone
-    asked the run to stop; ``time_left()`` is what remains of the attempt's timeout;
-    ``session`` is the conversation's state (a dict, saved when the attempt succeeds; without
-    a session_id it is an empty dict that is not kept). ``step`` runs a function once per
-    run and name, whatever the attempt; ``llm`` makes LLM calls, each a step.
-    """
+class _Context:
+    """What sync and async agents' contexts share."""
 
     run_id: str
     tenant_id: str
@@ -58,18 +67,11 @@ class RunContext:
     request_id: str | None
     log: logging.LoggerAdapter[logging.Logger]
     session: dict[str, Any]
-    _emit: Callable[[dict[str, Any]], int] = field(repr=False)
     _is_cancelled: Callable[[], bool] = field(repr=False)
-    _steps: Steps | None = field(default=None, repr=False)
-    _llm: Chat | None = field(default=None, repr=False)
     _deadline: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         self._deadline = time.monotonic() + self.timeout_s
-
-    def emit(self, phase: str, message: str, **data: Any) -> int:
-        """Append a ``progress`` event ``{phase, message, **data}``; return its ``seq``."""
-        return self._emit({"phase": phase, "message": message, **data})
 
     @property
     def cancelled(self) -> bool:
@@ -85,6 +87,32 @@ class RunContext:
         """Seconds left before this attempt's timeout."""
         return max(0.0, self._deadline - time.monotonic())
 
+    def idempotency_key(self, name: str) -> str:
+        """A key that is the same for every attempt of this run: give it to APIs that
+        deduplicate (Stripe's Idempotency-Key, an email provider's), so a step cut off
+        mid-call does not act twice."""
+        return idempotency_key(self.run_id, name)
+
+
+@dataclass
+class RunContext(_Context):
+    """The handle a (sync) agent gets for one attempt of one run.
+
+    ``emit`` appends a progress event to the run's log; ``cancelled`` says whether someone
+    asked the run to stop; ``time_left()`` is what remains of the attempt's timeout;
+    ``session`` is the conversation's state (a dict, saved when the attempt succeeds; without
+    a session_id it is an empty dict that is not kept). ``step`` runs a function once per
+    run and name, whatever the attempt; ``llm`` makes LLM calls, each a step.
+    """
+
+    _emit: Callable[[dict[str, Any]], int] = field(default=lambda data: 0, repr=False)
+    _steps: Steps | None = field(default=None, repr=False)
+    _llm: Chat | None = field(default=None, repr=False)
+
+    def emit(self, phase: str, message: str, **data: Any) -> int:
+        """Append a ``progress`` event ``{phase, message, **data}``; return its ``seq``."""
+        return self._emit({"phase": phase, "message": message, **data})
+
     def step(self, name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` once for this run and ``name``: its JSON result is
         committed before this returns, and a later attempt (a retry, a crash recovery, a
@@ -94,14 +122,37 @@ class RunContext:
         assert self._steps is not None, "steps need a worker's context"
         return self._steps.run(name, fn, args, kwargs)  # type: ignore[no-any-return]
 
-    def idempotency_key(self, name: str) -> str:
-        """A key that is the same for every attempt of this run: give it to APIs that
-        deduplicate (Stripe's Idempotency-Key, an email provider's), so a step cut off
-        mid-call does not act twice."""
-        return idempotency_key(self.run_id, name)
-
     @property
     def llm(self) -> Chat:
         """Chat completions against the configured endpoint, each call a durable step."""
+        assert self._llm is not None, "ctx.llm needs a worker's context"
+        return self._llm
+
+
+@dataclass
+class AsyncRunContext(_Context):
+    """The handle an ``async def`` agent gets: as ``RunContext``, with ``emit``, ``step`` and
+    ``llm.chat`` awaited. ``step`` takes a coroutine function (awaited) or a plain one (run
+    in a thread, so it cannot stall the worker's loop). A cancel, or the attempt's timeout,
+    reaches the agent as ``asyncio.CancelledError`` at the ``await`` it is in."""
+
+    _emit: Callable[[dict[str, Any]], Awaitable[int]] | None = field(default=None, repr=False)
+    _steps: AsyncSteps | None = field(default=None, repr=False)
+    _llm: AsyncChat | None = field(default=None, repr=False)
+
+    async def emit(self, phase: str, message: str, **data: Any) -> int:
+        """Append a ``progress`` event ``{phase, message, **data}``; return its ``seq``."""
+        assert self._emit is not None, "emit needs a worker's context"
+        return await self._emit({"phase": phase, "message": message, **data})
+
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any,
+                   **kwargs: Any) -> Any:
+        """As ``RunContext.step``, awaited; ``fn`` may be a coroutine function."""
+        assert self._steps is not None, "steps need a worker's context"
+        return await self._steps.run(name, fn, args, kwargs)
+
+    @property
+    def llm(self) -> AsyncChat:
+        """Chat completions, awaited, each call a durable step."""
         assert self._llm is not None, "ctx.llm needs a worker's context"
         return self._llm

@@ -69,7 +69,12 @@ def _retry_after(error: BaseException) -> float | None:
 
 def retry_after_s(response: httpx.Response) -> float | None:
     """A response's ``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
-    value = response.headers.get("Retry-After", "").strip()
+    return parse_retry_after(response.headers.get("Retry-After", ""))
+
+
+def parse_retry_after(value: str) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
+    value = value.strip()
     if not value:
         return None
     try:

@@ -1,28 +1,34 @@
-"""One attempt of one run: claim it, call the agent under a live lease, record how it ended."""
+"""One attempt of one run, in parts the engine (``worker.execution.engine``) puts together:
+claim it, load its session, give the agent its context, turn what the agent did into an
+outcome, and record the outcome under the attempt's lease.
+
+Everything here is sync and talks to Postgres; the engine calls it from a thread (its own
+database threads, or the sync agent's thread), never on its event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 import traceback
-from dataclasses import dataclass
-from types import TracebackType
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from worker.agents import AgentSpec
-from worker.agents.context import RunContext
+from worker.agents.context import AsyncRunContext, RunContext
 from worker.base import jsonb, retry
 from worker.base.errors import Cancelled, LeaseLost
 from worker.base.models import AttemptOutcome, RunStatus
-from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.execution.supervisor import Active, Supervisor
-from worker.llm.client import LLM
-from worker.runs import attempts, dispatch, events, sessions, steps
+from worker.llm.client import LLM, AsyncLLM
+from worker.runs import attempts, events, sessions, steps
 from worker.runs.attempts import Claim, Outcome
 
 log = logging.getLogger("agentq.run")
@@ -31,74 +37,36 @@ _RECORD_PATIENCE_S = 60.0  # how long to keep trying to record an outcome throug
 _UNSTORABLE = "UnstorableOutcome"
 
 
-def execute(rt: Runtime, *, run_id: str, worker: str) -> None:
-    """Run one attempt of ``run_id`` if this worker can claim it; otherwise do nothing."""
+@dataclass(eq=False)
+class Active:
+    """An attempt this process is running, as the engine tracks it."""
+
+    claim: Claim
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False  # its lease moved on: it must stop
+    started: float = field(default_factory=time.monotonic)
+    thread: int | None = None  # a sync agent's thread, while it runs the agent
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    task: asyncio.Task[Any] | None = None  # an async agent's task
+    given_up: asyncio.Future[Outcome] | None = None  # set when the engine stops waiting
+
+    @property
+    def stopping(self) -> bool:
+        return self.lost or self.cancelled.is_set()
+
+
+def claim(rt: Runtime, *, run_id: str, worker: str) -> Claim | None:
+    """Take the run's next attempt if this worker can; None if it is not claimable."""
     cap = rt.settings.tenant_max_running
     # One atomic statement, unless a running cap needs its lock held for a transaction.
     with (rt.db.transaction() if cap else rt.db.autocommit()) as session:
-        claim = attempts.claim(session, run_id=run_id, worker=worker, running_cap=cap)
-    if claim is None:
+        claimed = attempts.claim(session, run_id=run_id, worker=worker, running_cap=cap)
+    if claimed is None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
-        return
-    started = time.monotonic()
-    if claim.attempt == 1:
-        rt.metrics.observe("agentq_run_queue_wait_seconds", claim.waited_s, agent=claim.agent)
-    state = _session_state(rt, claim)
-    supervisor = Supervisor.of(rt)
-    active = supervisor.begin(claim)
-    try:
-        with Heartbeat(rt, claim, active) as lease:
-            outcome = _attempt(rt, claim, lease, active, state)
-            outcome, recorded = _record(rt, claim, outcome, state)
-    finally:
-        supervisor.end(active)
-    if not recorded:
-        return
-    if outcome.status == RunStatus.RETRYING:
-        rt.metrics.inc("agentq_run_retries", agent=claim.agent)
-        dispatch.dispatch(rt, Dispatch(claim.run_id, claim.queue, claim.timeout_s,
-                                       countdown_s=outcome.retry_in_s))
-    log.info("run attempt finished", extra=_fields(claim, outcome, started))
-
-
-class Heartbeat:
-    """Renew the attempt's lease every ``AGENTQ_HEARTBEAT_INTERVAL_S`` from a thread."""
-
-    def __init__(self, rt: Runtime, claim: Claim, active: Active) -> None:
-        self._rt = rt
-        self._claim = claim
-        self._active = active
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.run_id}",
-                                        daemon=True)
-        self.lost = False
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._rt.settings.heartbeat_interval_s):
-            try:
-                with self._rt.db.autocommit() as session:
-                    lease = attempts.heartbeat(session, run_id=self._claim.run_id,
-                                               epoch=self._claim.epoch)
-            except Exception as error:  # an outage: keep trying until the attempt ends
-                log.warning("heartbeat failed", extra={"run_id": self._claim.run_id,
-                                                       "error": f"{type(error).__name__}"})
-                continue
-            if lease.cancel_requested:  # the bus's notice may have been lost
-                Supervisor.of(self._rt).cancel(self._claim.run_id)
-            if not lease.held and not self._stop.is_set():
-                self.lost = True
-                log.warning("lease lost; the attempt should stop",
-                            extra={"run_id": self._claim.run_id, "attempt": self._claim.attempt})
-                return
+    elif claimed.attempt == 1:
+        rt.metrics.observe("agentq_run_queue_wait_seconds", claimed.waited_s,
+                           agent=claimed.agent)
+    return claimed
 
 
 @dataclass
@@ -114,7 +82,7 @@ class SessionState:
         return json.dumps(self.current, sort_keys=True) != self.loaded
 
 
-def _session_state(rt: Runtime, claim: Claim) -> SessionState | None:
+def session_state(rt: Runtime, claim: Claim) -> SessionState | None:
     if claim.session_id is None:
         return None
     with rt.db.autocommit() as session:
@@ -123,28 +91,60 @@ def _session_state(rt: Runtime, claim: Claim) -> SessionState | None:
     return SessionState(version, json.dumps(state, sort_keys=True), state)
 
 
-def _attempt(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
-             state: SessionState | None) -> Outcome:
-    ctx = _context(rt, claim, lease, active, state.current if state else {})
+def call_sync(rt: Runtime, spec: AgentSpec, ctx: RunContext, active: Active,
+              state: SessionState | None) -> Outcome:
+    """Call a sync agent (in its thread) and say how its attempt ended."""
     try:
-        spec = rt.registry.get(claim.agent)
-        result = _json(spec.fn(ctx, spec.parse_input(claim.input)))
+        result = _json(spec.fn(ctx, spec.parse_input(active.claim.input)))
         if state is not None:
             jsonb.check(state.current, what="ctx.session")
-    except Cancelled as error:
-        return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error=_describe(error))
+    except BaseException as error:  # each way out (a timeout raised in) becomes an outcome
+        return ended_by(rt, active, error, ctx.log)
+    return succeeded(active, result)
+
+
+async def call_async(rt: Runtime, spec: AgentSpec, ctx: AsyncRunContext, active: Active,
+                     state: SessionState | None) -> Outcome:
+    """Await an async agent under its attempt's timeout and say how its attempt ended."""
+    claim = active.claim
+    try:
+        async with asyncio.timeout(claim.timeout_s):
+            value = await spec.fn(ctx, spec.parse_input(claim.input))
+        result = _json(value)
+        if state is not None:
+            jsonb.check(state.current, what="ctx.session")
+    except TimeoutError:
+        return ended_by(rt, active, SoftTimeLimitExceeded(), ctx.log)
+    except asyncio.CancelledError as error:
+        if not active.stopping:
+            raise  # the engine itself is stopping: not the run's doing
+        return ended_by(rt, active, Cancelled(str(error) or "cancelled while running"),
+                        ctx.log)
     except Exception as error:
-        if active.cancelled.is_set():
-            return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error=_describe(error))
-        ctx.log.exception("agent raised %s", type(error).__name__)
-        return _failed(rt, claim, error)
+        return ended_by(rt, active, error, ctx.log)
+    return succeeded(active, result)
+
+
+def succeeded(active: Active, result: Any) -> Outcome:
     if active.cancelled.is_set():  # it stopped early, as asked: what it returned is kept
         return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, result=result,
                        error={"type": "Cancelled", "message": "cancelled while running"})
     return Outcome(RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=result)
 
 
-def _failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
+def ended_by(rt: Runtime, active: Active, error: BaseException,
+             agent_log: logging.LoggerAdapter[logging.Logger]) -> Outcome:
+    """The outcome of an attempt the agent left by ``error``."""
+    if isinstance(error, Cancelled) or (active.cancelled.is_set()
+                                        and not isinstance(error, SoftTimeLimitExceeded)):
+        return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error=_describe(error))
+    if not isinstance(error, Exception):  # SystemExit, KeyboardInterrupt in an agent
+        error = RuntimeError(f"the agent raised {type(error).__name__}")
+    agent_log.error("agent raised %s", type(error).__name__, exc_info=error)
+    return failed(rt, active.claim, error)
+
+
+def failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
     """Decide where a failed attempt sends the run: failed, retrying, or dead-lettered."""
     spec: AgentSpec | None = rt.registry.get(claim.agent) if claim.agent in rt.registry else None
     timed_out = retry.is_timeout(error)
@@ -167,8 +167,8 @@ def _failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
     return Outcome(RunStatus.RETRYING, kind, error=described, traceback=trace, retry_in_s=wait)
 
 
-def _record(rt: Runtime, claim: Claim, outcome: Outcome,
-            state: SessionState | None) -> tuple[Outcome, bool]:
+def record(rt: Runtime, claim: Claim, outcome: Outcome,
+           state: SessionState | None) -> tuple[Outcome, bool]:
     """Write the outcome (and, on success, the session's state) in one transaction, waiting
     out a short database outage; the outcome written, and False if nothing was."""
     deadline = time.monotonic() + _RECORD_PATIENCE_S
@@ -189,7 +189,7 @@ def _record(rt: Runtime, claim: Claim, outcome: Outcome,
                 attempts.finish(session, claim=claim, outcome=outcome)
             return outcome, True
         except sessions.SessionConflict as conflict:
-            outcome = _failed(rt, claim, conflict)  # retried on the newer state
+            outcome = failed(rt, claim, conflict)  # retried on the newer state
             state = None
         except LeaseLost:
             log.warning("stale attempt's outcome refused",
@@ -224,11 +224,13 @@ def _json(result: Any) -> Any:
     return steps.as_json(result, what="the agent's result")
 
 
-def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
-             session_state: dict[str, Any]) -> RunContext:
+def _agent_log(claim: Claim) -> logging.LoggerAdapter[logging.Logger]:
     fields = {"run_id": claim.run_id, "tenant": claim.tenant_id, "agent": claim.agent,
               "attempt": claim.attempt, "request_id": claim.request_id}
+    return logging.LoggerAdapter(logging.getLogger(f"agentq.agent.{claim.agent}"), fields)
 
+
+def _emitter(rt: Runtime, claim: Claim) -> Callable[[dict[str, Any]], int]:
     def emit(data: dict[str, Any]) -> int:
         jsonb.check(data, what="the event")  # ValueError into the agent, naming the field
         with rt.db.autocommit() as session:  # one atomic statement
@@ -236,34 +238,60 @@ def _context(rt: Runtime, claim: Claim, lease: Heartbeat, active: Active,
                                   type=events.PROGRESS, data=data)
         return event.seq
 
-    def is_cancelled() -> bool:
-        return lease.lost or active.cancelled.is_set()
+    return emit
 
-    log = logging.LoggerAdapter(logging.getLogger(f"agentq.agent.{claim.agent}"), fields)
+
+def _fields(claim: Claim) -> dict[str, Any]:
+    return {"run_id": claim.run_id, "tenant_id": claim.tenant_id, "agent": claim.agent,
+            "attempt": claim.attempt, "max_attempts": claim.max_attempts,
+            "timeout_s": claim.timeout_s, "session_id": claim.session_id,
+            "request_id": claim.request_id}
+
+
+def sync_context(rt: Runtime, active: Active, session_state: dict[str, Any],
+                 loop: asyncio.AbstractEventLoop) -> RunContext:
+    """A sync agent's ``ctx``: its emits and steps write from the agent's own thread; its
+    LLM calls are made on the engine's loop."""
+    claim, log = active.claim, _agent_log(active.claim)
+    emit = _emitter(rt, claim)
     runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
                               attempt=claim.attempt, emit=emit)
     deadline = time.monotonic() + claim.timeout_s
-    llm = LLM(rt, steps=runner, tenant_id=claim.tenant_id, agent=claim.agent, log=log,
-              time_left=lambda: deadline - time.monotonic(), cancelled=is_cancelled)
-    return RunContext(
-        run_id=claim.run_id,
-        tenant_id=claim.tenant_id,
-        agent=claim.agent,
-        attempt=claim.attempt,
-        max_attempts=claim.max_attempts,
-        timeout_s=claim.timeout_s,
-        session_id=claim.session_id,
-        request_id=claim.request_id,
-        log=log,
-        session=session_state,
-        _emit=emit,
-        _is_cancelled=is_cancelled,
-        _steps=runner,
-        _llm=llm,
-    )
+    llm = LLM(rt, steps=runner, loop=loop, tenant_id=claim.tenant_id, agent=claim.agent,
+              log=log, time_left=lambda: deadline - time.monotonic(),
+              cancelled=lambda: active.stopping)
+    return RunContext(**_fields(claim), log=log, session=session_state,
+                      _is_cancelled=lambda: active.stopping, _emit=emit, _steps=runner,
+                      _llm=llm)
 
 
-def _fields(claim: Claim, outcome: Outcome, started: float) -> dict[str, Any]:
+Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+def async_context(rt: Runtime, active: Active, session_state: dict[str, Any], *,
+                  offload: Offload, in_thread: Offload) -> AsyncRunContext:
+    """An async agent's ``ctx``: what writes to Postgres is offloaded to the engine's
+    database threads (``offload``); plain step functions run in ``in_thread``."""
+    claim, log = active.claim, _agent_log(active.claim)
+    emit = _emitter(rt, claim)
+    runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
+                              attempt=claim.attempt, emit=emit)
+    async_runner = steps.AsyncStepRunner(runner, offload=offload, in_thread=in_thread)
+    deadline = time.monotonic() + claim.timeout_s
+    llm = AsyncLLM(rt, steps=async_runner, offload=offload, tenant_id=claim.tenant_id,
+                   agent=claim.agent, log=log, time_left=lambda: deadline - time.monotonic())
+
+    async def emit_async(data: dict[str, Any]) -> int:
+        seq: int = await offload(lambda: emit(data))
+        return seq
+
+    return AsyncRunContext(**_fields(claim), log=log, session=session_state,
+                           _is_cancelled=lambda: active.stopping, _emit=emit_async,
+                           _steps=async_runner, _llm=llm)
+
+
+def finished_fields(claim: Claim, outcome: Outcome, started: float) -> dict[str, Any]:
+    """What the log line of an attempt that ended says."""
     return {
         "run_id": claim.run_id,
         "tenant": claim.tenant_id,

@@ -1,12 +1,17 @@
 """Graceful shutdown: on SIGTERM a worker stops taking runs, lets running attempts finish
 within ``AGENTQ_SHUTDOWN_GRACE_S``, then gives the rest back to the queue at once.
 
-Celery's warm shutdown already stops consuming and waits for running tasks, without limit.
-This adds the limit, and makes sure no run it gives up waits for its lease to go stale:
-the run is re-queued (the interrupted attempt does not count toward ``max_attempts``) and
-published before the process running it is killed. An attempt whose process died during
-the shutdown (``honcho`` and ``docker compose`` may signal the whole process group) is
-re-queued as soon as it is seen to be gone.
+The attempts a worker gives up are re-queued at once (the interrupted attempt does not
+count toward ``max_attempts``) and published, so none waits for its lease to go stale.
+
+- A worker whose threads hand runs to the engine (the default ``worker``): the engine stops
+  taking runs when the shutdown begins (a message that arrives then goes back to the
+  queue), and once Celery has stopped consuming, the shutdown waits for the engine's
+  attempts to end, up to the grace, and re-queues the rest.
+- A prefork worker (``cpu``): Celery's warm shutdown waits for running tasks without limit;
+  this adds the limit, and kills the children still running after it. An attempt whose
+  process died during the shutdown (``honcho`` and ``docker compose`` may signal the whole
+  process group) is re-queued as soon as it is seen to be gone.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from celery.worker import state
 
 from worker.base.queues import RUN_TASK
 from worker.base.runtime import Runtime
+from worker.execution.engine import Engine, handing_off
 from worker.runs import attempts, dispatch
 
 log = logging.getLogger(__name__)
@@ -36,18 +42,32 @@ class GracefulShutdown:
         self._pool: Any = None
         self._hostname = ""
         self._started = False
+        self._grace = 0.0
 
     def ready(self, consumer: Any) -> None:
         self._pool = consumer.pool
         self._hostname = consumer.hostname
 
     def begin(self, how: str) -> None:
+        """The shutdown begins (Celery's ``worker_shutting_down``)."""
         if self._started:
             return
         self._started = True
-        grace = 0.0 if how == "Cold" else self._rt.settings.shutdown_grace_s
-        threading.Thread(target=self._drain, args=(grace,), name="agentq-shutdown",
+        self._grace = 0.0 if how == "Cold" else self._rt.settings.shutdown_grace_s
+        if handing_off():
+            Engine.of(self._rt).stop_taking()
+            return
+        threading.Thread(target=self._drain, args=(self._grace,), name="agentq-shutdown",
                          daemon=True).start()
+
+    def end(self) -> None:
+        """Celery has stopped consuming (``worker_shutdown``): let the engine's attempts end
+        within the grace, and re-queue the rest, before the process exits."""
+        if not handing_off():
+            return
+        left = Engine.of(self._rt).drain(self._grace if self._started else 0.0)
+        if left:
+            self._requeue(sorted(claim.run_id for claim in left))
 
     def _drain(self, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s

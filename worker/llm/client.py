@@ -1,88 +1,152 @@
 """``ctx.llm``: chat completions against any OpenAI-compatible endpoint (OpenAI, vLLM,
-Ollama, LiteLLM, ...), with no SDK: httpx with explicit timeouts.
+Ollama, LiteLLM, ...), with no SDK.
 
 Each call is a durable step, so a later attempt of the run gets the answer back instead of
 paying for it again. 429 and 5xx answers and connection errors are retried within the
 attempt (``AGENTQ_LLM_MAX_RETRIES`` times, waiting what ``Retry-After`` asks, else backoff
-with full jitter), never past the attempt's timeout; then the error is raised, and the run
-is retried by its policy. Other 4xx answers fail the run: a retry would not help. Before
-each call the tenant's daily token budget is checked; each call's tokens and latency are
-stored with its step, summed on the run and the tenant's day, logged and counted.
+with full jitter), never past the attempt's timeout; then ``LLMUnavailable`` (retryable) is
+raised, and the run is retried by its policy. Other 4xx answers fail the run: a retry would
+not help. Before each call the tenant's daily token budget is checked; each call's tokens
+and latency are stored with its step, summed on the run and the tenant's day, logged and
+counted.
+
+The HTTP client is aiohttp on the worker's event loop (``Endpoint``: one session and one
+connection pool per process, for sync and async agents alike). Measured at 2,000 calls at
+once to an endpoint answering after 10 s (2 cores): aiohttp 11.8 s, httpx's AsyncClient
+115 s (its pool's bookkeeping grows with the connections in use: encode/httpx#3215), raw
+asyncio sockets 10.9 s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
+import aiohttp
 
 from worker.base import retry
-from worker.base.errors import ConfigurationError, LLMError
+from worker.base.errors import ConfigurationError, LLMError, RetryableError
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.runs import spend
-from worker.runs.steps import StepRunner, Usage
+from worker.runs.steps import AsyncStepRunner, StepRunner, Usage
 
 OPENAI = "https://api.openai.com/v1"
 _MAX_WAIT_S = 60.0  # the longest pause between two tries of one call
-_clients: dict[int, tuple[Settings, httpx.Client]] = {}
+_POLL_S = 0.25  # how often a sync agent's wait for its call looks at the cancel flag
+_RETRIED = frozenset({429, 500, 502, 503, 504})
 
 
-def http_client(settings: Settings) -> httpx.Client:
-    """This process's client for the endpoint (connections are reused across calls)."""
-    known = _clients.get(os.getpid())
-    if known is None or known[0] is not settings:
-        headers = {"User-Agent": "agentq"}
-        if settings.llm_api_key:
-            headers["Authorization"] = f"Bearer {settings.llm_api_key}"
-        timeout = httpx.Timeout(settings.llm_timeout_s, connect=10.0, pool=10.0)
-        client = httpx.Client(base_url=settings.llm_base_url.rstrip("/") + "/",
-                              headers=headers, timeout=timeout, follow_redirects=False)
-        known = _clients[os.getpid()] = (settings, client)
-    return known[1]
+class LLMUnavailable(RetryableError):
+    """The endpoint kept answering 429 or 5xx, or could not be reached: try again later."""
 
 
-class LLM:
-    """What an agent calls as ``ctx.llm``."""
+class Endpoint:
+    """The endpoint as this process calls it: one aiohttp session on the worker's loop."""
 
-    def __init__(self, rt: Runtime, *, steps: StepRunner, tenant_id: str, agent: str,
+    @classmethod
+    def of(cls, rt: Runtime) -> Endpoint:
+        return rt.own("llm_endpoint", lambda: cls(rt.settings))
+
+    def __init__(self, settings: Settings) -> None:
+        self.pid = os.getpid()
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self.url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:  # on the loop: made in a coroutine
+            headers = {"User-Agent": "agentq"}
+            if self._settings.llm_api_key:
+                headers["Authorization"] = f"Bearer {self._settings.llm_api_key}"
+            self._session = aiohttp.ClientSession(
+                headers=headers, connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+        return self._session
+
+    async def post(self, body: dict[str, Any], *, time_left: Callable[[], float],
+                   log: logging.LoggerAdapter[logging.Logger]) -> Any:
+        """The endpoint's answer (parsed JSON), retrying 429, 5xx and connection errors
+        within what is left of the attempt."""
+        settings = self._settings
+        if settings.llm_base_url.rstrip("/") == OPENAI and not settings.llm_api_key:
+            raise ConfigurationError("ctx.llm needs AGENTQ_LLM_API_KEY for OpenAI, or "
+                                     "AGENTQ_LLM_BASE_URL naming another endpoint")
+        tries = settings.llm_max_retries + 1
+        for number in range(1, tries + 1):
+            wait: float | None
+            try:
+                status, answer, retry_after = await self._once(body, time_left())
+            except (aiohttp.ClientError, TimeoutError) as error:
+                problem, wait = f"{type(error).__name__}: {error}", None
+            else:
+                if status < 300:
+                    return answer
+                if status not in _RETRIED:
+                    raise LLMError(f"the LLM endpoint answered {status}: {str(answer)[:300]}")
+                problem, wait = f"the LLM endpoint answered {status}", retry_after
+            if wait is None:
+                wait = retry.backoff_s(number, base_s=0.5, max_s=20.0)
+            wait = min(wait, _MAX_WAIT_S)
+            if number == tries or wait >= time_left() - 1:
+                raise LLMUnavailable(problem, delay_s=wait)  # the run's policy takes it
+            log.warning("llm call failed, trying again",
+                        extra={"error": problem, "retry_in_s": round(wait, 2)})
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def _once(self, body: dict[str, Any],
+                    time_left_s: float) -> tuple[int, Any, float | None]:
+        timeout = aiohttp.ClientTimeout(total=max(0.1, min(self._settings.llm_timeout_s,
+                                                           time_left_s)), connect=10.0)
+        async with self._client().post(self.url, json=body, timeout=timeout) as response:
+            text = await response.text()
+            retry_after = retry.parse_retry_after(response.headers.get("Retry-After", ""))
+            if response.status >= 300:
+                return response.status, text, retry_after
+            try:
+                return response.status, await response.json(content_type=None), None
+            except ValueError:
+                raise LLMError("the LLM endpoint answered with something other than "
+                               "JSON") from None
+
+
+class _Calls:
+    """What sync and async ``ctx.llm`` share: the request, the answer, the accounting."""
+
+    def __init__(self, rt: Runtime, *, tenant_id: str, agent: str,
                  log: logging.LoggerAdapter[logging.Logger],
-                 time_left: Callable[[], float], cancelled: Callable[[], bool]) -> None:
+                 time_left: Callable[[], float]) -> None:
         self._rt = rt
-        self._steps = steps
         self._tenant_id = tenant_id
         self._agent = agent
         self._log = log
         self._time_left = time_left
-        self._cancelled = cancelled
         self._numbers = itertools.count(1)
 
-    def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
-             name: str | None = None, **params: Any) -> dict[str, Any]:
-        """One chat completion, as a durable step named ``name`` (default ``llm:1``,
-        ``llm:2``, ... in call order). Returns ``{content, message, model, finish_reason,
-        usage: {input_tokens, output_tokens}, latency_ms}``; ``params`` (temperature,
-        max_tokens, tools, ...) go into the request as they are."""
+    def _request(self, messages: list[dict[str, Any]], model: str | None, name: str | None,
+                 params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         step = name or f"llm:{next(self._numbers)}"
         body = {"model": model or self._rt.settings.llm_model, "messages": messages, **params}
-        return dict(self._steps.run(step, self._call, (body,), {}, usage_of=_usage))
+        return step, body
 
-    def _call(self, body: dict[str, Any]) -> dict[str, Any]:
-        settings = self._rt.settings
-        if settings.llm_base_url.rstrip("/") == OPENAI and not settings.llm_api_key:
-            raise ConfigurationError("ctx.llm needs AGENTQ_LLM_API_KEY for OpenAI, or "
-                                     "AGENTQ_LLM_BASE_URL naming another endpoint")
+    def _check_budget(self) -> None:
         with self._rt.db.autocommit() as session:
             spend.check_budget(session, tenant_id=self._tenant_id,
-                               budget=settings.tenant_daily_tokens)
+                               budget=self._rt.settings.tenant_daily_tokens)
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         began = time.monotonic()
-        answer = self._post(body)
-        latency_ms = round((time.monotonic() - began) * 1000)
+        answer = await Endpoint.of(self._rt).post(body, time_left=self._time_left,
+                                                  log=self._log)
+        return self._account(answer, body, round((time.monotonic() - began) * 1000))
+
+    def _account(self, answer: Any, body: dict[str, Any], latency_ms: int) -> dict[str, Any]:
         result = _result(answer, body["model"], latency_ms)
         usage = result["usage"]
         labels = {"agent": self._agent, "model": result["model"]}
@@ -95,43 +159,60 @@ class LLM:
                                           **usage})
         return result
 
-    def _post(self, body: dict[str, Any]) -> Any:
-        client = http_client(self._rt.settings)
-        tries = self._rt.settings.llm_max_retries + 1
-        for number in range(1, tries + 1):
-            error: Exception
-            try:
-                response = client.post("chat/completions", json=body)
-            except httpx.TransportError as transport:
-                error, wait = transport, None
-            else:
-                if response.is_success:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise LLMError("the LLM endpoint answered with something other than "
-                                       "JSON") from None
-                if response.status_code != 429 and response.status_code < 500:
-                    raise LLMError(f"the LLM endpoint answered {response.status_code}: "
-                                   f"{response.text[:300]}")
-                error = httpx.HTTPStatusError(f"the LLM endpoint answered "
-                                              f"{response.status_code}",
-                                              request=response.request, response=response)
-                wait = retry.retry_after_s(response)
-            if wait is None:
-                wait = retry.backoff_s(number, base_s=0.5, max_s=20.0)
-            wait = min(wait, _MAX_WAIT_S)
-            if number == tries or wait >= self._time_left() - 1:
-                raise error  # the run's retry policy takes it from here
-            self._log.warning("llm call failed, trying again",
-                              extra={"error": str(error), "retry_in_s": round(wait, 2)})
-            self._sleep(wait)
-        raise AssertionError("unreachable")
 
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0 and not self._cancelled():
-            time.sleep(min(left, 0.1))
+class LLM(_Calls):
+    """What a sync agent calls as ``ctx.llm``: the call is made on the worker's loop, and
+    this thread waits for it (looking at the cancel flag)."""
+
+    def __init__(self, rt: Runtime, *, steps: StepRunner, loop: asyncio.AbstractEventLoop,
+                 tenant_id: str, agent: str, log: logging.LoggerAdapter[logging.Logger],
+                 time_left: Callable[[], float], cancelled: Callable[[], bool]) -> None:
+        super().__init__(rt, tenant_id=tenant_id, agent=agent, log=log, time_left=time_left)
+        self._steps = steps
+        self._loop = loop
+        self._cancelled = cancelled
+
+    def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
+             name: str | None = None, **params: Any) -> dict[str, Any]:
+        """One chat completion, as a durable step named ``name`` (default ``llm:1``,
+        ``llm:2``, ... in call order). Returns ``{content, message, model, finish_reason,
+        usage: {input_tokens, output_tokens}, latency_ms}``; ``params`` (temperature,
+        max_tokens, tools, ...) go into the request as they are."""
+        step, body = self._request(messages, model, name, params)
+        return dict(self._steps.run(step, self._call, (body,), {}, usage_of=_usage))
+
+    def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check_budget()
+        future = asyncio.run_coroutine_threadsafe(self._post(body), self._loop)
+        while True:
+            try:
+                return future.result(timeout=_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if self._cancelled():
+                    future.cancel()
+                    raise
+
+
+class AsyncLLM(_Calls):
+    """What an async agent awaits as ``ctx.llm``."""
+
+    def __init__(self, rt: Runtime, *, steps: AsyncStepRunner,
+                 offload: Callable[[Callable[[], Any]], Awaitable[Any]], tenant_id: str,
+                 agent: str, log: logging.LoggerAdapter[logging.Logger],
+                 time_left: Callable[[], float]) -> None:
+        super().__init__(rt, tenant_id=tenant_id, agent=agent, log=log, time_left=time_left)
+        self._steps = steps
+        self._offload = offload
+
+    async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                   name: str | None = None, **params: Any) -> dict[str, Any]:
+        """As ``LLM.chat``, awaited."""
+        step, body = self._request(messages, model, name, params)
+        return dict(await self._steps.run(step, self._call, (body,), {}, usage_of=_usage))
+
+    async def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+        await self._offload(self._check_budget)
+        return await self._post(body)
 
 
 def _result(answer: Any, model: str, latency_ms: int) -> dict[str, Any]:

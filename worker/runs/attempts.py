@@ -169,24 +169,23 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
     )
 
 
-@dataclass(frozen=True)
-class Lease:
-    held: bool
-    cancel_requested: bool = False
+_HEARTBEAT = text("""
+    UPDATE runs SET heartbeat_at = now()
+    FROM unnest(CAST(:run_ids AS text[]), CAST(:epochs AS int[])) AS held(run_id, epoch)
+    WHERE runs.id = held.run_id AND runs.lease_epoch = held.epoch AND runs.status = 'running'
+    RETURNING runs.id, runs.cancel_requested_at IS NOT NULL AS cancel_requested
+""")
 
 
-def heartbeat(session: Session, *, run_id: str, epoch: int) -> Lease:
-    """Renew the lease, and learn whether the run was asked to stop."""
-    query = (
-        update(Run)
-        .where(Run.id == run_id, Run.lease_epoch == epoch, Run.status == RunStatus.RUNNING)
-        .values(heartbeat_at=func.now())
-        .returning(Run.cancel_requested_at)
-    )
-    row = session.execute(query).one_or_none()
-    if row is None:
-        return Lease(held=False)
-    return Lease(held=True, cancel_requested=row.cancel_requested_at is not None)
+def heartbeat(session: Session, *, leases: list[tuple[str, int]]) -> dict[str, bool]:
+    """Renew the leases of every attempt a process holds, (run id, epoch) each, in one
+    statement. Returns the runs still held, and whether each was asked to stop: a run
+    missing from it has lost its lease (the attempt must stop)."""
+    if not leases:
+        return {}
+    rows = session.execute(_HEARTBEAT, {"run_ids": [run_id for run_id, _ in leases],
+                                        "epochs": [epoch for _, epoch in leases]})
+    return {row.id: bool(row.cancel_requested) for row in rows}
 
 
 def cancel_requested(session: Session, *, claim: Claim) -> bool:

@@ -25,19 +25,20 @@ log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
 _MARK_EVERY_S = 0.05
+_BACKSTOP_S = 10.0
 
 
 def publish(rt: Runtime, job: Dispatch) -> bool:
     """Send the run's message; False (and a log line) if the broker did not take it.
 
-    The run's timeout becomes the message's soft time limit, with a hard limit
-    ``AGENTQ_HARD_TIMEOUT_GRACE_S`` later for an agent that ignores the soft one.
+    The engine keeps the attempt's time limits itself; the message's hard time limit is a
+    backstop for a prefork worker only (it kills a child that is somehow still running a
+    while after the engine gave up on its attempt).
     """
     try:
         rt.celery.send_task(
             RUN_TASK, args=[job.run_id], queue=job.queue, countdown=job.countdown_s,
-            soft_time_limit=job.timeout_s,
-            time_limit=job.timeout_s + rt.settings.hard_timeout_grace_s,
+            time_limit=job.timeout_s + 2 * rt.settings.hard_timeout_grace_s + _BACKSTOP_S,
             retry=True, retry_policy=PUBLISH_RETRY_POLICY,
         )
     except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"

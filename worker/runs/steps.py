@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +118,8 @@ def as_json(value: Any, *, what: str = "the value") -> Any:
 
 
 class StepRunner:
-    """The durable steps of one attempt: what ``ctx.step`` and ``ctx.llm`` call."""
+    """The durable steps of one attempt: what a sync agent's ``ctx.step`` and ``ctx.llm``
+    call (and what ``AsyncStepRunner`` runs in a thread for an async agent)."""
 
     def __init__(self, db: Database, *, run_id: str, epoch: int, attempt: int,
                  emit: Callable[[dict[str, Any]], int]) -> None:
@@ -132,28 +134,46 @@ class StepRunner:
             kwargs: dict[str, Any], *,
             usage_of: Callable[[Any], Usage | None] | None = None) -> Any:
         """Return the step's stored result, or run ``fn`` and store what it returns."""
+        signature, stored = self.lookup(name, args, kwargs)
+        if stored is not None:
+            return stored.result
+        began = time.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as error:
+            self.failed(name, error)
+            raise
+        return self.keep(name, signature, result, began, usage_of)
+
+    def lookup(self, name: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> tuple[str, Stored | None]:
+        """The step's fingerprint, and its stored result (a copy) if it ran before; if not,
+        its ``step.started`` event is written."""
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
             raise ValueError(f"a step name is a string of 1 to {MAX_NAME} characters")
         signature = fingerprint(args, kwargs)
         done = self._finished()
         check(name, done.get(name), signature)
         if name in done:
-            return copy.deepcopy(done[name].result)
+            return signature, Stored(signature, copy.deepcopy(done[name].result))
         self._emit({"phase": "step.started", "message": f"Step {name} started", "step": name})
-        began = time.monotonic()
-        try:
-            result = as_json(fn(*args, **kwargs), what=f"step {name!r}'s result")
-        except Exception as error:
-            with contextlib.suppress(Exception):  # the step's own error is what matters
-                self._emit({"phase": "step.failed", "step": name, "error": type(error).__name__,
-                            "message": f"Step {name} failed: {type(error).__name__}"})
-            raise
+        return signature, None
+
+    def failed(self, name: str, error: Exception) -> None:
+        with contextlib.suppress(Exception):  # the step's own error is what matters
+            self._emit({"phase": "step.failed", "step": name, "error": type(error).__name__,
+                        "message": f"Step {name} failed: {type(error).__name__}"})
+
+    def keep(self, name: str, signature: str, value: Any, began: float,
+             usage_of: Callable[[Any], Usage | None] | None) -> Any:
+        """Commit the step's result; return a copy of it as plain JSON."""
+        result = as_json(value, what=f"step {name!r}'s result")
         duration_ms = round((time.monotonic() - began) * 1000)
         with self._db.transaction() as session:
             store(session, run_id=self._run_id, epoch=self._epoch, attempt=self._attempt,
                   name=name, fingerprint=signature, result=result, duration_ms=duration_ms,
                   usage=usage_of(result) if usage_of else None)
-        done[name] = Stored(signature, result)
+        self._finished()[name] = Stored(signature, result)
         return copy.deepcopy(result)
 
     def _finished(self) -> dict[str, Stored]:
@@ -165,3 +185,37 @@ class StepRunner:
                 self._emit({"phase": "step.resumed", "steps": names[:50],
                             "message": f"Resuming: {len(names)} finished step(s) reused"})
         return self._done
+
+
+Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+class AsyncStepRunner:
+    """An async agent's durable steps: the database's part in a thread (``offload``), the
+    step itself awaited if it is a coroutine function, else run in a thread too."""
+
+    def __init__(self, steps: StepRunner, *, offload: Offload, in_thread: Offload) -> None:
+        self._steps = steps
+        self._offload = offload
+        self._in_thread = in_thread
+
+    async def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                  kwargs: dict[str, Any], *,
+                  usage_of: Callable[[Any], Usage | None] | None = None) -> Any:
+        signature, stored = await self._offload(lambda: self._steps.lookup(name, args, kwargs))
+        if stored is not None:
+            return stored.result
+        began = time.monotonic()
+        try:
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(*args, **kwargs)
+            else:
+                value = await self._in_thread(lambda: fn(*args, **kwargs))
+                if inspect.isawaitable(value):
+                    value = await value
+        except Exception as error:
+            failure = error
+            await self._offload(lambda: self._steps.failed(name, failure))
+            raise
+        return await self._offload(lambda: self._steps.keep(name, signature, value, began,
+                                                             usage_of))

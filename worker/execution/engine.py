@@ -1,0 +1,318 @@
+"""The engine: one asyncio event loop per worker process, holding up to
+``AGENTQ_WORKER_SLOTS`` attempts at once.
+
+agentq's agents spend their time waiting on an LLM, so a worker process holds many runs, not
+one: Celery hands each run's message to ``Engine.run`` (from a pool thread, at once; the
+thread waits only while every slot is taken, so a full worker stops taking messages and the
+queue, not the worker's memory, holds the excess), and the attempt goes on as a task of the
+engine's loop.
+
+- ``async def`` agents run on the loop; their ``ctx.llm`` calls share one aiohttp pool.
+  The attempt's timeout reaches the agent as ``asyncio.CancelledError`` where it awaits.
+- Plain ``def`` agents run in a bounded pool of threads (``AGENTQ_SYNC_AGENT_THREADS``);
+  their LLM calls are made on the loop too. The timeout is raised into the agent's thread
+  as ``SoftTimeLimitExceeded`` (at its next line of Python: a blocking call finishes first).
+- What talks to Postgres runs in a few database threads (``AGENTQ_DB_POOL_SIZE``), never
+  on the loop, so 500 runs share a pool of connections, not 500 of them.
+- Every attempt's lease is renewed by one statement a heartbeat for all of them.
+- A cancel sets the flag ``ctx.cancelled`` at once; an agent still running
+  ``AGENTQ_CANCEL_GRACE_S`` later is interrupted (``CancelledError`` / ``Cancelled``); one
+  that goes on anyway is given up on: its attempt is recorded, its slot freed, and
+  whatever it still writes is refused by its lease. An attempt past its timeout plus
+  ``AGENTQ_HARD_TIMEOUT_GRACE_S`` is given up on the same way, recorded ``timed_out``.
+
+A prefork worker (the ``cpu`` process, for CPU-bound agents) runs the same engine in each
+child, one attempt at a time: its ``Engine.run`` waits for the attempt to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from worker.agents import AgentSpec
+from worker.base.bus import CancelListener
+from worker.base.errors import Cancelled
+from worker.base.models import AttemptOutcome, RunStatus
+from worker.base.queues import Dispatch
+from worker.base.runtime import Runtime
+from worker.execution import execute
+from worker.execution.execute import Active, SessionState
+from worker.runs import attempts, dispatch
+from worker.runs.attempts import Claim, Outcome
+
+log = logging.getLogger("agentq.engine")
+
+T = TypeVar("T")
+_INTERRUPT_PATIENCE_S = 2.0  # after an interrupt, how long before the engine gives up
+_handing_off = False  # this process is a worker whose pool threads hand runs over
+
+
+def hand_off_runs() -> None:
+    """This worker's pool is Celery's threads pool: its tasks hand each run to the engine
+    and return at once (``worker.celery`` says so when the worker starts)."""
+    global _handing_off
+    _handing_off = True
+
+
+def handing_off() -> bool:
+    return _handing_off
+
+
+class Engine:
+    """This worker process's event loop and the attempts it holds."""
+
+    @classmethod
+    def of(cls, rt: Runtime) -> Engine:
+        return rt.own("engine", lambda: cls(rt))
+
+    def __init__(self, rt: Runtime) -> None:
+        self.pid = os.getpid()
+        self._rt = rt
+        settings = rt.settings
+        self.slots = settings.worker_slots
+        self._free = threading.Semaphore(settings.worker_slots)
+        self._open = True
+        self._active: dict[str, Active] = {}
+        self._lock = threading.Lock()
+        self._db = concurrent.futures.ThreadPoolExecutor(
+            settings.db_pool_size, thread_name_prefix="agentq-db")
+        self._agents = concurrent.futures.ThreadPoolExecutor(
+            settings.sync_agent_threads, thread_name_prefix="agentq-agent")
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="agentq-engine",
+                         daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self._beat(), self.loop)
+        CancelListener(settings.redis_url, self.cancel)
+
+    # From Celery's threads -------------------------------------------------------------
+
+    def run(self, run_id: str, worker: str, *, wait: bool) -> bool:
+        """Hold an attempt of ``run_id``, waiting for a free slot; with ``wait``, until the
+        attempt has ended. False (nothing done) once the engine has stopped taking runs."""
+        while not self._free.acquire(timeout=0.5):
+            if not self._open:
+                return False
+        if not self._open:
+            self._free.release()
+            return False
+        future = asyncio.run_coroutine_threadsafe(self._attempt(run_id, worker), self.loop)
+        future.add_done_callback(lambda _: self._free.release())
+        if wait:
+            future.result()
+        return True
+
+    def stop_taking(self) -> None:
+        """Take no more runs (a worker shutting down)."""
+        self._open = False
+
+    def drain(self, grace_s: float) -> list[Claim]:
+        """Wait up to ``grace_s`` for the attempts held to end; the claims of those that
+        have not (the caller re-queues them)."""
+        deadline = time.monotonic() + grace_s
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return [active.claim for active in self.running]
+
+    @property
+    def running(self) -> list[Active]:
+        with self._lock:
+            return list(self._active.values())
+
+    def cancel(self, run_id: str) -> None:
+        """Ask the attempt of ``run_id`` to stop, if this process runs it (any thread)."""
+        self.loop.call_soon_threadsafe(self._cancel, run_id)
+
+    # On the loop ---------------------------------------------------------------------------
+
+    async def _offload(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (it talks to Postgres) in a database thread."""
+        return await self.loop.run_in_executor(self._db, work)
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (an agent's plain step function) in an agent thread."""
+        return await self.loop.run_in_executor(self._agents, work)
+
+    async def _attempt(self, run_id: str, worker: str) -> None:
+        rt = self._rt
+        try:
+            claim = await self._offload(lambda: execute.claim(rt, run_id=run_id, worker=worker))
+        except (OperationalError, InterfaceError) as error:  # the sweeper dispatches it again
+            log.warning("run not claimed: the database is unavailable",
+                        extra={"run_id": run_id, "error": type(error).__name__})
+            return
+        if claim is None:
+            return
+        active = Active(claim)
+        with self._lock:
+            self._active[claim.run_id] = active
+        try:
+            state = await self._offload(lambda: execute.session_state(rt, claim))
+            outcome = await self._call(active, state)
+            outcome, recorded = await self._offload(
+                lambda: execute.record(rt, claim, outcome, state))
+        finally:
+            with self._lock:
+                if self._active.get(claim.run_id) is active:
+                    del self._active[claim.run_id]
+        if recorded and outcome.status == RunStatus.RETRYING:
+            rt.metrics.inc("agentq_run_retries", agent=claim.agent)
+            job = Dispatch(claim.run_id, claim.queue, claim.timeout_s,
+                           countdown_s=outcome.retry_in_s)
+            await self._offload(lambda: dispatch.dispatch(rt, job))
+        log.info("run attempt finished",
+                 extra=execute.finished_fields(claim, outcome, active.started))
+
+    async def _call(self, active: Active, state: SessionState | None) -> Outcome:
+        rt, claim = self._rt, active.claim
+        try:
+            spec = rt.registry.get(claim.agent)
+        except Exception as error:  # unknown to this worker (not loaded here)
+            return execute.failed(rt, claim, error)
+        active.given_up = self.loop.create_future()
+        if spec.is_async:
+            work = self._call_async(spec, active, state)
+        else:
+            work = self._call_sync(spec, active, state)
+        running = asyncio.ensure_future(work)
+        hard = self.loop.call_later(claim.timeout_s + rt.settings.hard_timeout_grace_s,
+                                    lambda: self._give_up(active, _overran(rt, claim)))
+        try:
+            done, _ = await asyncio.wait({running, active.given_up},
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hard.cancel()
+        if running in done:
+            return running.result()
+        return active.given_up.result()
+
+    async def _call_async(self, spec: AgentSpec, active: Active,
+                          state: SessionState | None) -> Outcome:
+        ctx = execute.async_context(self._rt, active, state.current if state else {},
+                                    offload=self._offload, in_thread=self._in_thread)
+        active.task = asyncio.ensure_future(execute.call_async(self._rt, spec, ctx, active,
+                                                               state))
+        return await asyncio.shield(active.task)
+
+    async def _call_sync(self, spec: AgentSpec, active: Active,
+                         state: SessionState | None) -> Outcome:
+        rt = self._rt
+        ctx = execute.sync_context(rt, active, state.current if state else {}, self.loop)
+
+        def body() -> Outcome:
+            with active.lock:
+                active.thread = threading.get_ident()
+            try:
+                return execute.call_sync(rt, spec, ctx, active, state)
+            finally:
+                with active.lock:
+                    active.thread = None
+
+        soft = self.loop.call_later(active.claim.timeout_s, _raise_in, active,
+                                    SoftTimeLimitExceeded)
+        try:
+            return await asyncio.shield(self.loop.run_in_executor(self._agents, body))
+        except BaseException as error:  # raised into the thread after the agent returned
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return execute.ended_by(rt, active, error, ctx.log)
+        finally:
+            soft.cancel()
+
+    def _give_up(self, active: Active, outcome: Outcome) -> None:
+        """Stop waiting for the agent: its attempt ends with ``outcome``."""
+        if active.given_up is not None and not active.given_up.done():
+            log.error("agent given up on", extra={"run_id": active.claim.run_id,
+                                                  "why": (outcome.error or {}).get("message")})
+            active.given_up.set_result(outcome)
+
+    def _cancel(self, run_id: str) -> None:
+        with self._lock:
+            active = self._active.get(run_id)
+        if active is None or active.cancelled.is_set():
+            return
+        active.cancelled.set()
+        log.info("cancel requested", extra={"run_id": run_id, "attempt": active.claim.attempt})
+        self.loop.call_later(self._rt.settings.cancel_grace_s, self._interrupt, active)
+
+    def _interrupt(self, active: Active) -> None:
+        """The agent ignored the cancel flag: raise into it, then give up on it."""
+        if active.given_up is None or active.given_up.done() or not self._holds(active):
+            return
+        log.warning("agent ignored the cancel request; interrupting it",
+                    extra={"run_id": active.claim.run_id})
+        message = "the run was cancelled and did not stop within the grace period"
+        if active.task is not None:
+            active.task.cancel(message)
+        else:
+            _raise_in(active, Cancelled)
+        self.loop.call_later(_INTERRUPT_PATIENCE_S, self._give_up, active, Outcome(
+            RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error={
+                "type": "Cancelled",
+                "message": f"attempt {active.claim.attempt} was cancelled and did not stop "
+                           "within the grace; it was given up on (whatever it still writes "
+                           "is refused)"}))
+
+    def _holds(self, active: Active) -> bool:
+        with self._lock:
+            return self._active.get(active.claim.run_id) is active
+
+    async def _beat(self) -> None:
+        """Renew every held attempt's lease, one statement a heartbeat; learn of cancels
+        (when the bus's notice was lost) and of leases lost."""
+        rt = self._rt
+        while True:
+            await asyncio.sleep(rt.settings.heartbeat_interval_s)
+            held = self.running
+            if not held:
+                continue
+            leases = [(active.claim.run_id, active.claim.epoch) for active in held]
+
+            def renew(leases: list[tuple[str, int]] = leases) -> dict[str, bool]:
+                with rt.db.autocommit() as session:
+                    return attempts.heartbeat(session, leases=leases)
+
+            try:
+                live = await self._offload(renew)
+            except Exception as error:  # an outage: try again at the next beat
+                log.warning("heartbeat failed", extra={"runs": len(leases),
+                                                       "error": type(error).__name__})
+                continue
+            for active in held:
+                run_id = active.claim.run_id
+                if run_id not in live and self._holds(active):
+                    active.lost = True
+                    log.warning("lease lost; the attempt should stop",
+                                extra={"run_id": run_id, "attempt": active.claim.attempt})
+                elif live.get(run_id):
+                    self._cancel(run_id)
+
+
+def _overran(rt: Runtime, claim: Claim) -> Outcome:
+    """An attempt past its timeout and the hard grace: timed out (retried by its policy)."""
+    outcome = execute.failed(rt, claim, SoftTimeLimitExceeded())
+    return dataclasses.replace(outcome, error={
+        "type": "TimeLimitExceeded",
+        "message": f"attempt {claim.attempt} ran past its hard time limit and was given up "
+                   "on (whatever it still writes is refused)"})
+
+
+def _raise_in(active: Active, error: type[BaseException]) -> None:
+    """Raise ``error`` in the thread running ``active``'s sync agent, at its next line of
+    Python (a blocking call it is in finishes first)."""
+    with active.lock:
+        if active.thread is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(active.thread),
+                                                       ctypes.py_object(error))
+
