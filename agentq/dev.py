@@ -40,8 +40,10 @@ def processes(dev: DevSettings, data_dir: Path) -> dict[str, str]:
         "web": f"{_bin('gunicorn')} --bind 127.0.0.1:{dev.port} --worker-class gevent "
                "--workers 1 --worker-connections 2000 --graceful-timeout 10 'api:create_app()'",
         "worker": f"{celery} worker --loglevel INFO --queues "
-                  "runs.high,runs.normal,runs.low,maintenance --concurrency 4 "
+                  "runs.high,runs.normal,runs.low,maintenance --pool threads --concurrency 2 "
                   "--hostname dev-worker@%h",
+        "cpu": f"{celery} worker --loglevel INFO --queues cpu --pool prefork --concurrency 1 "
+               "--hostname dev-cpu@%h",
         "notifier": f"{celery} worker --loglevel INFO --queues notify --pool threads "
                     "--concurrency 8 --hostname dev-notifier@%h",
         "beat": f"{celery} beat --loglevel INFO "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -10,8 +11,9 @@ import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.agents import agent
-from worker.agents.context import RunContext
+from worker.agents.context import AsyncRunContext, RunContext
 from worker.base.errors import RetryableError
+from worker.base.queues import CPU_QUEUE
 
 
 @agent("support.triage", timeout_s=60)
@@ -253,3 +255,111 @@ def cancelled_then_failing(ctx: RunContext, input: dict[str, Any]) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE runs SET cancel_requested_at = now() WHERE id = %s", (ctx.run_id,))
     raise RetryableError("the upstream is busy")
+
+
+# Async agents: run on the worker's event loop (worker.execution.engine).
+INFLIGHT_QUEUE = "test.inflight"
+
+
+@agent("test.async.steps", max_attempts=3, backoff_base_s=0.1, backoff_max_s=0.2)
+async def async_steps(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """An awaited emit, an async step "a", a plain step "b" failing the first attempt, and
+    (given ``prompt``) an awaited LLM call."""
+    await ctx.emit("started", f"attempt {ctx.attempt}")
+
+    async def a(x: int) -> dict[str, int]:
+        await asyncio.sleep(0.01)
+        return {"x": x + 1, "attempt": ctx.attempt}
+
+    def b() -> str:
+        if ctx.attempt == 1:
+            raise RetryableError("b fails the first time")
+        return "b done"
+
+    out: dict[str, Any] = {"a": await ctx.step("a", a, input.get("x", 1)),
+                           "b": await ctx.step("b", b)}
+    if input.get("prompt"):
+        answer = await ctx.llm.chat([{"role": "user", "content": input["prompt"]}])
+        out["llm"] = answer["content"]
+    return out
+
+
+@agent("test.async.sleep", queue=INFLIGHT_QUEUE)
+async def async_sleep(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Wait ``seconds`` on the loop; report when (wall clock) and in which process."""
+    began = time.time()
+    await asyncio.sleep(float(input.get("seconds", 1)))
+    return {"began": began, "ended": time.time(), "pid": os.getpid()}
+
+
+@agent("test.async.deaf")
+async def async_deaf(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
+    """Await without ever looking at ctx.cancelled."""
+    await ctx.emit("working", "not listening")
+    await asyncio.sleep(30)
+
+
+@agent("test.async.stubborn")
+async def async_stubborn(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
+    """Swallow every CancelledError, so only giving up on it ends its attempt."""
+    await ctx.emit("working", "not stopping")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            continue
+
+
+@agent("test.async.timeout", timeout_s=1, max_attempts=2)
+async def async_too_slow(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
+    """Report progress, outlast the time limit, and report again as the limit reaches it."""
+    await ctx.emit("working", f"attempt {ctx.attempt} started")
+    try:
+        await asyncio.sleep(30)
+    finally:
+        await ctx.emit("cleanup", f"attempt {ctx.attempt} stopped")
+
+
+@agent("test.async.stubborn_timeout", timeout_s=1, max_attempts=1)
+async def async_stubborn_timeout(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
+    """Ignore the time limit (swallow the CancelledError), so only the hard limit ends it."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            continue
+
+
+@agent("test.async.llm.four", queue=CRASH_QUEUE, max_attempts=2)
+async def async_four_calls(ctx: AsyncRunContext, input: dict[str, Any]) -> list[str | None]:
+    """Four awaited LLM calls, with prompts ``<tag>:1`` to ``<tag>:4``."""
+    return [(await ctx.llm.chat([{"role": "user", "content": f"{input['tag']}:{n}"}]))
+            ["content"] for n in range(1, 5)]
+
+
+@agent("test.async.block", queue=CRASH_QUEUE)
+async def async_block(ctx: AsyncRunContext, input: Any) -> dict[str, float]:
+    """Await (up to 60 s) the Redis key test:release:<run id>; report when it began."""
+    import redis.asyncio
+
+    began = time.time()
+    client = redis.asyncio.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not await client.exists(
+                f"test:release:{ctx.run_id}"):
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    return {"began": began}
+
+
+@agent("test.cpu", queue=CPU_QUEUE)
+def cpu_bound(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Burn the CPU ``seconds``, on the cpu queue's prefork worker; say in which process."""
+    deadline, spins = time.monotonic() + float(input.get("seconds", 0.2)), 0
+    while time.monotonic() < deadline:
+        spins += 1
+    return {"pid": os.getpid(), "spins": spins}

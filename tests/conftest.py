@@ -26,6 +26,7 @@ from tests.harness import ROOT, ApiServer, FakeLLM, Receiver, Worker, wait_for
 from worker.access import keys
 from worker.app import build_runtime
 from worker.base.models import TERMINAL_STATUSES, new_id
+from worker.base.queues import MAINTENANCE_QUEUE, NOTIFY_QUEUE, RUN_QUEUES
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings, load_settings
 
@@ -125,7 +126,9 @@ def app(runtime: Runtime) -> Flask:
 @pytest.fixture(scope="session")
 def worker(env: dict[str, str], runtime: Runtime, services: Services) -> Iterator[Worker]:
     """One real worker process (with beat, so the sweeper runs) for the whole session."""
-    process = Worker(env=env, log=services.root / "worker.log", name="w-session", beat=True)
+    queues = ",".join((*RUN_QUEUES, MAINTENANCE_QUEUE, NOTIFY_QUEUE))  # not cpu: its own
+    process = Worker(env=env, log=services.root / "worker.log", name="w-session", beat=True,
+                     queues=queues)
     process.start()
     process.wait_ready(runtime.celery)
     yield process

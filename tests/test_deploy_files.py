@@ -61,7 +61,7 @@ def test_compose_file_matches_the_compose_specification() -> None:
 def test_compose_runs_every_process_and_bakes_in_no_secret() -> None:
     services = _compose()["services"]
     assert isinstance(services, dict)
-    assert {"postgres", "redis", "migrate", "api", "worker", "notifier", "beat",
+    assert {"postgres", "redis", "migrate", "api", "worker", "cpu", "notifier", "beat",
             "flower"} <= set(services)
     # --scale worker=3 needs a worker with no fixed name or published port
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
@@ -69,15 +69,16 @@ def test_compose_runs_every_process_and_bakes_in_no_secret() -> None:
     assert "${POSTGRES_PASSWORD:?" in text
 
 
-@pytest.mark.parametrize("service", ["migrate", "api", "worker", "urgent", "notifier", "beat",
-                                     "flower"])
+@pytest.mark.parametrize("service", ["migrate", "api", "worker", "urgent", "cpu", "notifier",
+                                     "beat", "flower"])
 def test_compose_commands_are_accepted(service: str, env: dict[str, str]) -> None:
     services = _compose()["services"]
     assert isinstance(services, dict)
     _accepted(shlex.join(services[service]["command"]), env)
 
 
-@pytest.mark.parametrize("process", ["web", "worker", "urgent", "notifier", "beat", "flower"])
+@pytest.mark.parametrize("process", ["web", "worker", "urgent", "cpu", "notifier", "beat",
+                                     "flower"])
 def test_procfile_commands_are_accepted(process: str, env: dict[str, str]) -> None:
     _accepted(_procfile()[process], env)
 

@@ -124,12 +124,17 @@ def test_bad_chat_input_is_refused_before_anything_is_queued(api: ApiClient) -> 
     assert any(e["field"].startswith("input.messages") for e in response.get_json()["errors"])
 
 
+FOUR_CALLS = pytest.mark.parametrize("agent", ["test.llm.four", "test.async.llm.four"],
+                                     ids=["sync agent", "async agent"])
+
+
+@FOUR_CALLS
 def test_a_run_killed_after_two_of_four_calls_makes_only_the_two_missing_calls(
-        api: ApiClient, fake_llm: FakeLLM, crash_worker: StartWorker) -> None:
+        api: ApiClient, fake_llm: FakeLLM, crash_worker: StartWorker, agent: str) -> None:
     tag = new_id("tag")
     fake_llm.hold(f"{tag}:3")  # the third call is in flight when the worker dies
     a = crash_worker()
-    run = api.submit("test.llm.four", {"tag": tag})
+    run = api.submit(agent, {"tag": tag})
     wait_for(lambda: fake_llm.calls_for(f"{tag}:3"), timeout=30, what="the third call")
     b = crash_worker()
     a.signal(signal.SIGKILL)
@@ -150,11 +155,12 @@ def test_a_run_killed_after_two_of_four_calls_makes_only_the_two_missing_calls(
     assert tries[1]["worker"].startswith(f"{b.name}@")
 
 
+@FOUR_CALLS
 def test_the_daily_token_budget_stops_a_run(api: ApiClient, fake_llm: FakeLLM,
-                                            crash_worker: StartWorker) -> None:
+                                            crash_worker: StartWorker, agent: str) -> None:
     crash_worker(AGENTQ_TENANT_DAILY_TOKENS="30")  # two calls of 15 tokens
     tag = new_id("tag")
-    run = api.wait(api.submit("test.llm.four", {"tag": tag})["id"])
+    run = api.wait(api.submit(agent, {"tag": tag})["id"])
     assert run["status"] == "failed" and run["error"]["type"] == "BudgetExceeded"
     assert "30 of 30 tokens" in run["error"]["message"]
     assert "AGENTQ_TENANT_DAILY_TOKENS" in run["error"]["message"]

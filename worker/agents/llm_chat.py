@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.agents import agent
-from worker.agents.context import RunContext
+from worker.agents.context import AsyncRunContext
 
 
 class Message(BaseModel):
@@ -32,9 +32,10 @@ class ChatInput(BaseModel):
 
 
 @agent("llm.chat", input_model=ChatInput, timeout_s=300)
-def chat(ctx: RunContext, input: ChatInput) -> dict[str, Any]:
-    """One chat completion from the configured OpenAI-compatible endpoint."""
+async def chat(ctx: AsyncRunContext, input: ChatInput) -> dict[str, Any]:
+    """One chat completion from the configured OpenAI-compatible endpoint (awaited on the
+    worker's event loop: a worker process holds hundreds of them at once)."""
     params = input.model_dump(exclude={"messages", "model"}, exclude_none=True)
     messages = [message.model_dump(exclude_none=True) for message in input.messages]
-    ctx.emit("calling", "Asking the model…", messages=len(messages))
-    return ctx.llm.chat(messages, model=input.model, name="chat", **params)
+    await ctx.emit("calling", "Asking the model…", messages=len(messages))
+    return await ctx.llm.chat(messages, model=input.model, name="chat", **params)

@@ -20,6 +20,7 @@ RUNS_QUEUE = "runs.normal"
 RUN_QUEUES = tuple(f"runs.{priority}" for priority in PRIORITIES)
 MAINTENANCE_QUEUE = "maintenance"
 NOTIFY_QUEUE = "notify"
+CPU_QUEUE = "cpu"  # CPU-bound agents: served by a prefork worker (the Procfile's cpu)
 
 # Publishing must not hang a request: a few quick tries, then the outbox takes over.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
@@ -64,13 +65,16 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # No worker_pool here: Celery takes an explicit --pool prefork for its CLI default
+        # and replaces it with worker_pool, so the cpu process could not be prefork. The
+        # Procfile names each process's pool (--pool threads: the engine's workers).
         task_default_queue=RUNS_QUEUE,
         task_default_exchange=RUNS_QUEUE,
         task_default_routing_key=RUNS_QUEUE,
         # A worker started without -Q consumes every queue here (high first); name queues
         # with -Q to give high-priority runs workers of their own.
         task_queues=tuple(_queue(name) for name in (*RUN_QUEUES, MAINTENANCE_QUEUE,
-                                                     NOTIFY_QUEUE)),
+                                                     NOTIFY_QUEUE, CPU_QUEUE)),
         task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
                      DELIVER_TASK: {"queue": NOTIFY_QUEUE}},
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
@@ -89,7 +93,6 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     return app
-
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,12 @@ engine's loop.
 - What talks to Postgres runs in a few database threads (``AGENTQ_DB_POOL_SIZE``), never
   on the loop, so 500 runs share a pool of connections, not 500 of them.
 - Every attempt's lease is renewed by one statement a heartbeat for all of them.
-- A cancel sets the flag ``ctx.cancelled`` at once; an agent still running
-  ``AGENTQ_CANCEL_GRACE_S`` later is interrupted (``CancelledError`` / ``Cancelled``); one
-  that goes on anyway is given up on: its attempt is recorded, its slot freed, and
-  whatever it still writes is refused by its lease. An attempt past its timeout plus
-  ``AGENTQ_HARD_TIMEOUT_GRACE_S`` is given up on the same way, recorded ``timed_out``.
+- A cancel sets the flag ``ctx.cancelled`` and cancels an async agent's coroutine at once
+  (``CancelledError`` where it awaits); a sync agent still running ``AGENTQ_CANCEL_GRACE_S``
+  later has ``Cancelled`` raised into its thread. One that goes on anyway is given up on:
+  its attempt is recorded, its slot freed, and whatever it still writes is refused by its
+  lease. An attempt past its timeout plus ``AGENTQ_HARD_TIMEOUT_GRACE_S`` is given up on
+  the same way, recorded ``timed_out``.
 
 A prefork worker (the ``cpu`` process, for CPU-bound agents) runs the same engine in each
 child, one attempt at a time: its ``Engine.run`` waits for the attempt to end.
@@ -244,25 +245,29 @@ class Engine:
             return
         active.cancelled.set()
         log.info("cancel requested", extra={"run_id": run_id, "attempt": active.claim.attempt})
-        self.loop.call_later(self._rt.settings.cancel_grace_s, self._interrupt, active)
+        if active.task is not None:  # a coroutine: cancelled where it awaits, at once
+            self._interrupt(active)
+        else:  # a thread: it has the grace to see ctx.cancelled and return what it has
+            self.loop.call_later(self._rt.settings.cancel_grace_s, self._interrupt, active)
 
     def _interrupt(self, active: Active) -> None:
-        """The agent ignored the cancel flag: raise into it, then give up on it."""
+        """Raise into the agent (CancelledError where an async one awaits; Cancelled in a
+        sync one's thread, which ignored the flag for the grace), then give up on it."""
         if active.given_up is None or active.given_up.done() or not self._holds(active):
             return
-        log.warning("agent ignored the cancel request; interrupting it",
-                    extra={"run_id": active.claim.run_id})
-        message = "the run was cancelled and did not stop within the grace period"
         if active.task is not None:
-            active.task.cancel(message)
+            active.task.cancel("the run was cancelled")
         else:
+            log.warning("agent ignored the cancel request; interrupting it",
+                        extra={"run_id": active.claim.run_id})
             _raise_in(active, Cancelled)
+        within = "" if active.task is not None else " within the grace"
         self.loop.call_later(_INTERRUPT_PATIENCE_S, self._give_up, active, Outcome(
             RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error={
                 "type": "Cancelled",
-                "message": f"attempt {active.claim.attempt} was cancelled and did not stop "
-                           "within the grace; it was given up on (whatever it still writes "
-                           "is refused)"}))
+                "message": f"attempt {active.claim.attempt} was cancelled and did not stop"
+                           f"{within}; it was given up on (whatever it still writes is "
+                           "refused)"}))
 
     def _holds(self, active: Active) -> bool:
         with self._lock:

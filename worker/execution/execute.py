@@ -107,14 +107,16 @@ async def call_async(rt: Runtime, spec: AgentSpec, ctx: AsyncRunContext, active:
                      state: SessionState | None) -> Outcome:
     """Await an async agent under its attempt's timeout and say how its attempt ended."""
     claim = active.claim
+    limit = asyncio.timeout(claim.timeout_s)
     try:
-        async with asyncio.timeout(claim.timeout_s):
+        async with limit:
             value = await spec.fn(ctx, spec.parse_input(claim.input))
         result = _json(value)
         if state is not None:
             jsonb.check(state.current, what="ctx.session")
-    except TimeoutError:
-        return ended_by(rt, active, SoftTimeLimitExceeded(), ctx.log)
+    except TimeoutError as error:  # the attempt's limit, or one of the agent's own
+        stopped = SoftTimeLimitExceeded() if limit.expired() else error
+        return ended_by(rt, active, stopped, ctx.log)
     except asyncio.CancelledError as error:
         if not active.stopping:
             raise  # the engine itself is stopping: not the run's doing

@@ -10,11 +10,11 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from worker.base.models import TERMINAL_STATUSES, Run, RunStatus
-from worker.base.queues import MAINTENANCE_QUEUE, NOTIFY_QUEUE, RUN_QUEUES
+from worker.base.queues import CPU_QUEUE, MAINTENANCE_QUEUE, NOTIFY_QUEUE, RUN_QUEUES
 from worker.base.runtime import Runtime
 from worker.runs import dispatch
 
-QUEUES = (*RUN_QUEUES, MAINTENANCE_QUEUE, NOTIFY_QUEUE)
+QUEUES = (*RUN_QUEUES, CPU_QUEUE, MAINTENANCE_QUEUE, NOTIFY_QUEUE)
 
 
 def queue_depths(rt: Runtime) -> dict[str, int]:
