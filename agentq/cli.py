@@ -46,12 +46,18 @@ def dev() -> None:
                                 "allow_extra_args": True})
 @click.pass_context
 def worker(ctx: click.Context) -> None:
-    """Start a Celery worker: agentq worker [celery worker options, e.g. -Q runs.high -c 4]."""
+    """Start a Celery worker: agentq worker [celery worker options, e.g. -Q runs.high].
+
+    Without --pool it is the Procfile's worker (--pool threads --concurrency 2: its engine
+    holds AGENTQ_WORKER_SLOTS runs); --pool prefork is the cpu process's kind."""
     import os
     import shutil
 
+    args = list(ctx.args)
+    if not any(arg in {"-P", "--pool"} or arg.startswith(("--pool=", "-P")) for arg in args):
+        args = ["--pool", "threads", "--concurrency", "2", *args]
     celery = shutil.which("celery", path=os.path.dirname(sys.executable)) or "celery"
-    os.execvp(celery, [celery, "-A", "worker", "worker", *ctx.args])  # noqa: S606 - argv, no shell
+    os.execvp(celery, [celery, "-A", "worker", "worker", *args])  # noqa: S606 - argv, no shell
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """In-flight capacity: N ``llm.chat`` runs submitted at once against an endpoint that answers
-after 10 s, on one worker host (the Procfile's ``worker``, with its defaults).
+after 10 s, held by one worker process (the Procfile's ``worker``; its slots,
+AGENTQ_WORKER_SLOTS, raised to the largest N, 2,000, from the default 500).
 
-    python bench/inflight.py [--runs 500,2000] [--delay 10]
+    python bench/inflight.py [--runs 500,2000] [--delay 10] [--slots 2000]
 
 Baseline in the same run: raw asyncio connections making the same N calls to the same
 endpoint (the floor: about the delay, at any N). Figures for each N: the time until every
@@ -111,7 +112,7 @@ class Peak:
         return self.mb
 
 
-def measure(counts: list[int], delay_s: float) -> list[dict[str, float]]:
+def measure(counts: list[int], delay_s: float, slots: int) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="agentq-inflight-") as tmp:
         root = Path(tmp)
         port = free_port()
@@ -124,7 +125,8 @@ def measure(counts: list[int], delay_s: float) -> list[dict[str, float]]:
         cluster = Cluster(root, workers=0, api=True, api_args=("--workers", "2"),
                           settings={"AGENTQ_LLM_BASE_URL": llm_url,
                                     "AGENTQ_LLM_API_KEY": "bench-not-a-secret",
-                                    "AGENTQ_LLM_TIMEOUT_S": str(delay_s * 20)})
+                                    "AGENTQ_LLM_TIMEOUT_S": str(delay_s * 20),
+                                    "AGENTQ_WORKER_SLOTS": str(slots)})
         try:
             worker = cluster.process("worker", procfile_worker(cluster.env))
             wait_for(lambda: any(cluster.runtime.celery.control.ping(timeout=0.5)),
@@ -184,9 +186,9 @@ def _wait_done(database_url: str, tenant_id: str, expected: int, timeout: float)
 
 
 def figures(quick: bool, counts: tuple[int, ...] = (500, 2000),
-            delay_s: float = 10.0) -> list[Figure]:
+            delay_s: float = 10.0, slots: int | None = None) -> list[Figure]:
     rows = []
-    for result in measure(list(counts), delay_s):
+    for result in measure(list(counts), delay_s, slots or max(counts)):
         n = int(result["n"])
         times, rss_mb = TARGETS.get(n, (None, None))
         rows += [
@@ -206,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="500,2000", help="comma-separated counts")
     parser.add_argument("--delay", type=float, default=10.0, help="the endpoint's delay (s)")
+    parser.add_argument("--slots", type=int, default=None,
+                        help="the worker's AGENTQ_WORKER_SLOTS (default: the largest N)")
     args = parser.parse_args(argv)
     counts = tuple(int(n) for n in args.runs.split(","))
-    print(table(figures(False, counts, args.delay)))
+    print(table(figures(False, counts, args.delay, args.slots)))
     return 0
 
 

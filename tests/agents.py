@@ -363,3 +363,10 @@ def cpu_bound(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
     while time.monotonic() < deadline:
         spins += 1
     return {"pid": os.getpid(), "spins": spins}
+
+
+@agent("test.brief", queue=CRASH_QUEUE, timeout_s=1, max_attempts=1)
+def brief(ctx: RunContext, input: dict[str, Any]) -> dict[str, float]:
+    """Work 0.6 s of a 1 s limit; say how much of it was left."""
+    time.sleep(0.6)
+    return {"time_left": ctx.time_left()}

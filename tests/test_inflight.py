@@ -214,3 +214,13 @@ def test_sigterm_lets_the_async_runs_held_finish(
     done = [api.run(run_id) for run_id in ids]
     assert [run["status"] for run in done] == ["succeeded"] * 5
     assert all(len(tries(api, run_id)) == 1 for run_id in ids)
+
+
+def test_a_sync_run_waiting_for_a_thread_loses_none_of_its_time(
+        api: ApiClient, crash_worker: StartWorker) -> None:
+    # Four slots, one agent thread: three 0.6 s runs with 1 s limits wait their turns
+    crash_worker(concurrency=4, AGENTQ_SYNC_AGENT_THREADS="1")
+    ids = [api.submit("test.brief")["id"] for _ in range(3)]
+    done = [api.wait(run_id, timeout=30) for run_id in ids]
+    assert [run["status"] for run in done] == ["succeeded"] * 3, done
+    assert all(0 < run["result"]["time_left"] < 0.5 for run in done)

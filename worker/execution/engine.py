@@ -89,6 +89,9 @@ class Engine:
         self._lock = threading.Lock()
         self._db = concurrent.futures.ThreadPoolExecutor(
             settings.db_pool_size, thread_name_prefix="agentq-db")
+        # The heartbeat's own thread: it never waits behind outcomes being written.
+        self._beat_db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentq-beat")
+        self._pending = 0  # attempts handed over and not ended (claimed or not yet)
         self._agents = concurrent.futures.ThreadPoolExecutor(
             settings.sync_agent_threads, thread_name_prefix="agentq-agent")
         self.loop = asyncio.new_event_loop()
@@ -108,11 +111,20 @@ class Engine:
         if not self._open:
             self._free.release()
             return False
+        with self._lock:
+            self._pending += 1
         future = asyncio.run_coroutine_threadsafe(self._attempt(run_id, worker), self.loop)
-        future.add_done_callback(lambda _: self._free.release())
+        future.add_done_callback(self._ended)
         if wait:
             future.result()
         return True
+
+    def _ended(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._pending -= 1
+        self._free.release()
+        if not future.cancelled() and future.exception() is not None:
+            log.error("attempt failed in the engine", exc_info=future.exception())
 
     def stop_taking(self) -> None:
         """Take no more runs (a worker shutting down)."""
@@ -122,9 +134,18 @@ class Engine:
         """Wait up to ``grace_s`` for the attempts held to end; the claims of those that
         have not (the caller re-queues them)."""
         deadline = time.monotonic() + grace_s
-        while self.running and time.monotonic() < deadline:
+        while self._pending and time.monotonic() < deadline:
             time.sleep(0.1)
-        return [active.claim for active in self.running]
+        left = self.running
+        for active in left:  # re-queued by the caller: whatever they still write is refused
+            active.lost = True
+            self.loop.call_soon_threadsafe(self._stop_task, active)
+        return [active.claim for active in left]
+
+    @staticmethod
+    def _stop_task(active: Active) -> None:
+        if active.task is not None:
+            active.task.cancel("the worker is shutting down")
 
     @property
     def running(self) -> list[Active]:
@@ -147,6 +168,8 @@ class Engine:
 
     async def _attempt(self, run_id: str, worker: str) -> None:
         rt = self._rt
+        if not self._open:  # stopping: left queued (the sweeper publishes it again)
+            return
         try:
             claim = await self._offload(lambda: execute.claim(rt, run_id=run_id, worker=worker))
         except (OperationalError, InterfaceError) as error:  # the sweeper dispatches it again
@@ -159,8 +182,13 @@ class Engine:
         with self._lock:
             self._active[claim.run_id] = active
         try:
-            state = await self._offload(lambda: execute.session_state(rt, claim))
-            outcome = await self._call(active, state)
+            state: SessionState | None = None
+            try:
+                state = await self._offload(lambda: execute.session_state(rt, claim))
+                outcome = await self._call(active, state)
+            except Exception as error:  # the engine's own failure: the attempt still ends
+                log.exception("attempt failed in the engine", extra={"run_id": run_id})
+                outcome = execute.failed(rt, claim, error)
             outcome, recorded = await self._offload(
                 lambda: execute.record(rt, claim, outcome, state))
         finally:
@@ -182,18 +210,26 @@ class Engine:
         except Exception as error:  # unknown to this worker (not loaded here)
             return execute.failed(rt, claim, error)
         active.given_up = self.loop.create_future()
+        hard: list[asyncio.TimerHandle] = []
+
+        # The hard limit counts from here for every agent, so a sync run waiting for a
+        # thread (all of them stuck in calls that ignore their limits) still ends.
+        hard.append(self.loop.call_later(
+            claim.timeout_s + rt.settings.hard_timeout_grace_s,
+            lambda: self._give_up(active, _overran(rt, claim))))
         if spec.is_async:
             work = self._call_async(spec, active, state)
         else:
             work = self._call_sync(spec, active, state)
         running = asyncio.ensure_future(work)
-        hard = self.loop.call_later(claim.timeout_s + rt.settings.hard_timeout_grace_s,
-                                    lambda: self._give_up(active, _overran(rt, claim)))
         try:
             done, _ = await asyncio.wait({running, active.given_up},
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
-            hard.cancel()
+            for timer in hard:
+                timer.cancel()
+            if not active.given_up.done():
+                active.given_up.cancel()  # a give-up still scheduled finds it done
         if running in done:
             return running.result()
         return active.given_up.result()
@@ -204,36 +240,49 @@ class Engine:
                                     offload=self._offload, in_thread=self._in_thread)
         active.task = asyncio.ensure_future(execute.call_async(self._rt, spec, ctx, active,
                                                                state))
+        if active.cancelled.is_set():  # asked to stop before its coroutine existed
+            self._interrupt(active)
         return await asyncio.shield(active.task)
 
     async def _call_sync(self, spec: AgentSpec, active: Active,
                          state: SessionState | None) -> Outcome:
-        rt = self._rt
-        ctx = execute.sync_context(rt, active, state.current if state else {}, self.loop)
+        """Run a sync agent in an agent thread. Its soft limit starts when a thread takes
+        it: a run waiting for one (all AGENTQ_SYNC_AGENT_THREADS busy) loses none of its
+        timeout, only of the hard limit's grace."""
+        rt, loop = self._rt, self.loop
+        soft: list[asyncio.TimerHandle] = []
+
+        def begin() -> None:  # on the loop, as the thread starts (before it can end)
+            soft.append(loop.call_later(active.claim.timeout_s, _raise_in, active,
+                                        SoftTimeLimitExceeded))
 
         def body() -> Outcome:
             with active.lock:
                 active.thread = threading.get_ident()
             try:
+                if active.stopping:  # cancelled (or its lease lost) while it waited
+                    raise Cancelled("the run was cancelled before a thread was free for it")
+                ctx = execute.sync_context(rt, active, state.current if state else {}, loop)
+                loop.call_soon_threadsafe(begin)
                 return execute.call_sync(rt, spec, ctx, active, state)
             finally:
                 with active.lock:
                     active.thread = None
 
-        soft = self.loop.call_later(active.claim.timeout_s, _raise_in, active,
-                                    SoftTimeLimitExceeded)
         try:
-            return await asyncio.shield(self.loop.run_in_executor(self._agents, body))
+            return await asyncio.shield(loop.run_in_executor(self._agents, body))
         except BaseException as error:  # raised into the thread after the agent returned
             if isinstance(error, asyncio.CancelledError):
                 raise
-            return execute.ended_by(rt, active, error, ctx.log)
+            return execute.ended_by(rt, active, error, execute.agent_log(active.claim))
         finally:
-            soft.cancel()
+            for timer in soft:
+                timer.cancel()
 
     def _give_up(self, active: Active, outcome: Outcome) -> None:
         """Stop waiting for the agent: its attempt ends with ``outcome``."""
-        if active.given_up is not None and not active.given_up.done():
+        if (active.given_up is not None and not active.given_up.done()
+                and self._holds(active)):
             log.error("agent given up on", extra={"run_id": active.claim.run_id,
                                                   "why": (outcome.error or {}).get("message")})
             active.given_up.set_result(outcome)
@@ -289,7 +338,7 @@ class Engine:
                     return attempts.heartbeat(session, leases=leases)
 
             try:
-                live = await self._offload(renew)
+                live = await self.loop.run_in_executor(self._beat_db, renew)
             except Exception as error:  # an outage: try again at the next beat
                 log.warning("heartbeat failed", extra={"runs": len(leases),
                                                        "error": type(error).__name__})

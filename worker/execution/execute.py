@@ -20,6 +20,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from worker.agents import AgentSpec
 from worker.agents.context import AsyncRunContext, RunContext
@@ -118,10 +119,16 @@ async def call_async(rt: Runtime, spec: AgentSpec, ctx: AsyncRunContext, active:
         stopped = SoftTimeLimitExceeded() if limit.expired() else error
         return ended_by(rt, active, stopped, ctx.log)
     except asyncio.CancelledError as error:
-        if not active.stopping:
-            raise  # the engine itself is stopping: not the run's doing
-        return ended_by(rt, active, Cancelled(str(error) or "cancelled while running"),
-                        ctx.log)
+        if active.stopping:  # a cancel (or the worker stopping) reached the coroutine
+            return ended_by(rt, active, Cancelled(str(error) or "cancelled while running"),
+                            ctx.log)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this task itself is being cancelled, not by agentq: let it be
+        # Something the agent awaited was cancelled: the agent's error, not a cancel
+        return ended_by(rt, active, RuntimeError(
+            f"the agent raised CancelledError ({error or 'a task it awaited was cancelled'})"),
+            ctx.log)
     except Exception as error:
         return ended_by(rt, active, error, ctx.log)
     return succeeded(active, result)
@@ -198,7 +205,7 @@ def record(rt: Runtime, claim: Claim, outcome: Outcome,
                         extra={"run_id": claim.run_id, "attempt": claim.attempt,
                                "status": outcome.status.value})
             return outcome, False
-        except (OperationalError, InterfaceError) as error:
+        except (OperationalError, InterfaceError, PoolTimeout) as error:
             if time.monotonic() > deadline:
                 log.error("outcome not recorded; the sweeper will re-queue the run",
                           extra={"run_id": claim.run_id, "error": type(error).__name__})
@@ -226,7 +233,7 @@ def _json(result: Any) -> Any:
     return steps.as_json(result, what="the agent's result")
 
 
-def _agent_log(claim: Claim) -> logging.LoggerAdapter[logging.Logger]:
+def agent_log(claim: Claim) -> logging.LoggerAdapter[logging.Logger]:
     fields = {"run_id": claim.run_id, "tenant": claim.tenant_id, "agent": claim.agent,
               "attempt": claim.attempt, "request_id": claim.request_id}
     return logging.LoggerAdapter(logging.getLogger(f"agentq.agent.{claim.agent}"), fields)
@@ -254,7 +261,7 @@ def sync_context(rt: Runtime, active: Active, session_state: dict[str, Any],
                  loop: asyncio.AbstractEventLoop) -> RunContext:
     """A sync agent's ``ctx``: its emits and steps write from the agent's own thread; its
     LLM calls are made on the engine's loop."""
-    claim, log = active.claim, _agent_log(active.claim)
+    claim, log = active.claim, agent_log(active.claim)
     emit = _emitter(rt, claim)
     runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
                               attempt=claim.attempt, emit=emit)
@@ -274,7 +281,7 @@ def async_context(rt: Runtime, active: Active, session_state: dict[str, Any], *,
                   offload: Offload, in_thread: Offload) -> AsyncRunContext:
     """An async agent's ``ctx``: what writes to Postgres is offloaded to the engine's
     database threads (``offload``); plain step functions run in ``in_thread``."""
-    claim, log = active.claim, _agent_log(active.claim)
+    claim, log = active.claim, agent_log(active.claim)
     emit = _emitter(rt, claim)
     runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
                               attempt=claim.attempt, emit=emit)

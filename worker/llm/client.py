@@ -184,13 +184,16 @@ class LLM(_Calls):
     def _call(self, body: dict[str, Any]) -> dict[str, Any]:
         self._check_budget()
         future = asyncio.run_coroutine_threadsafe(self._post(body), self._loop)
-        while True:
-            try:
-                return future.result(timeout=_POLL_S)
-            except concurrent.futures.TimeoutError:
-                if self._cancelled():
-                    future.cancel()
-                    raise
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_POLL_S)
+                except concurrent.futures.TimeoutError:
+                    if self._cancelled():
+                        raise
+        except BaseException:  # a cancel, or a time limit raised into this thread
+            future.cancel()
+            raise
 
 
 class AsyncLLM(_Calls):
