@@ -42,11 +42,11 @@ from tests.harness import BIN, ROOT, Process, wait_for
 TARGETS = {500: (1.5, 400), 2000: (3.0, 700)}  # N: (times the floor, worker RSS MB)
 
 
-def procfile_worker(env: dict[str, str]) -> list[str]:
+def procfile_worker(env: dict[str, str], index: int = 0) -> list[str]:
     """The Procfile's ``worker`` command, its ${VAR:-default}s filled from ``env``."""
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines()
                 if line.startswith("worker:"))
-    command = line.partition(":")[2].replace("$$", str(os.getpid()))
+    command = line.partition(":")[2].replace("$$", f"{os.getpid()}-{index}")
     command = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1], m[2]), command)
     args = shlex.split(command)
     return [str(BIN / args[0]), *args[1:]]
@@ -112,7 +112,8 @@ class Peak:
         return self.mb
 
 
-def measure(counts: list[int], delay_s: float, slots: int) -> list[dict[str, float]]:
+def measure(counts: list[int], delay_s: float, slots: int,
+            processes: int = 1) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="agentq-inflight-") as tmp:
         root = Path(tmp)
         port = free_port()
@@ -128,32 +129,33 @@ def measure(counts: list[int], delay_s: float, slots: int) -> list[dict[str, flo
                                     "AGENTQ_LLM_TIMEOUT_S": str(delay_s * 20),
                                     "AGENTQ_WORKER_SLOTS": str(slots)})
         try:
-            worker = cluster.process("worker", procfile_worker(cluster.env))
-            wait_for(lambda: any(cluster.runtime.celery.control.ping(timeout=0.5)),
-                     timeout=60, interval=0.2, what="the worker")
+            workers = [cluster.process(f"worker{i}", procfile_worker(cluster.env, i))
+                       for i in range(processes)]
+            wait_for(lambda: len(cluster.runtime.celery.control.ping(timeout=0.5))
+                     >= processes, timeout=60, interval=0.2, what="the workers")
             assert cluster.api is not None
             tenant_id, key = cluster.tenant_key("inflight")
             asyncio.run(submit(cluster.api.url, key, 5, "warm"))  # imports, pools, caches
             _wait_done(cluster.env["DATABASE_URL"], tenant_id, 5, timeout=delay_s * 10)
-            return [_one(cluster, worker, tenant_id, key, llm_url, n, delay_s)
+            return [_one(cluster, workers, tenant_id, key, llm_url, n, delay_s)
                     for n in counts]
         finally:
             cluster.close()
             llm.stop()
 
 
-def _one(cluster: Cluster, worker: Process, tenant_id: str, key: str, llm_url: str, n: int,
-         delay_s: float) -> dict[str, float]:
+def _one(cluster: Cluster, workers: list[Process], tenant_id: str, key: str, llm_url: str,
+         n: int, delay_s: float) -> dict[str, float]:
     assert cluster.api is not None
     floor_s = asyncio.run(floor(llm_url, n))
     database_url = cluster.env["DATABASE_URL"]
     before = _count(database_url, tenant_id)
-    peak = Peak(worker.pid)
+    peaks = [Peak(worker.pid) for worker in workers]
     started = time.time()
     submitted = asyncio.run(submit(cluster.api.url, key, n, f"n{n}"))
     done = _wait_done(database_url, tenant_id, before + n, timeout=max(120.0, delay_s * 12))
     took = time.time() - started
-    rss = peak.stop()
+    rss = sum(peak.stop() for peak in peaks)
     arrivals = httpx.get(f"{llm_url.removesuffix('/v1')}/arrivals", timeout=30).json()
     waits = [arrivals[content] - at for content, at in submitted.items() if content in arrivals]
     return {"n": n, "all_done_s": took if done - before >= n else float("nan"),
@@ -186,9 +188,10 @@ def _wait_done(database_url: str, tenant_id: str, expected: int, timeout: float)
 
 
 def figures(quick: bool, counts: tuple[int, ...] = (500, 2000),
-            delay_s: float = 10.0, slots: int | None = None) -> list[Figure]:
+            delay_s: float = 10.0, slots: int | None = None,
+            processes: int = 1) -> list[Figure]:
     rows = []
-    for result in measure(list(counts), delay_s, slots or max(counts)):
+    for result in measure(list(counts), delay_s, slots or max(counts), processes):
         n = int(result["n"])
         times, rss_mb = TARGETS.get(n, (None, None))
         rows += [
@@ -210,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=10.0, help="the endpoint's delay (s)")
     parser.add_argument("--slots", type=int, default=None,
                         help="the worker's AGENTQ_WORKER_SLOTS (default: the largest N)")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes")
     args = parser.parse_args(argv)
     counts = tuple(int(n) for n in args.runs.split(","))
-    print(table(figures(False, counts, args.delay, args.slots)))
+    print(table(figures(False, counts, args.delay, args.slots, args.processes)))
     return 0
 
 

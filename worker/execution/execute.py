@@ -242,9 +242,9 @@ def agent_log(claim: Claim) -> logging.LoggerAdapter[logging.Logger]:
 def _emitter(rt: Runtime, claim: Claim) -> Callable[[dict[str, Any]], int]:
     def emit(data: dict[str, Any]) -> int:
         jsonb.check(data, what="the event")  # ValueError into the agent, naming the field
-        with rt.db.autocommit() as session:  # one atomic statement
-            event = events.append(session, run_id=claim.run_id, epoch=claim.epoch,
-                                  type=events.PROGRESS, data=data)
+        event = events.append_alone(rt.db, run_id=claim.run_id, epoch=claim.epoch,
+                                    type=events.PROGRESS, data=data)
+        rt.bus.announce([event])  # committed: tell its streams
         return event.seq
 
     return emit
@@ -264,7 +264,8 @@ def sync_context(rt: Runtime, active: Active, session_state: dict[str, Any],
     claim, log = active.claim, agent_log(active.claim)
     emit = _emitter(rt, claim)
     runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
-                              attempt=claim.attempt, emit=emit)
+                              attempt=claim.attempt, emit=emit,
+                              none_stored=not claim.has_steps)
     deadline = time.monotonic() + claim.timeout_s
     llm = LLM(rt, steps=runner, loop=loop, tenant_id=claim.tenant_id, agent=claim.agent,
               log=log, time_left=lambda: deadline - time.monotonic(),
@@ -284,7 +285,8 @@ def async_context(rt: Runtime, active: Active, session_state: dict[str, Any], *,
     claim, log = active.claim, agent_log(active.claim)
     emit = _emitter(rt, claim)
     runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
-                              attempt=claim.attempt, emit=emit)
+                              attempt=claim.attempt, emit=emit,
+                              none_stored=not claim.has_steps)
     async_runner = steps.AsyncStepRunner(runner, offload=offload, in_thread=in_thread)
     deadline = time.monotonic() + claim.timeout_s
     llm = AsyncLLM(rt, steps=async_runner, offload=offload, tenant_id=claim.tenant_id,

@@ -42,6 +42,7 @@ class Claim:
     request_id: str | None
     worker: str
     waited_s: float = 0.0  # from submission to this claim
+    has_steps: bool = True  # False: no step to load (the steps' first read is skipped)
 
     @property
     def attempts_left(self) -> int:
@@ -96,7 +97,8 @@ _CLAIM = text("""
         FROM claimed
         RETURNING at
     )
-    SELECT claimed.*, status_event.at AS event_at
+    SELECT claimed.*, status_event.at AS event_at,
+           EXISTS (SELECT 1 FROM run_steps WHERE run_steps.run_id = claimed.id) AS has_steps
     FROM claimed, status_event WHERE EXISTS (SELECT 1 FROM attempt_row)
 """.replace(":ended_statuses", _ENDED))  # constants only
 
@@ -165,7 +167,7 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
         attempt=row.attempt, max_attempts=row.max_attempts, free_attempts=row.free_attempts,
         epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
         session_id=row.session_id, request_id=row.request_id, worker=worker,
-        waited_s=float(row.waited_s),
+        waited_s=float(row.waited_s), has_steps=bool(row.has_steps),
     )
 
 

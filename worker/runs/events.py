@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
+from worker.base.db import Database
 from worker.base.errors import LeaseLost
 from worker.base.event import PROGRESS, STATUS, Event
 from worker.base.models import RunEvent
@@ -69,6 +70,24 @@ def append(
     if row is None:
         raise LeaseLost(f"run {run_id}: attempt with lease epoch {epoch} no longer holds it")
     return remember(session, Event(run_id, int(row.seq), type, json.loads(encoded), row.at))
+
+
+# The same append, alone on a connection (psycopg's placeholders, for Database.one_row).
+_APPEND_ALONE = _APPEND.text.replace(":run_id", "%(run_id)s").replace(
+    ":epoch", "%(epoch)s").replace(":type", "%(type)s").replace(":data", "%(data)s")
+
+
+def append_alone(db: Database, *, run_id: str, epoch: int, type: str,
+                 data: dict[str, Any]) -> Event:
+    """``append`` as one statement that commits by itself, without a Session (an agent's
+    ``ctx.emit``, the hot path of a worker holding hundreds of runs); the caller announces
+    the event."""
+    encoded = json.dumps(data)
+    row = db.one_row(_APPEND_ALONE, {"run_id": run_id, "epoch": epoch, "type": type,
+                                     "data": encoded})
+    if row is None:
+        raise LeaseLost(f"run {run_id}: attempt with lease epoch {epoch} no longer holds it")
+    return Event(run_id, int(row.seq), type, json.loads(encoded), row.at)
 
 
 def after(session: Session, *, run_id: str, seq: int, limit: int = 1000) -> list[Event]:

@@ -122,13 +122,14 @@ class StepRunner:
     call (and what ``AsyncStepRunner`` runs in a thread for an async agent)."""
 
     def __init__(self, db: Database, *, run_id: str, epoch: int, attempt: int,
-                 emit: Callable[[dict[str, Any]], int]) -> None:
+                 emit: Callable[[dict[str, Any]], int], none_stored: bool = False) -> None:
         self._db = db
         self._run_id = run_id
         self._epoch = epoch
         self._attempt = attempt
         self._emit = emit
-        self._done: dict[str, Stored] | None = None
+        # With none_stored (the claim saw no step), the first step reads nothing.
+        self._done: dict[str, Stored] | None = {} if none_stored else None
 
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             kwargs: dict[str, Any], *,
