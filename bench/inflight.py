@@ -153,6 +153,7 @@ def _one(cluster: Cluster, workers: list[Process], tenant_id: str, key: str, llm
     peaks = [Peak(worker.pid) for worker in workers]
     started = time.time()
     submitted = asyncio.run(submit(cluster.api.url, key, n, f"n{n}"))
+    submitted_s = time.time() - started
     done = _wait_done(database_url, tenant_id, before + n, timeout=max(120.0, delay_s * 12))
     took = time.time() - started
     rss = sum(peak.stop() for peak in peaks)
@@ -160,6 +161,7 @@ def _one(cluster: Cluster, workers: list[Process], tenant_id: str, key: str, llm
     waits = [arrivals[content] - at for content, at in submitted.items() if content in arrivals]
     return {"n": n, "all_done_s": took if done - before >= n else float("nan"),
             "done": done - before, "floor_s": floor_s, "rss_mb": rss,
+            "submitted_s": submitted_s,
             "wait_p50_s": percentile(waits, 0.5) if waits else float("nan"),
             "wait_p99_s": percentile(waits, 0.99) if waits else float("nan")}
 
@@ -198,6 +200,7 @@ def figures(quick: bool, counts: tuple[int, ...] = (500, 2000),
             Figure(f"in-flight {n:,}: all succeeded after (vs the floor)", result["all_done_s"],
                    "s", result["floor_s"], f"<= {times}x" if times else ""),
             Figure(f"in-flight {n:,}: runs done", result["done"], "runs"),
+            Figure(f"in-flight {n:,}: all submitted after", result["submitted_s"], "s"),
             Figure(f"in-flight {n:,}: queue wait to the LLM call p50",
                    result["wait_p50_s"], "s", None),
             Figure(f"in-flight {n:,}: queue wait p99", result["wait_p99_s"], "s"),

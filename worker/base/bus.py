@@ -34,6 +34,8 @@ TENANT_PREFIX = "agentq:tenant:"  # every run's terminal event, for tenant-wide 
 CANCEL_PREFIX = "agentq:cancel:"
 RESYNC = "resync"  # what a watcher receives when it may have missed events
 _WATCH_BACKLOG = 1000
+_PUBLISH_BACKLOG = 100_000  # announcements waiting for the publisher thread (then dropped)
+_PUBLISH_BATCH = 500  # announcements in one pipeline at most
 
 
 def _client(redis_url: str) -> redis.Redis:
@@ -60,27 +62,62 @@ class Bus:
         self.redis = _client(redis_url)
         self._hub: Hub | None = None
         self._hub_lock = threading.Lock()
+        self._outgoing: queue.Queue[list[tuple[str, str]]] | None = None
 
     def announce(self, committed: list[Event], tenants: dict[str, str] | None = None) -> None:
-        """Publish events after their transaction committed (one round trip). Terminal
-        events also go to their tenant's channel (``tenants`` maps run ids to tenants)."""
+        """Publish events after their transaction committed (one round trip, or handed to
+        the publisher thread: ``publish_in_background``). Terminal events also go to their
+        tenant's channel (``tenants`` maps run ids to tenants)."""
         tenants = tenants or {}
         # Event 1 of a run is its creation: no one can be watching a run before they know
         # its id, so there is nobody to tell (the tenant channel only carries ends).
-        committed = [event for event in committed if event.seq > 1]
-        if not committed:
+        messages: list[tuple[str, str]] = []
+        for event in committed:
+            if event.seq > 1:
+                encoded = encode(event)
+                messages.append((RUN_PREFIX + event.run_id, encoded))
+                if event.is_terminal and event.run_id in tenants:
+                    messages.append((TENANT_PREFIX + tenants[event.run_id], encoded))
+        if not messages:
             return
+        if self._outgoing is not None:
+            try:
+                self._outgoing.put_nowait(messages)
+            except queue.Full:
+                log.warning("bus backlog full; listeners will catch up from Postgres",
+                            extra={"channel": messages[0][0]})
+            return
+        self._publish(messages)
+
+    def publish_in_background(self) -> None:
+        """Announce from one publisher thread from now on: what writers announce while it
+        publishes goes out together in its next pipeline (a worker holding hundreds of
+        runs makes one round trip for many events, not one each). A listener hears as
+        soon as the thread reaches it; no delay is added."""
+        if self._outgoing is None:
+            self._outgoing = queue.Queue(maxsize=_PUBLISH_BACKLOG)
+            threading.Thread(target=self._publish_forever, args=(self._outgoing,),
+                             name="agentq-bus-publisher", daemon=True).start()
+
+    def _publish_forever(self, outgoing: queue.Queue[list[tuple[str, str]]]) -> None:
+        while True:
+            messages = outgoing.get()
+            while len(messages) < _PUBLISH_BATCH:
+                try:
+                    messages += outgoing.get_nowait()
+                except queue.Empty:
+                    break
+            self._publish(messages)
+
+    def _publish(self, messages: list[tuple[str, str]]) -> None:
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                for event in committed:
-                    encoded = encode(event)
-                    pipe.publish(RUN_PREFIX + event.run_id, encoded)
-                    if event.is_terminal and event.run_id in tenants:
-                        pipe.publish(TENANT_PREFIX + tenants[event.run_id], encoded)
+                for channel, encoded in messages:
+                    pipe.publish(channel, encoded)
                 pipe.execute()
         except redis.RedisError as error:
             log.warning("bus announce failed; listeners will catch up from Postgres",
-                        extra={"run_id": committed[0].run_id, "error": str(error)})
+                        extra={"channel": messages[0][0], "error": str(error)})
 
     def request_cancel(self, run_id: str) -> None:
         """Tell the worker running ``run_id`` to stop; the database is the fallback."""

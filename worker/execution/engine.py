@@ -94,6 +94,7 @@ class Engine:
         self._pending = 0  # attempts handed over and not ended (claimed or not yet)
         self._agents = concurrent.futures.ThreadPoolExecutor(
             settings.sync_agent_threads, thread_name_prefix="agentq-agent")
+        rt.bus.publish_in_background()  # many runs' events, few round trips
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="agentq-engine",
                          daemon=True).start()

@@ -214,7 +214,8 @@ class AsyncLLM(_Calls):
         return dict(await self._steps.run(step, self._call, (body,), {}, usage_of=_usage))
 
     async def _call(self, body: dict[str, Any]) -> dict[str, Any]:
-        await self._offload(self._check_budget)
+        if self._rt.settings.tenant_daily_tokens > 0:  # else no budget: nothing to read
+            await self._offload(self._check_budget)
         return await self._post(body)
 
 
