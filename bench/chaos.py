@@ -121,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="each worker's slots: runs it holds at once (a kill takes them all)")
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills")
     parser.add_argument("--work-ms", type=int, default=50, help="each run's work")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds per round")

@@ -112,6 +112,27 @@ class Peak:
         return self.mb
 
 
+class Connections:
+    """The most connections Postgres has served at once (every process's), twice a second."""
+
+    def __init__(self, database_url: str) -> None:
+        self.most = 0
+        self._url = database_url.replace("+psycopg", "")
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            while not self._stop.wait(0.5):
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE backend_type = 'client backend'").fetchone()
+                self.most = max(self.most, int(row[0]) - 1 if row else 0)  # not this one
+
+    def stop(self) -> int:
+        self._stop.set()
+        return self.most
+
+
 def measure(counts: list[int], delay_s: float, slots: int,
             processes: int = 1) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="agentq-inflight-") as tmp:
@@ -151,17 +172,19 @@ def _one(cluster: Cluster, workers: list[Process], tenant_id: str, key: str, llm
     database_url = cluster.env["DATABASE_URL"]
     before = _count(database_url, tenant_id)
     peaks = [Peak(worker.pid) for worker in workers]
+    connections = Connections(database_url)
     started = time.time()
     submitted = asyncio.run(submit(cluster.api.url, key, n, f"n{n}"))
     submitted_s = time.time() - started
     done = _wait_done(database_url, tenant_id, before + n, timeout=max(120.0, delay_s * 12))
     took = time.time() - started
     rss = sum(peak.stop() for peak in peaks)
+    most_connections = connections.stop()
     arrivals = httpx.get(f"{llm_url.removesuffix('/v1')}/arrivals", timeout=30).json()
     waits = [arrivals[content] - at for content, at in submitted.items() if content in arrivals]
     return {"n": n, "all_done_s": took if done - before >= n else float("nan"),
             "done": done - before, "floor_s": floor_s, "rss_mb": rss,
-            "submitted_s": submitted_s,
+            "submitted_s": submitted_s, "connections": most_connections,
             "wait_p50_s": percentile(waits, 0.5) if waits else float("nan"),
             "wait_p99_s": percentile(waits, 0.99) if waits else float("nan")}
 
@@ -206,6 +229,8 @@ def figures(quick: bool, counts: tuple[int, ...] = (500, 2000),
             Figure(f"in-flight {n:,}: queue wait p99", result["wait_p99_s"], "s"),
             Figure(f"in-flight {n:,}: worker RSS", result["rss_mb"], "MB", None,
                    f"<= {rss_mb}" if rss_mb else ""),
+            Figure(f"in-flight {n:,}: Postgres connections, most at once (API + workers)",
+                   result["connections"], "conns"),
         ]
     return rows
 

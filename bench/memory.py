@@ -40,7 +40,7 @@ def worker_rss_mb(cluster: Cluster) -> float:
 
 def measure(runs: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="agentq-memory-") as tmp:
-        cluster = Cluster(Path(tmp), workers=1, concurrency=2, beat=False)
+        cluster = Cluster(Path(tmp), workers=1, concurrency=500, beat=False)  # default slots
         try:
             rt = cluster.runtime
             tenant_id, _ = cluster.tenant_key("memory")

@@ -4,11 +4,12 @@
 
 1. submit: ``POST /v1/runs`` at 32 concurrent connections (2 gunicorn gevent workers), beside
    the minimal Flask endpoint (one ORM INSERT + COMMIT, one ``apply_async``) served the same way.
-2. end to end: no-op runs submitted at full speed for a while, 2 worker processes: completed
-   runs/s and submit -> terminal p50/p99, beside the minimal pipeline (that endpoint plus 2
-   Celery processes whose task UPDATEs the row to done).
-3. per worker process: a backlog of no-op runs drained by one worker process, beside raw
-   Celery draining no-op tasks.
+2. end to end: no-op runs submitted at full speed for a while, one worker process (the
+   Procfile's, its default slots): completed runs/s and submit -> terminal p50/p99, beside
+   the minimal pipeline (that endpoint plus 2 prefork Celery processes whose task UPDATEs
+   the row to done).
+3. per worker process: a backlog of no-op runs drained by one worker process (default
+   slots), beside raw Celery (one prefork child) draining no-op tasks.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def _drain(count: Callable[[], tuple[int, int]], expected: int, timeout: float) 
 
 def end_to_end_figures(seconds: float) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="agentq-e2e-") as tmp:
-        cluster = _cluster(Path(tmp), workers=1, concurrency=2)
+        # One worker process with its default slots; the baseline, Celery's prefork with 2
+        cluster = _cluster(Path(tmp), workers=1, concurrency=500)
         try:
             assert cluster.api is not None
             tenant_id, key = cluster.tenant_key("e2e")
@@ -150,7 +152,8 @@ def end_to_end_figures(seconds: float) -> list[Figure]:
         finally:
             cluster.close()
     return [
-        Figure("end to end: completed runs/s, 2 processes", ours[0], "runs/s", theirs[0],
+        Figure("end to end: completed runs/s, 1 worker process (bare: 2)", ours[0], "runs/s",
+               theirs[0],
                ">= 0.5x"),
         Figure("end to end: submit -> done p50", ours[1], "ms", theirs[1]),
         Figure("end to end: submit -> done p99", ours[2], "ms", theirs[2]),
@@ -197,8 +200,9 @@ def per_process_figures(backlog: int) -> list[Figure]:
             for _ in range(backlog):
                 submit(rt, tenant_id=tenant_id, request=RunRequest(agent="bench.noop"))
             started = time.monotonic()
+            # The Procfile's worker: one process, its default AGENTQ_WORKER_SLOTS
             worker = Worker(env=cluster.env, log=cluster.root / "rate.log", name="rate",
-                            concurrency=1)
+                            concurrency=500)
             worker.start()
             cluster.processes.append(worker)
 

@@ -15,8 +15,8 @@ checks it with import-linter; no import circle, no import hidden in a function):
                 the lifecycle (what a change of status sets going), follow, the sweeper.
                                                                  <- base, access, agents
     llm         ctx.llm: the chat client, each call a durable step.       <- runs
-    execution   a worker running an attempt: claim, call the agent, heartbeat, supervise,
-                record; graceful shutdown.                      <- llm, runs, ...
+    execution   a worker holding many attempts (the engine): claim, call the agent,
+                heartbeat, cancels and limits, record; graceful shutdown.  <- llm, runs
     delivery    outbound webhooks: endpoints, holds and attempts, the notifier.  <- runs
     inbound     GitHub, Slack, Stripe, Standard Webhooks: verify, deduplicate, submit.
                                                                  <- runs
@@ -24,7 +24,8 @@ checks it with import-linter; no import circle, no import hidden in a function):
     celery      the Celery app of ``celery -A worker`` (the API, ``api``, builds its own).
 
 A run travels: ``runs.submission`` (plan, admit, store) -> ``runs.dispatch`` (publish) ->
-``execution.execute`` (``runs.attempts.claim``, the agent, ``runs.attempts.finish``) ->
+``execution.engine`` (a slot) -> ``execution.execute`` (``runs.attempts.claim``, the agent,
+``runs.attempts.finish``) ->
 ``runs.lifecycle`` (its deliveries in ``runs.outbox``, its successors) ->
 ``delivery.notifier`` (the signed webhook). ``worker.context`` and ``worker.errors`` are the
 public paths agents import.

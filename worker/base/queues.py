@@ -4,16 +4,11 @@ message carries (``Dispatch``). The tasks themselves are ``worker.app``'s.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
-import redis
 from celery import Celery
 from kombu.entity import Exchange, Queue
-from kombu.transport import redis as kombu_redis
 
 from worker.base.settings import Settings
 
@@ -44,35 +39,11 @@ def declare_queue(name: str, channel: Any) -> int:
     return int(queue.queue_declare().message_count)
 
 
-class _RedisChannel(kombu_redis.Channel):
-    """kombu's Redis channel, keeping one client for its plain commands: kombu makes a new
-    ``redis.Redis`` for each (an ack, a publish), and building one (its few hundred
-    response callbacks) was a twentieth of a busy worker's CPU. Clients are thread-safe;
-    each command still takes a connection from the channel's pool."""
-
-    @cached_property
-    def _client_kept(self) -> redis.Redis:
-        client: redis.Redis = self._create_client()
-        return client
-
-    @contextmanager
-    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
-        yield client or self._client_kept
-
-
-class RedisTransport(kombu_redis.Transport):
-    """kombu's Redis transport with ``_RedisChannel``: for ``redis://`` broker URLs."""
-
-    Channel = _RedisChannel
-
-
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from the settings (JSON only, late acks, prefetch 1)."""
     app = Celery("agentq", set_as_current=False)
     app.conf.update(
         broker_url=settings.celery_broker_url,
-        broker_transport=(f"{__name__}:RedisTransport"
-                          if settings.celery_broker_url.startswith("redis://") else None),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a worker waits out a broker outage
         broker_connection_timeout=4,
