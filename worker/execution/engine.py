@@ -185,7 +185,8 @@ class Engine:
         try:
             state: SessionState | None = None
             try:
-                state = await self._offload(lambda: execute.session_state(rt, claim))
+                if claim.session_id is not None:  # else no state: no thread hop for it
+                    state = await self._offload(lambda: execute.session_state(rt, claim))
                 outcome = await self._call(active, state)
             except Exception as error:  # the engine's own failure: the attempt still ends
                 log.exception("attempt failed in the engine", extra={"run_id": run_id})
