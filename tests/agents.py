@@ -370,3 +370,15 @@ def brief(ctx: RunContext, input: dict[str, Any]) -> dict[str, float]:
     """Work 0.6 s of a 1 s limit; say how much of it was left."""
     time.sleep(0.6)
     return {"time_left": ctx.time_left()}
+
+
+@agent("test.cpu.stubborn", queue=CPU_QUEUE, timeout_s=1, max_attempts=1)
+def cpu_stubborn(ctx: RunContext, input: dict[str, Any]) -> None:
+    """On the cpu queue: say which process runs it, then ignore the time limit for 60 s."""
+    ctx.emit("working", "ignoring my limits", pid=os.getpid())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            continue

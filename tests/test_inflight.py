@@ -12,6 +12,7 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 import redis
 from sqlalchemy import event, select, text
@@ -224,3 +225,16 @@ def test_a_sync_run_waiting_for_a_thread_loses_none_of_its_time(
     done = [api.wait(run_id, timeout=30) for run_id in ids]
     assert [run["status"] for run in done] == ["succeeded"] * 3, done
     assert all(0 < run["result"]["time_left"] < 0.5 for run in done)
+
+
+def test_a_cpu_agent_given_up_on_takes_its_child_process_with_it(
+        api: ApiClient, start_worker: Any) -> None:
+    start_worker("cpu", CPU_QUEUE, 1, pool="prefork")
+    run = api.wait(api.submit("test.cpu.stubborn")["id"], timeout=30)
+    assert run["status"] == "dead_lettered" and run["error"]["type"] == "TimeLimitExceeded"
+    items = api.get(f"/v1/runs/{run['id']}/events").get_json()["items"]
+    child = next(e["data"]["pid"] for e in items if e["data"].get("phase") == "working")
+    # Celery's hard limit ends the child still running it (1 s + 2 x 1 s grace + 10 s here)
+    wait_for(lambda: not psutil.pid_exists(child), timeout=40, what="the child to be ended")
+    done = api.wait(api.submit("test.cpu", {"seconds": 0.1})["id"], timeout=30)
+    assert done["status"] == "succeeded" and done["result"]["pid"] != child

@@ -114,7 +114,8 @@ class Engine:
             return False
         with self._lock:
             self._pending += 1
-        future = asyncio.run_coroutine_threadsafe(self._attempt(run_id, worker), self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._attempt(run_id, worker, linger=wait), self.loop)
         future.add_done_callback(self._ended)
         if wait:
             future.result()
@@ -167,7 +168,10 @@ class Engine:
         """Run ``work`` (an agent's plain step function) in an agent thread."""
         return await self.loop.run_in_executor(self._agents, work)
 
-    async def _attempt(self, run_id: str, worker: str) -> None:
+    async def _attempt(self, run_id: str, worker: str, *, linger: bool = False) -> None:
+        """One attempt, from its claim to its record. With ``linger`` (a prefork child),
+        an agent given up on is waited for still, so that the message's hard time limit
+        kills the child it is running in (its replacement takes the next run)."""
         rt = self._rt
         if not self._open:  # stopping: left queued (the sweeper publishes it again)
             return
@@ -204,6 +208,10 @@ class Engine:
             await self._offload(lambda: dispatch.dispatch(rt, job))
         log.info("run attempt finished",
                  extra=execute.finished_fields(claim, outcome, active.started))
+        if linger and active.work is not None and not active.work.done():
+            log.error("the agent given up on is still running; its process is ended at the "
+                      "run's hard time limit", extra={"run_id": run_id})
+            await asyncio.wait({active.work})
 
     async def _call(self, active: Active, state: SessionState | None) -> Outcome:
         rt, claim = self._rt, active.claim
@@ -244,6 +252,7 @@ class Engine:
                                                                state))
         if active.cancelled.is_set():  # asked to stop before its coroutine existed
             self._interrupt(active)
+        active.work = active.task
         return await asyncio.shield(active.task)
 
     async def _call_sync(self, spec: AgentSpec, active: Active,
@@ -272,7 +281,8 @@ class Engine:
                     active.thread = None
 
         try:
-            return await asyncio.shield(loop.run_in_executor(self._agents, body))
+            active.work = loop.run_in_executor(self._agents, body)
+            return await asyncio.shield(active.work)
         except BaseException as error:  # raised into the thread after the agent returned
             if isinstance(error, asyncio.CancelledError):
                 raise

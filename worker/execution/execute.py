@@ -50,6 +50,7 @@ class Active:
     lock: threading.Lock = field(default_factory=threading.Lock)
     task: asyncio.Task[Any] | None = None  # an async agent's task
     given_up: asyncio.Future[Outcome] | None = None  # set when the engine stops waiting
+    work: asyncio.Future[Any] | None = None  # the agent itself (its task, or its thread's)
 
     @property
     def stopping(self) -> bool:
