@@ -228,13 +228,15 @@ StartWorker = Callable[..., Worker]
 @pytest.fixture
 def crash_worker(env: dict[str, str], services: Services,
                  runtime: Runtime) -> Iterator[StartWorker]:
-    """Start workers that consume only the crash queue; stopped after the test."""
+    """Start workers that consume only the crash queue (or ``queues``); stopped after the
+    test."""
     started: list[Worker] = []
 
-    def start(concurrency: int = 1, pool: str | None = None, **env_overrides: str) -> Worker:
+    def start(concurrency: int = 1, pool: str | None = None, *, queues: str = CRASH_QUEUE,
+              **env_overrides: str) -> Worker:
         name = f"crash{next(_names)}"
         process = Worker(env={**env, **env_overrides}, log=services.root / f"{name}.log",
-                         name=name, concurrency=concurrency, queues=CRASH_QUEUE, pool=pool)
+                         name=name, concurrency=concurrency, queues=queues, pool=pool)
         process.start()
         process.wait_ready(runtime.celery)
         started.append(process)
@@ -242,4 +244,4 @@ def crash_worker(env: dict[str, str], services: Services,
 
     yield start
     for process in started:
-        process.stop(timeout=5)
+        process.stop(timeout=10)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -18,8 +17,8 @@ import redis
 from sqlalchemy import event, select, text
 
 from tests.agents import CRASH_QUEUE, INFLIGHT_QUEUE
-from tests.conftest import ApiClient, Services, StartWorker
-from tests.harness import FakeLLM, Worker, holds, wait_for
+from tests.conftest import ApiClient, StartWorker
+from tests.harness import FakeLLM, holds, wait_for
 from worker.base.models import Run, new_id
 from worker.base.queues import CPU_QUEUE
 from worker.base.runtime import Runtime
@@ -30,27 +29,6 @@ pytestmark = pytest.mark.usefixtures("worker")
 _SLOTS = 100
 _RUNS = 60
 _POOL = 3  # the in-flight worker's AGENTQ_DB_POOL_SIZE
-
-
-@pytest.fixture
-def start_worker(env: dict[str, str], services: Services,
-                 runtime: Runtime) -> Iterator[Any]:
-    """Start a worker on ``queues``; stopped after the test."""
-    started: list[Worker] = []
-
-    def start(name: str, queues: str, concurrency: int, pool: str | None = None,
-              **env_overrides: str) -> Worker:
-        name = f"{name}{len(started) + 1}"
-        process = Worker(env={**env, **env_overrides}, log=services.root / f"{name}.log",
-                         name=name, concurrency=concurrency, queues=queues, pool=pool)
-        process.start()
-        process.wait_ready(runtime.celery)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop(timeout=10)
 
 
 def tries(api: ApiClient, run_id: str) -> list[dict[str, Any]]:
@@ -87,9 +65,9 @@ def test_an_async_agent_awaits_emit_steps_and_the_llm_and_a_retry_skips_finished
 
 
 def test_one_process_holds_many_runs_at_once_on_a_few_connections_and_one_heartbeat(
-        api: ApiClient, runtime: Runtime, start_worker: Any) -> None:
+        api: ApiClient, runtime: Runtime, crash_worker: StartWorker) -> None:
     app_name = new_id("inflight")
-    start_worker("inflight", INFLIGHT_QUEUE, _SLOTS, PGAPPNAME=app_name,
+    crash_worker(_SLOTS, queues=INFLIGHT_QUEUE, PGAPPNAME=app_name,
                  AGENTQ_DB_POOL_SIZE=str(_POOL))
     ids = [api.submit("test.async.sleep", {"seconds": 6})["id"] for _ in range(_RUNS)]
 
@@ -196,16 +174,16 @@ def test_a_full_worker_stops_taking_runs_and_the_queue_holds_the_rest(
 
 
 def test_cpu_agents_run_in_the_cpu_process_children(
-        api: ApiClient, start_worker: Any) -> None:
-    cpu = start_worker("cpu", CPU_QUEUE, 2, pool="prefork")
+        api: ApiClient, crash_worker: StartWorker) -> None:
+    cpu = crash_worker(2, "prefork", queues=CPU_QUEUE)
     done = [api.wait(api.submit("test.cpu", {"seconds": 0.2})["id"]) for _ in range(2)]
     assert [run["status"] for run in done] == ["succeeded"] * 2
     assert cpu.pid not in {run["result"]["pid"] for run in done}  # in a child, not the main
 
 
 def test_sigterm_lets_the_async_runs_held_finish(
-        api: ApiClient, start_worker: Any) -> None:
-    worker = start_worker("drain", INFLIGHT_QUEUE, 10, AGENTQ_SHUTDOWN_GRACE_S="20")
+        api: ApiClient, crash_worker: StartWorker) -> None:
+    worker = crash_worker(10, queues=INFLIGHT_QUEUE, AGENTQ_SHUTDOWN_GRACE_S="20")
     ids = [api.submit("test.async.sleep", {"seconds": 2})["id"] for _ in range(5)]
     for run_id in ids:
         api.wait(run_id, statuses={"running"})
@@ -228,8 +206,8 @@ def test_a_sync_run_waiting_for_a_thread_loses_none_of_its_time(
 
 
 def test_a_cpu_agent_given_up_on_takes_its_child_process_with_it(
-        api: ApiClient, start_worker: Any) -> None:
-    start_worker("cpu", CPU_QUEUE, 1, pool="prefork")
+        api: ApiClient, crash_worker: StartWorker) -> None:
+    crash_worker(1, "prefork", queues=CPU_QUEUE)
     run = api.wait(api.submit("test.cpu.stubborn")["id"], timeout=30)
     assert run["status"] == "dead_lettered" and run["error"]["type"] == "TimeLimitExceeded"
     items = api.get(f"/v1/runs/{run['id']}/events").get_json()["items"]
