@@ -299,16 +299,21 @@ async def async_deaf(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
     await asyncio.sleep(30)
 
 
-@agent("test.async.stubborn")
-async def async_stubborn(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
-    """Swallow every CancelledError, so only giving up on it ends its attempt."""
-    await ctx.emit("working", "not stopping")
-    deadline = time.monotonic() + 30
+async def _swallow_cancels(seconds: float) -> None:
+    """Await for ``seconds``, swallowing every CancelledError (a cancel, a time limit)."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             await asyncio.sleep(0.1)
         except asyncio.CancelledError:
             continue
+
+
+@agent("test.async.stubborn")
+async def async_stubborn(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
+    """Swallow every CancelledError, so only giving up on it ends its attempt."""
+    await ctx.emit("working", "not stopping")
+    await _swallow_cancels(30)
 
 
 @agent("test.async.timeout", timeout_s=1, max_attempts=2)
@@ -324,12 +329,7 @@ async def async_too_slow(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
 @agent("test.async.stubborn_timeout", timeout_s=1, max_attempts=1)
 async def async_stubborn_timeout(ctx: AsyncRunContext, input: dict[str, Any]) -> None:
     """Ignore the time limit (swallow the CancelledError), so only the hard limit ends it."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            await asyncio.sleep(0.1)
-        except asyncio.CancelledError:
-            continue
+    await _swallow_cancels(30)
 
 
 @agent("test.async.llm.four", queue=CRASH_QUEUE, max_attempts=2)
