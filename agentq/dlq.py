@@ -53,7 +53,7 @@ def replay(rt: Runtime, *, run_ids: tuple[str, ...], everything: bool,
                             run_ids)
         for run in chosen:
             store.replay(session, run=run, caps=admission.NONE)  # an operator's: past the caps
-        jobs = [Dispatch(run.id, run.queue, run.timeout_s) for run in chosen]
+        jobs = [Dispatch.of(run) for run in chosen]
     for job in jobs:
         dispatch.dispatch(rt, job)
         click.echo(job.run_id)

@@ -140,7 +140,7 @@ def replay_run(run_id: str) -> None:
         with rt.db.transaction() as session:
             run = store.replay(session, run=_find(session, run_id),
                               caps=admission.NONE)  # an operator's: past the caps
-            job = Dispatch(run.id, run.queue, run.timeout_s)
+            job = Dispatch.of(run)
     except Conflict as conflict:
         raise click.ClickException(str(conflict)) from None
     dispatch.dispatch(rt, job)

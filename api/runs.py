@@ -85,7 +85,7 @@ def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
             return store.replay(session, run=run, caps=caps)
 
     run = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=replay)
-    dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
+    dispatch.dispatch(rt, Dispatch.of(run))
     return jsonify(run_view(run)), 202, {"Location": url_for("runs.get_run", run_id=run.id)}
 
 

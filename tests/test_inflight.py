@@ -195,14 +195,29 @@ def test_sigterm_lets_the_async_runs_held_finish(
     assert all(len(tries(api, run_id)) == 1 for run_id in ids)
 
 
-def test_a_sync_run_waiting_for_a_thread_loses_none_of_its_time(
+def test_a_sync_run_waits_unclaimed_for_a_thread_and_loses_none_of_its_time(
         api: ApiClient, crash_worker: StartWorker) -> None:
-    # Four slots, one agent thread: three 0.6 s runs with 1 s limits wait their turns
+    # Four slots, one agent thread: five 0.6 s runs with 1 s limits wait their turns, 3 s in
+    # all, past any one's limit and hard grace (1 s + 1 s) had it been claimed on arrival
     crash_worker(concurrency=4, AGENTQ_SYNC_AGENT_THREADS="1")
-    ids = [api.submit("test.brief")["id"] for _ in range(3)]
+    ids = [api.submit("test.brief")["id"] for _ in range(5)]
     done = [api.wait(run_id, timeout=30) for run_id in ids]
-    assert [run["status"] for run in done] == ["succeeded"] * 3, done
+    assert [run["status"] for run in done] == ["succeeded"] * 5, done
     assert all(0 < run["result"]["time_left"] < 0.5 for run in done)
+    assert all(len(tries(api, run_id)) == 1 for run_id in ids)
+
+
+def test_an_async_run_is_not_held_up_by_sync_runs_waiting_for_a_thread(
+        api: ApiClient, crash_worker: StartWorker) -> None:
+    crash_worker(4, queues=f"{CRASH_QUEUE},{INFLIGHT_QUEUE}", AGENTQ_SYNC_AGENT_THREADS="1")
+    first, second = (api.submit("test.crash.sleep", {"seconds": 3})["id"] for _ in range(2))
+    api.wait(first, statuses={"running"})
+    quick = api.wait(api.submit("test.async.sleep", {"seconds": 0.1})["id"], timeout=10)
+    assert quick["status"] == "succeeded"
+    assert api.run(first)["status"] == "running"
+    assert api.run(second)["status"] == "queued"  # handed over, but not claimed: no thread
+    assert [api.wait(run_id, timeout=30)["status"] for run_id in (first, second)] == [
+        "succeeded"] * 2
 
 
 def test_a_cpu_agent_given_up_on_takes_its_child_process_with_it(

@@ -42,12 +42,13 @@ def register_tasks(rt: Runtime) -> None:
     # mean "handed over", not "the run succeeded"), and its three Redis publishes were a
     # tenth of a busy worker's CPU. A run's story is in agentq's API and dashboard.
     @rt.celery.task(name=RUN_TASK, bind=True, send_events=False)
-    def run(task: Task, run_id: str) -> None:
-        """Hand an attempt of run ``run_id`` to this process's engine (a no-op if it is
-        not claimable): at once, from a threads pool; to its end, in a prefork child."""
+    def run(task: Task, run_id: str, agent: str | None = None) -> None:
+        """Hand an attempt of run ``run_id`` (of ``agent``: messages published before it
+        was named have none) to this process's engine (a no-op if it is not claimable):
+        at once, from a threads pool; to its end, in a prefork child."""
         engine = Engine.of(rt)
         worker = task.request.hostname or "unknown"
-        if not engine.run(run_id, worker, wait=not handing_off()):
+        if not engine.run(run_id, worker, wait=not handing_off(), agent=agent):
             raise Reject("this worker is stopping", requeue=True)  # another takes it
 
     # No task events (Flower): three Redis publishes per delivery, a sixth of the notifier's

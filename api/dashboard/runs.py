@@ -182,7 +182,7 @@ def _replay(run_ids: list[str]) -> int:
 
     def replay() -> list[Dispatch]:
         with rt.db.transaction() as db:
-            return [Dispatch(run.id, run.queue, run.timeout_s) for run in (
+            return [Dispatch.of(run) for run in (
                 store.replay(db, run=store.get(db, tenant_id=tenant_id, run_id=run_id),
                             caps=caps) for run_id in run_ids)]
 

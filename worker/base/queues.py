@@ -131,9 +131,18 @@ def make_celery(settings: Settings) -> Celery:
 
 @dataclass(frozen=True)
 class Dispatch:
-    """What publishing a run takes: its id, its queue and its time limit."""
+    """What publishing a run takes: its id, its queue, its time limit and its agent (in the
+    message, so a worker can hold back a sync agent's run, unclaimed, until it has a thread
+    free for it)."""
 
     run_id: str
     queue: str
     timeout_s: int
     countdown_s: float | None = None
+    agent: str | None = None
+
+    @classmethod
+    def of(cls, run: Any, *, countdown_s: float | None = None) -> Dispatch:
+        """The dispatch of ``run`` (a ``Run`` or a row with its id, queue, timeout_s and
+        agent)."""
+        return cls(run.id, run.queue, run.timeout_s, countdown_s=countdown_s, agent=run.agent)

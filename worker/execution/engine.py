@@ -10,8 +10,11 @@ engine's loop.
 - ``async def`` agents run on the loop; their ``ctx.llm`` calls share one aiohttp pool.
   The attempt's timeout reaches the agent as ``asyncio.CancelledError`` where it awaits.
 - Plain ``def`` agents run in a bounded pool of threads (``AGENTQ_SYNC_AGENT_THREADS``);
-  their LLM calls are made on the loop too. The timeout is raised into the agent's thread
-  as ``SoftTimeLimitExceeded`` (at its next line of Python: a blocking call finishes first).
+  their LLM calls are made on the loop too. A sync run is claimed only once a thread is
+  free for it (its message names its agent), so its time limits never tick while it waits;
+  as many again wait unclaimed, and past that the worker takes no more messages. The
+  timeout is raised into the agent's thread as ``SoftTimeLimitExceeded`` (at its next
+  line of Python: a blocking call finishes first).
 - What talks to Postgres runs in a few database threads (``AGENTQ_DB_POOL_SIZE``), never
   on the loop, so 500 runs share a pool of connections, not 500 of them.
 - Every attempt's lease is renewed by one statement a heartbeat for all of them.
@@ -32,12 +35,13 @@ import asyncio
 import concurrent.futures
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -84,6 +88,10 @@ class Engine:
         settings = rt.settings
         self.slots = settings.worker_slots
         self._free = threading.Semaphore(settings.worker_slots)
+        # Sync runs handed over: a thread's worth running and as many waiting for a thread.
+        self._sync_taken = threading.Semaphore(2 * settings.sync_agent_threads)
+        self._threads_free = asyncio.Semaphore(settings.sync_agent_threads)
+        self._holding: set[str] = set()  # the runs handed over and not ended
         self._open = True
         self._active: dict[str, Active] = {}
         self._lock = threading.Lock()
@@ -103,28 +111,60 @@ class Engine:
 
     # From Celery's threads -------------------------------------------------------------
 
-    def run(self, run_id: str, worker: str, *, wait: bool) -> bool:
-        """Hold an attempt of ``run_id``, waiting for a free slot; with ``wait``, until the
-        attempt has ended. False (nothing done) once the engine has stopped taking runs."""
-        while not self._free.acquire(timeout=0.5):
-            if not self._open:
-                return False
-        if not self._open:
+    def run(self, run_id: str, worker: str, *, wait: bool, agent: str | None = None) -> bool:
+        """Hold an attempt of ``run_id`` (of ``agent``, if the message says), waiting for a
+        free slot; with ``wait``, until the attempt has ended. False (nothing done) once
+        the engine has stopped taking runs."""
+        sync = self._is_sync(agent)
+        if not self._take(self._free):
+            return False
+        if sync and not self._take(self._sync_taken):
             self._free.release()
             return False
         with self._lock:
-            self._pending += 1
+            again = run_id in self._holding
+            if not again:
+                self._holding.add(run_id)
+                self._pending += 1
+        if again:  # a second message (the sweeper's) for a run held here: it is dropped
+            self._free.release()
+            if sync:
+                self._sync_taken.release()
+            return True
         future = asyncio.run_coroutine_threadsafe(
-            self._attempt(run_id, worker, linger=wait), self.loop)
-        future.add_done_callback(self._ended)
+            self._attempt(run_id, worker, linger=wait, sync=sync), self.loop)
+        future.add_done_callback(functools.partial(self._ended, run_id, sync))
         if wait:
             future.result()
         return True
 
-    def _ended(self, future: concurrent.futures.Future[None]) -> None:
+    def _take(self, free: threading.Semaphore) -> bool:
+        """Wait for one of ``free``; False (none taken) once the engine stops taking runs."""
+        while not free.acquire(timeout=0.5):
+            if not self._open:
+                return False
+        if not self._open:
+            free.release()
+            return False
+        return True
+
+    def _is_sync(self, agent: str | None) -> bool:
+        """Whether ``agent`` is a plain ``def`` agent of this worker's (False if unknown:
+        its claim records the failure)."""
+        if agent is None:
+            return False
+        try:
+            return not self._rt.registry.get(agent).is_async
+        except Exception:
+            return False
+
+    def _ended(self, run_id: str, sync: bool, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
             self._pending -= 1
+            self._holding.discard(run_id)
         self._free.release()
+        if sync:
+            self._sync_taken.release()
         if not future.cancelled() and future.exception() is not None:
             log.error("attempt failed in the engine", exc_info=future.exception())
 
@@ -168,7 +208,20 @@ class Engine:
         """Run ``work`` (an agent's plain step function) in an agent thread."""
         return await self.loop.run_in_executor(self._agents, work)
 
-    async def _attempt(self, run_id: str, worker: str, *, linger: bool = False) -> None:
+    async def _attempt(self, run_id: str, worker: str, *, linger: bool = False,
+                       sync: bool = False) -> None:
+        """One attempt; a ``sync`` agent's once an agent thread is free for it."""
+        if not sync:
+            return await self._claimed(run_id, worker, linger, None)
+        await self._threads_free.acquire()
+        thread = _Thread(self._threads_free)
+        try:
+            await self._claimed(run_id, worker, linger, thread)
+        finally:
+            thread.release_unless_running()
+
+    async def _claimed(self, run_id: str, worker: str, linger: bool,
+                       thread: _Thread | None) -> None:
         """One attempt, from its claim to its record. With ``linger`` (a prefork child),
         an agent given up on is waited for still, so that the message's hard time limit
         kills the child it is running in (its replacement takes the next run)."""
@@ -183,7 +236,7 @@ class Engine:
             return
         if claim is None:
             return
-        active = Active(claim)
+        active = Active(claim, thread_hold=thread)
         with self._lock:
             self._active[claim.run_id] = active
         try:
@@ -204,7 +257,7 @@ class Engine:
         if recorded and outcome.status == RunStatus.RETRYING:
             rt.metrics.inc("agentq_run_retries", agent=claim.agent)
             job = Dispatch(claim.run_id, claim.queue, claim.timeout_s,
-                           countdown_s=outcome.retry_in_s)
+                           countdown_s=outcome.retry_in_s, agent=claim.agent)
             await self._offload(lambda: dispatch.dispatch(rt, job))
         log.info("run attempt finished",
                  extra=execute.finished_fields(claim, outcome, active.started))
@@ -222,8 +275,8 @@ class Engine:
         active.given_up = self.loop.create_future()
         hard: list[asyncio.TimerHandle] = []
 
-        # The hard limit counts from here for every agent, so a sync run waiting for a
-        # thread (all of them stuck in calls that ignore their limits) still ends.
+        # The hard limit counts from here for every agent (a sync one has its thread, unless
+        # its message did not name its agent and it waits for one).
         hard.append(self.loop.call_later(
             claim.timeout_s + rt.settings.hard_timeout_grace_s,
             lambda: self._give_up(active, _overran(rt, claim))))
@@ -282,6 +335,8 @@ class Engine:
 
         try:
             active.work = loop.run_in_executor(self._agents, body)
+            if active.thread_hold is not None:  # the agent thread it waited for is its own
+                active.thread_hold.running(active.work)
             return await asyncio.shield(active.work)
         except BaseException as error:  # raised into the thread after the agent returned
             if isinstance(error, asyncio.CancelledError):
@@ -363,6 +418,29 @@ class Engine:
                                 extra={"run_id": run_id, "attempt": active.claim.attempt})
                 elif live.get(run_id):
                     self._cancel(run_id)
+
+
+class _Thread:
+    """A sync run's hold on one of the agent threads, taken before its claim and given
+    back when the agent's thread is free again (not when the engine gives up on it)."""
+
+    def __init__(self, free: asyncio.Semaphore) -> None:
+        self._free = free
+        self._held = True
+        self._handed = False
+
+    def running(self, work: asyncio.Future[Any]) -> None:
+        self._handed = True
+        work.add_done_callback(lambda _: self._release())
+
+    def release_unless_running(self) -> None:
+        if not self._handed:
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self._free.release()
 
 
 def _overran(rt: Runtime, claim: Claim) -> Outcome:

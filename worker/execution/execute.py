@@ -51,6 +51,7 @@ class Active:
     task: asyncio.Task[Any] | None = None  # an async agent's task
     given_up: asyncio.Future[Outcome] | None = None  # set when the engine stops waiting
     work: asyncio.Future[Any] | None = None  # the agent itself (its task, or its thread's)
+    thread_hold: Any = None  # a sync run's hold on an agent thread (the engine's _Thread)
 
     @property
     def stopping(self) -> bool:

@@ -256,13 +256,13 @@ def due_retries(session: Session, *, grace_s: float, limit: int) -> list[Dispatc
         .where(Run.id.in_(due.scalar_subquery()))
         .values(status=RunStatus.QUEUED, next_attempt_at=None, dispatched_at=None,
                 last_seq=Run.last_seq + 1)
-        .returning(Run.id, Run.queue, Run.timeout_s, Run.attempt, Run.last_seq)
+        .returning(Run.id, Run.queue, Run.timeout_s, Run.agent, Run.attempt, Run.last_seq)
     )
     moved = session.execute(query).all()
     for row in moved:
         events.record(session, run_id=row.id, seq=row.last_seq, type=events.STATUS,
                       data={"status": RunStatus.QUEUED, "attempt": row.attempt})
-    return [Dispatch(row.id, row.queue, row.timeout_s) for row in moved]
+    return [Dispatch.of(row) for row in moved]
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def recover_stale(
             status, error = RunStatus.CANCELLED, _cancelled_error(error)
         _abandon(session, run_id=row.id, attempt=row.attempt, status=status,
                  outcome=outcome, error=error)
-        dispatch = Dispatch(row.id, row.queue, row.timeout_s) \
+        dispatch = Dispatch.of(row) \
             if status == RunStatus.QUEUED else None
         recovered.append(Recovery(row.id, row.agent, status, outcome, dispatch))
     return recovered
@@ -317,7 +317,7 @@ def recover_stale(
 def requeue_interrupted(session: Session, *, run_ids: list[str], worker: str) -> list[Dispatch]:
     """Give back runs a stopping worker could not finish; the attempt does not count."""
     rows = session.execute(
-        select(Run.id, Run.attempt, Run.queue, Run.timeout_s, Run.cancel_requested_at)
+        select(Run.id, Run.attempt, Run.queue, Run.timeout_s, Run.agent, Run.cancel_requested_at)
         .where(Run.id.in_(run_ids), Run.status == RunStatus.RUNNING, Run.worker == worker)
         .with_for_update()
     ).all()
@@ -331,7 +331,7 @@ def requeue_interrupted(session: Session, *, run_ids: list[str], worker: str) ->
             continue
         _abandon(session, run_id=row.id, attempt=row.attempt, status=RunStatus.QUEUED,
                  outcome=AttemptOutcome.CRASHED, error=error, free=True)
-        requeued.append(Dispatch(row.id, row.queue, row.timeout_s))
+        requeued.append(Dispatch.of(row))
     return requeued
 
 

@@ -37,7 +37,8 @@ def publish(rt: Runtime, job: Dispatch) -> bool:
     """
     try:
         rt.celery.send_task(
-            RUN_TASK, args=[job.run_id], queue=job.queue, countdown=job.countdown_s,
+            RUN_TASK, args=[job.run_id], kwargs={"agent": job.agent} if job.agent else None,
+            queue=job.queue, countdown=job.countdown_s,
             time_limit=job.timeout_s + 2 * rt.settings.hard_timeout_grace_s + _BACKSTOP_S,
             retry=True, retry_policy=PUBLISH_RETRY_POLICY,
         )

@@ -95,7 +95,7 @@ def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
     same_session = select(ended.session_id).where(ended.id.in_(run_ids),
                                                   ended.session_id.is_not(None))
     query = (
-        select(Run.id, Run.queue, Run.timeout_s)
+        select(Run.id, Run.queue, Run.timeout_s, Run.agent)
         .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_(None),
                Run.tenant_id.in_(related),
                or_(Run.session_id.in_(same_session), true() if running_cap > 0 else false()),
@@ -103,4 +103,4 @@ def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
         .order_by(Run.id)
         .limit(limit)
     )
-    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+    return [Dispatch.of(row) for row in session.execute(query)]

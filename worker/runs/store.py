@@ -176,7 +176,7 @@ def due_for_dispatch(session: Session, *, grace_s: float, limit: int,
                      running_cap: int = 0) -> list[Dispatch]:
     """Lock and return queued runs whose publish never happened and that may start."""
     query = (
-        select(Run.id, Run.queue, Run.timeout_s)
+        select(Run.id, Run.queue, Run.timeout_s, Run.agent)
         .where(
             Run.status == RunStatus.QUEUED,
             Run.dispatched_at.is_(None),
@@ -188,7 +188,7 @@ def due_for_dispatch(session: Session, *, grace_s: float, limit: int,
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+    return [Dispatch.of(row) for row in session.execute(query)]
 
 
 def published_and_waiting(session: Session) -> dict[str, int]:
@@ -205,14 +205,14 @@ def longest_waiting(session: Session, *, queue: str, older_than_s: float,
                     limit: int) -> list[Dispatch]:
     """Lock and return the queue's runs published longest ago and still not claimed."""
     query = (
-        select(Run.id, Run.queue, Run.timeout_s)
+        select(Run.id, Run.queue, Run.timeout_s, Run.agent)
         .where(Run.status == RunStatus.QUEUED, Run.queue == queue,
                Run.dispatched_at < func.now() - timedelta(seconds=older_than_s))
         .order_by(Run.dispatched_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Dispatch(row.id, row.queue, row.timeout_s) for row in session.execute(query)]
+    return [Dispatch.of(row) for row in session.execute(query)]
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def launch(rt: Runtime, stored: Stored) -> None:
         rt.bus.request_cancel(run_id)
     if stored.ready:
         run = stored.run
-        dispatch.dispatch(rt, Dispatch(run.id, run.queue, run.timeout_s))
+        dispatch.dispatch(rt, Dispatch.of(run))
 
 
 def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
