@@ -1,8 +1,8 @@
 """In-flight capacity: N ``llm.chat`` runs submitted at once against an endpoint that answers
-after 10 s, held by one worker process (the Procfile's ``worker``; its slots,
-AGENTQ_WORKER_SLOTS, raised to the largest N, 2,000, from the default 500).
+after 10 s, held by one worker process: the Procfile's ``worker`` with its defaults
+(AGENTQ_WORKER_SLOTS 2,000, unless ``--slots`` says otherwise).
 
-    python bench/inflight.py [--runs 500,2000] [--delay 10] [--slots 2000]
+    python bench/inflight.py [--runs 500,2000] [--delay 10] [--slots N]
 
 Baseline in the same run: raw asyncio connections making the same N calls to the same
 endpoint (the floor: about the delay, at any N). Figures for each N: the time until every
@@ -133,7 +133,7 @@ class Connections:
         return self.most
 
 
-def measure(counts: list[int], delay_s: float, slots: int,
+def measure(counts: list[int], delay_s: float, slots: int | None,
             processes: int = 1) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="agentq-inflight-") as tmp:
         root = Path(tmp)
@@ -148,7 +148,7 @@ def measure(counts: list[int], delay_s: float, slots: int,
                           settings={"AGENTQ_LLM_BASE_URL": llm_url,
                                     "AGENTQ_LLM_API_KEY": "bench-not-a-secret",
                                     "AGENTQ_LLM_TIMEOUT_S": str(delay_s * 20),
-                                    "AGENTQ_WORKER_SLOTS": str(slots)})
+                                    **({"AGENTQ_WORKER_SLOTS": str(slots)} if slots else {})})
         try:
             workers = [cluster.process(f"worker{i}", procfile_worker(cluster.env, i))
                        for i in range(processes)]
@@ -216,7 +216,7 @@ def figures(quick: bool, counts: tuple[int, ...] = (500, 2000),
             delay_s: float = 10.0, slots: int | None = None,
             processes: int = 1) -> list[Figure]:
     rows = []
-    for result in measure(list(counts), delay_s, slots or max(counts), processes):
+    for result in measure(list(counts), delay_s, slots, processes):
         n = int(result["n"])
         times, rss_mb = TARGETS.get(n, (None, None))
         rows += [
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="500,2000", help="comma-separated counts")
     parser.add_argument("--delay", type=float, default=10.0, help="the endpoint's delay (s)")
     parser.add_argument("--slots", type=int, default=None,
-                        help="the worker's AGENTQ_WORKER_SLOTS (default: the largest N)")
+                        help="the worker's AGENTQ_WORKER_SLOTS (default: its own default)")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     args = parser.parse_args(argv)
     counts = tuple(int(n) for n in args.runs.split(","))

@@ -87,3 +87,30 @@ def test_a_finished_run_cannot_be_claimed_again(runtime: Runtime, tenant: Tenant
         attempts.finish(session, claim=held, outcome=attempts.Outcome(
             RunStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=1))
     assert claim(runtime, run_id, "again") is None
+
+
+def test_many_claims_in_one_statement_each_win_once_and_keep_a_sessions_order(
+        runtime: Runtime, tenant: Tenant) -> None:
+    loose = [make_run(runtime, tenant) for _ in range(3)]
+    new = store.NewRun(agent="echo", input={}, timeout_s=30, max_attempts=3,
+                       queue="runs.normal", session_id="ses_claim_many")
+    with runtime.db.transaction() as session:
+        first, second = (store.create(session, tenant_id=tenant.id, new=new).id
+                         for _ in range(2))
+    ids = [*loose, second, first, loose[0]]  # a later run of a session, a duplicate
+    with ThreadPoolExecutor(4) as pool:  # four workers claiming the same runs at once
+        batches = list(pool.map(lambda i: _claim_many(runtime, ids, f"w{i}"), range(4)))
+    won = [run_id for batch in batches for run_id in batch]
+    assert sorted(won) == sorted([*loose, first])  # each once; the session's second waits
+    for batch in batches:
+        for run_id, held in batch.items():
+            assert held.run_id == run_id and held.attempt == 1 and held.epoch == 1
+    with runtime.db.autocommit() as session:
+        seqs = session.scalars(select(RunEvent.seq).where(RunEvent.run_id == first)
+                               .order_by(RunEvent.seq)).all()
+    assert seqs == [1, 2]  # queued, then running: one status event for the one claim
+
+
+def _claim_many(runtime: Runtime, run_ids: list[str], worker: str) -> dict[str, attempts.Claim]:
+    with runtime.db.autocommit() as session:
+        return attempts.claim_many(session, run_ids=run_ids, worker=worker)

@@ -83,7 +83,7 @@ class Settings(DatabaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # A worker process holds this many attempts at once (worker.execution.engine); plain
     # ``def`` agents among them run in at most this many threads.
-    worker_slots: int = Field(default=500, ge=1, le=100_000)
+    worker_slots: int = Field(default=2000, ge=1, le=100_000)
     sync_agent_threads: int = Field(default=64, ge=1, le=10_000)
     # A running attempt asked to stop has this long before the worker terminates it.
     cancel_grace_s: float = Field(default=10.0, ge=0)

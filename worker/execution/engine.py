@@ -61,6 +61,7 @@ log = logging.getLogger("agentq.engine")
 
 T = TypeVar("T")
 _INTERRUPT_PATIENCE_S = 2.0  # after an interrupt, how long before the engine gives up
+_CLAIM_BATCH = 200  # runs claimed in one statement at most
 _handing_off = False  # this process is a worker whose pool threads hand runs over
 
 
@@ -92,6 +93,9 @@ class Engine:
         self._sync_taken = threading.Semaphore(2 * settings.sync_agent_threads)
         self._threads_free = asyncio.Semaphore(settings.sync_agent_threads)
         self._holding: set[str] = set()  # the runs handed over and not ended
+        # Claims waiting for the claimer: many runs' claims in one statement.
+        self._to_claim: list[tuple[str, str, asyncio.Future[Claim | None]]] = []
+        self._claimer: asyncio.Future[None] | None = None
         self._open = True
         self._active: dict[str, Active] = {}
         self._lock = threading.Lock()
@@ -229,7 +233,7 @@ class Engine:
         if not self._open:  # stopping: left queued (the sweeper publishes it again)
             return
         try:
-            claim = await self._offload(lambda: execute.claim(rt, run_id=run_id, worker=worker))
+            claim = await self._claim(run_id, worker)
         except (OperationalError, InterfaceError) as error:  # the sweeper dispatches it again
             log.warning("run not claimed: the database is unavailable",
                         extra={"run_id": run_id, "error": type(error).__name__})
@@ -265,6 +269,43 @@ class Engine:
             log.error("the agent given up on is still running; its process is ended at the "
                       "run's hard time limit", extra={"run_id": run_id})
             await asyncio.wait({active.work})
+
+    async def _claim(self, run_id: str, worker: str) -> Claim | None:
+        """Claim the run: with the claims of every other run that arrived while the last
+        claims were being written, in one statement (one run's alone when it is quiet)."""
+        rt = self._rt
+        if rt.settings.tenant_max_running:  # counted under a lock, one claim at a time
+            return await self._offload(lambda: execute.claim(rt, run_id=run_id, worker=worker))
+        claimed: asyncio.Future[Claim | None] = self.loop.create_future()
+        self._to_claim.append((run_id, worker, claimed))
+        if self._claimer is None:
+            self._claimer = asyncio.ensure_future(self._claim_waiting())
+        return await claimed
+
+    async def _claim_waiting(self) -> None:
+        rt = self._rt
+        try:
+            while self._to_claim:
+                batch, self._to_claim = (self._to_claim[:_CLAIM_BATCH],
+                                         self._to_claim[_CLAIM_BATCH:])
+                by_worker: dict[str, list[str]] = {}
+                for run_id, worker, _ in batch:
+                    by_worker.setdefault(worker, []).append(run_id)
+                claims: dict[str, Claim] = {}
+                try:
+                    for worker, run_ids in by_worker.items():
+                        claims.update(await self._offload(functools.partial(
+                            execute.claim_many, rt, run_ids=run_ids, worker=worker)))
+                except Exception as error:  # each waiting attempt hears of it
+                    for _, _, claimed in batch:
+                        if not claimed.done():
+                            claimed.set_exception(error)
+                    continue
+                for run_id, _, claimed in batch:
+                    if not claimed.done():
+                        claimed.set_result(claims.get(run_id))
+        finally:
+            self._claimer = None
 
     async def _call(self, active: Active, state: SessionState | None) -> Outcome:
         rt, claim = self._rt, active.claim

@@ -64,12 +64,26 @@ def claim(rt: Runtime, *, run_id: str, worker: str) -> Claim | None:
     # One atomic statement, unless a running cap needs its lock held for a transaction.
     with (rt.db.transaction() if cap else rt.db.autocommit()) as session:
         claimed = attempts.claim(session, run_id=run_id, worker=worker, running_cap=cap)
+    _claimed(rt, run_id, claimed)
+    return claimed
+
+
+def claim_many(rt: Runtime, *, run_ids: list[str], worker: str) -> dict[str, Claim]:
+    """``claim`` for many runs, in one statement (no running cap configured)."""
+    assert not rt.settings.tenant_max_running
+    with rt.db.autocommit() as session:
+        claims = attempts.claim_many(session, run_ids=run_ids, worker=worker)
+    for run_id in run_ids:
+        _claimed(rt, run_id, claims.get(run_id))
+    return claims
+
+
+def _claimed(rt: Runtime, run_id: str, claimed: Claim | None) -> None:
     if claimed is None:
         log.info("run not claimable, message dropped", extra={"run_id": run_id})
     elif claimed.attempt == 1:
         rt.metrics.observe("agentq_run_queue_wait_seconds", claimed.waited_s,
                            agent=claimed.agent)
-    return claimed
 
 
 @dataclass

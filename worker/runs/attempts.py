@@ -67,13 +67,14 @@ _ENDED = ", ".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
 # The claim, its attempt row and its status event in one statement: atomic even without a
 # transaction, and one round trip (a hot path: every attempt). The conditions are those of
 # worker.readiness: claimable, the session's earlier runs ended, the tenant under its cap.
-_CLAIM = text("""
+# :targets names the runs: one (:run_id), or many at once (claim_many, with no cap).
+_CLAIM_SQL = """
     WITH claimed AS (
         UPDATE runs SET status = 'running', attempt = attempt + 1,
             lease_epoch = lease_epoch + 1, worker = :worker,
             started_at = coalesce(started_at, now()), heartbeat_at = now(),
             next_attempt_at = NULL, last_seq = last_seq + 1
-        WHERE id = :run_id
+        WHERE :targets
           AND (status = 'queued' OR (status = 'retrying' AND next_attempt_at <= now()))
           AND (session_id IS NULL OR NOT EXISTS (
                 SELECT 1 FROM runs AS earlier
@@ -95,12 +96,15 @@ _CLAIM = text("""
         SELECT id, last_seq, 'status',
                jsonb_build_object('status', 'running', 'attempt', attempt)
         FROM claimed
-        RETURNING at
+        RETURNING run_id, at
     )
     SELECT claimed.*, status_event.at AS event_at,
            EXISTS (SELECT 1 FROM run_steps WHERE run_steps.run_id = claimed.id) AS has_steps
-    FROM claimed, status_event WHERE EXISTS (SELECT 1 FROM attempt_row)
-""".replace(":ended_statuses", _ENDED))  # constants only
+    FROM claimed JOIN status_event ON status_event.run_id = claimed.id
+    JOIN attempt_row ON attempt_row.run_id = claimed.id
+""".replace(":ended_statuses", _ENDED)  # constants only
+_CLAIM = text(_CLAIM_SQL.replace(":targets", "id = :run_id"))
+_CLAIM_MANY = text(_CLAIM_SQL.replace(":targets", "id = ANY(:run_ids)"))
 
 # The outcome: the run, its attempt and its status event in one statement, returning the
 # run as it now stands and, if it ended, the tenant's endpoints that want to hear of it.
@@ -153,17 +157,37 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
     row = session.execute(_CLAIM, {"run_id": run_id, "worker": worker,
                                    "cap": running_cap}).one_or_none()
     if row is None:
-        # Held back (or a duplicate message): a held-back run waits to be dispatched again.
+        _held_back(session, [run_id])
+        return None
+    return _claimed(session, row, worker)
+
+
+def claim_many(session: Session, *, run_ids: list[str], worker: str) -> dict[str, Claim]:
+    """``claim`` for many runs in one statement (with no running cap: a cap counts the
+    tenant's running runs one claim at a time); the runs claimed, by id."""
+    rows = session.execute(_CLAIM_MANY, {"run_ids": run_ids, "worker": worker,
+                                         "cap": 0}).all()
+    claims = {row.id: _claimed(session, row, worker) for row in rows}
+    _held_back(session, [run_id for run_id in run_ids if run_id not in claims])
+    return claims
+
+
+def _held_back(session: Session, run_ids: list[str]) -> None:
+    """Runs not claimed (held back, or a duplicate message): a held-back run waits to be
+    dispatched again."""
+    if run_ids:
         session.execute(update(Run)
-                        .where(Run.id == run_id, Run.status == RunStatus.QUEUED,
+                        .where(Run.id.in_(run_ids), Run.status == RunStatus.QUEUED,
                                Run.dispatched_at.is_not(None))
                         .values(dispatched_at=None))
-        return None
+
+
+def _claimed(session: Session, row: Any, worker: str) -> Claim:
     events.remember(session, events.Event(
-        run_id, row.last_seq, events.STATUS,
+        row.id, row.last_seq, events.STATUS,
         {"status": RunStatus.RUNNING.value, "attempt": row.attempt}, row.event_at))
     return Claim(
-        run_id=run_id, tenant_id=row.tenant_id, agent=row.agent, input=row.input,
+        run_id=row.id, tenant_id=row.tenant_id, agent=row.agent, input=row.input,
         attempt=row.attempt, max_attempts=row.max_attempts, free_attempts=row.free_attempts,
         epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
         session_id=row.session_id, request_id=row.request_id, worker=worker,
