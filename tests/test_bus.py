@@ -14,7 +14,7 @@ from worker.runs.events import Event
 def test_watchers_arriving_at_once_all_hear_their_runs(services: Services) -> None:
     """Many streams opening together on a fresh hub: every channel must be subscribed on
     the one connection the hub reads (a second connection's messages are never read)."""
-    hub, bus = Hub(services.redis_url), Bus(services.redis_url)
+    hub, bus = Hub(services.redis_url, 5.0), Bus(services.redis_url)
     runs = [new_id("run") for _ in range(40)]
     start, heard = threading.Barrier(len(runs)), dict.fromkeys(runs, False)
 

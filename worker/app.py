@@ -27,7 +27,8 @@ from worker.runs import lifecycle, sweeper
 
 def build_runtime(settings: Settings) -> Runtime:
     """Build a runtime; nothing connects until first used (safe before ``fork``)."""
-    rt = Runtime(settings=settings, bus=Bus(settings.redis_url),
+    rt = Runtime(settings=settings,
+                 bus=Bus(settings.redis_url, timeout_s=settings.dependency_timeout_s),
                  registry=load_agents(settings.agents), celery=make_celery(settings))
     rt.db.on_commit(before=functools.partial(lifecycle.before_commit, rt),
                     after=functools.partial(lifecycle.after_commit, rt))
@@ -49,7 +50,8 @@ def register_tasks(rt: Runtime) -> None:
         engine = Engine.of(rt)
         worker = task.request.hostname or "unknown"
         if not engine.run(run_id, worker, wait=not handing_off(), agent=agent):
-            raise Reject("this worker is stopping", requeue=True)  # another takes it
+            # Stopping, or cut off from Postgres: back to the queue, for another worker
+            raise Reject("this worker cannot take runs now", requeue=True)
 
     # No task events (Flower): three Redis publishes per delivery, a sixth of the notifier's
     # CPU; a delivery's attempts are in the database and in agentq_deliveries instead.

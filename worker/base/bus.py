@@ -24,7 +24,9 @@ from datetime import datetime
 from typing import Any
 
 import redis
+import redis.client
 
+from worker.base import breakers
 from worker.base.event import Event
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,42 @@ _PUBLISH_BACKLOG = 100_000  # announcements waiting for the publisher thread (th
 _PUBLISH_BATCH = 500  # announcements in one pipeline at most
 
 
-def _client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                health_check_interval=30)
+class _Guarded(redis.Redis):
+    """A Redis client whose commands and pipelines go through its server's breaker
+    (``worker.base.breakers``): while Redis is known not to answer, they fail at once."""
+
+    breaker: Any = None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        return breakers.call(self.breaker, lambda: super(_Guarded, self).execute_command(
+            *args, **options))
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = _GuardedPipeline(self.connection_pool, self.response_callbacks, transaction,
+                                shard_hint)
+        pipe.breaker = self.breaker
+        return pipe
+
+
+class _GuardedPipeline(redis.client.Pipeline):
+    breaker: Any = None
+
+    def execute(self, raise_on_error: bool = True) -> Any:
+        return breakers.call(self.breaker, lambda: super(_GuardedPipeline, self).execute(
+            raise_on_error))
+
+
+def _client(redis_url: str, timeout_s: float, *, guarded: bool = False) -> redis.Redis:
+    """A client whose every call ends within ``timeout_s`` (a link that hangs included)."""
+    options: dict[str, Any] = {"socket_timeout": timeout_s,
+                               "socket_connect_timeout": min(2.0, timeout_s),
+                               "socket_keepalive": True, "health_check_interval": 30}
+    if not guarded:
+        return redis.Redis.from_url(redis_url, **options)
+    client = _Guarded.from_url(redis_url, **options)
+    assert isinstance(client, _Guarded)
+    client.breaker = breakers.of(redis_url, reset_s=timeout_s)
+    return client
 
 
 def encode(event: Event) -> str:
@@ -57,9 +92,10 @@ def decode(payload: bytes | str) -> Event:
 class Bus:
     """Publish committed events and cancel requests; never raises on Redis trouble."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, *, timeout_s: float = 5.0) -> None:
         self.redis_url = redis_url
-        self.redis = _client(redis_url)
+        self.timeout_s = timeout_s
+        self.redis = _client(redis_url, timeout_s, guarded=True)
         self._hub: Hub | None = None
         self._hub_lock = threading.Lock()
         self._outgoing: queue.Queue[list[tuple[str, str]]] | None = None
@@ -132,7 +168,7 @@ class Bus:
         """This process's hub (made on first use, and again after a fork)."""
         with self._hub_lock:  # two at once would make two hubs, each with its connection
             if self._hub is None or self._hub.pid != os.getpid():
-                self._hub = Hub(self.redis_url)
+                self._hub = Hub(self.redis_url, self.timeout_s)
             return self._hub
 
 
@@ -168,9 +204,9 @@ class Watch:
 class Hub:
     """One pub/sub connection per process, shared by every watcher in it."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, timeout_s: float) -> None:
         self.pid = os.getpid()
-        self._pubsub = _client(redis_url).pubsub()
+        self._pubsub = _client(redis_url, timeout_s).pubsub()
         self._lock = threading.Lock()
         # redis-py's PubSub is not safe to share: two first subscribes at once open two
         # connections, and the one not kept is never read. One (un)subscribe at a time.
@@ -292,8 +328,9 @@ class Hub:
 class CancelListener:
     """A worker process's one subscription to cancel requests (``agentq:cancel:*``)."""
 
-    def __init__(self, redis_url: str, on_cancel: Callable[[str], None]) -> None:
-        self._pubsub = _client(redis_url).pubsub(ignore_subscribe_messages=True)
+    def __init__(self, redis_url: str, on_cancel: Callable[[str], None], *,
+                 timeout_s: float = 5.0) -> None:
+        self._pubsub = _client(redis_url, timeout_s).pubsub(ignore_subscribe_messages=True)
         self._on_cancel = on_cancel
         threading.Thread(target=self._listen, name="agentq-cancels", daemon=True).start()
 

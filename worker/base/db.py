@@ -1,7 +1,17 @@
-"""Connections to Postgres: one engine per process, transactions owned by the caller."""
+"""Connections to Postgres: one engine per process, transactions owned by the caller.
+
+Every call has a deadline, ``AGENTQ_DEPENDENCY_TIMEOUT_S`` (``bounds``): connecting, and
+each wait for the server (a statement, a fetch, a commit) on a ``BoundedConnection``, which
+closes a connection the server has not answered in time (a link that hangs sends no reset:
+without this a read waits for the OS's two-hour keepalive). The server cancels a statement
+running a second short of it (``statement_timeout``), so a slow query fails cleanly and
+keeps its connection; it ends a session idle in a transaction for longer (a client cut off
+holding locks), and TCP keepalives notice a dead peer within about the same bound.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import select
 from collections.abc import Callable, Iterator, Mapping
@@ -54,13 +64,21 @@ class Database:
             s.database_url,
             pool_size=s.db_pool_size,
             max_overflow=s.db_pool_size,
-            pool_timeout=10,
+            pool_timeout=s.dependency_timeout_s,
             pool_recycle=1800,
-            connect_args={"connect_timeout": s.db_connect_timeout_s},
+            connect_args=bounds(s),
             # Bound values hold secrets (signing secrets, tokens, inputs): never in an
             # error's message, so never in a log line or traceback.
             hide_parameters=True,
         )
+        wait_s = s.dependency_timeout_s
+
+        @event.listens_for(self._engine, "do_connect")
+        def connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+            connection = BoundedConnection.connect(*cargs, **cparams)
+            connection.wait_timeout_s = wait_s
+            return connection
+
         event.listen(self._engine, "checkout", _refuse_closed)
         # The same pool; each connection it lends is in autocommit until it comes back.
         self._autocommit_engine = self._engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -133,6 +151,44 @@ class Database:
         if self._engine is not None:
             self._engine.dispose(close=self._pid == os.getpid())
         self._engine = None
+
+
+def bounds(settings: DatabaseSettings) -> dict[str, Any]:
+    """libpq's connection parameters that bound connecting, statements, idle transactions
+    and dead peers by ``AGENTQ_DEPENDENCY_TIMEOUT_S``."""
+    bound = settings.dependency_timeout_s
+    statement_ms = int(max(bound - 1, bound / 2) * 1000)
+    return {
+        "connect_timeout": max(1, math.ceil(min(settings.db_connect_timeout_s, bound))),
+        "options": f"-c statement_timeout={statement_ms} "
+                   f"-c idle_in_transaction_session_timeout={int(bound * 6 * 1000)}",
+        "keepalives": 1,
+        "keepalives_idle": max(1, math.ceil(bound)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(bound * 2 * 1000),
+    }
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server ends within
+    ``wait_timeout_s``: past it, the connection is closed (it is mid-protocol, so of no
+    further use) and ``psycopg.OperationalError`` raised, which SQLAlchemy takes for a
+    disconnect (the pool drops the connection)."""
+
+    wait_timeout_s: float | None = None
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        bound = timeout if timeout is not None else self.wait_timeout_s
+        try:
+            return super().wait(gen, interval, bound)
+        except psycopg.OperationalError as error:
+            if timeout is not None or type(error).__name__ != "_WaitTimeout":
+                raise  # psycopg's own bounded waits (its cancel) handle theirs
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"Postgres did not answer within {bound:g} s (AGENTQ_DEPENDENCY_TIMEOUT_S); "
+                "the connection is closed") from None
 
 
 def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:

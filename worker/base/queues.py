@@ -29,7 +29,7 @@ NOTIFY_QUEUE = "notify"
 CPU_QUEUE = "cpu"  # CPU-bound agents: served by a prefork worker (the Procfile's cpu)
 
 # Publishing must not hang a request: a few quick tries, then the outbox takes over.
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
                         "interval_max": 0.5}
 
 
@@ -90,7 +90,11 @@ def make_celery(settings: Settings) -> Celery:
             # Longer than the longest run allowed, so Redis never hands a running run's
             # message to a second worker (issue: redelivery after visibility timeout).
             "visibility_timeout": settings.visibility_timeout_s,
-            "socket_connect_timeout": 5,
+            # A publish is two tries at most (PUBLISH_RETRY_POLICY): within the dependency
+            # timeout in all, even when the link hangs.
+            "socket_connect_timeout": min(5.0, settings.dependency_timeout_s / 2),
+            "socket_timeout": settings.dependency_timeout_s / 2,
+            "socket_keepalive": True,
         },
         task_serializer="json",
         result_serializer="json",

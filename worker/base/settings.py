@@ -53,6 +53,9 @@ class DatabaseSettings(BaseSettings):
     database_url: str = Field(validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     db_pool_size: int = Field(default=10, ge=1)
     db_connect_timeout_s: int = Field(default=3, ge=1)
+    # The bound on every call to Postgres, Redis and the broker, in every process: a link
+    # that hangs (no reset, no answer) fails the call within it (worker.base.db, bus, queues).
+    dependency_timeout_s: float = Field(default=5.0, ge=0.5, le=300)
 
     @field_validator("database_url")
     @classmethod

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker.agents import AgentSpec
@@ -62,6 +63,7 @@ log = logging.getLogger("agentq.engine")
 T = TypeVar("T")
 _INTERRUPT_PATIENCE_S = 2.0  # after an interrupt, how long before the engine gives up
 _CLAIM_BATCH = 200  # runs claimed in one statement at most
+_DB_DOWN_PAUSE_S = 1.0  # while Postgres is unreachable: between probes, before a requeue
 _handing_off = False  # this process is a worker whose pool threads hand runs over
 
 
@@ -96,6 +98,10 @@ class Engine:
         # Claims waiting for the claimer: many runs' claims in one statement.
         self._to_claim: list[tuple[str, str, asyncio.Future[Claim | None]]] = []
         self._claimer: asyncio.Future[None] | None = None
+        # Postgres did not answer a claim: take no runs (they go back to the queue, for
+        # other workers) until a probe reaches it again.
+        self._db_down = False
+        self._probe: asyncio.Future[None] | None = None
         self._open = True
         self._active: dict[str, Active] = {}
         self._lock = threading.Lock()
@@ -111,7 +117,7 @@ class Engine:
         threading.Thread(target=self.loop.run_forever, name="agentq-engine",
                          daemon=True).start()
         asyncio.run_coroutine_threadsafe(self._beat(), self.loop)
-        CancelListener(settings.redis_url, self.cancel)
+        CancelListener(settings.redis_url, self.cancel, timeout_s=settings.dependency_timeout_s)
 
     # From Celery's threads -------------------------------------------------------------
 
@@ -119,6 +125,9 @@ class Engine:
         """Hold an attempt of ``run_id`` (of ``agent``, if the message says), waiting for a
         free slot; with ``wait``, until the attempt has ended. False (nothing done) once
         the engine has stopped taking runs."""
+        if self._db_down:  # back to the queue, for a worker that reaches Postgres
+            time.sleep(_DB_DOWN_PAUSE_S)
+            return False
         sync = self._is_sync(agent)
         if not self._take(self._free):
             return False
@@ -237,6 +246,7 @@ class Engine:
         except (OperationalError, InterfaceError) as error:  # the sweeper dispatches it again
             log.warning("run not claimed: the database is unavailable",
                         extra={"run_id": run_id, "error": type(error).__name__})
+            self._database_down()
             return
         if claim is None:
             return
@@ -306,6 +316,32 @@ class Engine:
                         claimed.set_result(claims.get(run_id))
         finally:
             self._claimer = None
+
+    def _database_down(self) -> None:
+        """Take no runs until Postgres answers again (a probe every second)."""
+        if self._db_down:
+            return
+        self._db_down = True
+        log.warning("the database is unreachable; this worker takes no runs until it answers")
+        self._probe = asyncio.ensure_future(self._probe_database())
+
+    async def _probe_database(self) -> None:
+        rt = self._rt
+
+        def probe() -> None:
+            with rt.db.autocommit() as session:
+                session.execute(text("SELECT 1"))
+
+        while True:
+            await asyncio.sleep(_DB_DOWN_PAUSE_S)
+            try:
+                await self._offload(probe)
+            except Exception as error:  # still unreachable (each try is bounded)
+                log.debug("database probe failed", extra={"error": type(error).__name__})
+                continue
+            self._db_down = False
+            log.warning("the database answers again; this worker takes runs")
+            return
 
     async def _call(self, active: Active, state: SessionState | None) -> Outcome:
         rt, claim = self._rt, active.claim

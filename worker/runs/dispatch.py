@@ -18,6 +18,7 @@ import time
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from worker.base import breakers
 from worker.base.queues import PUBLISH_RETRY_POLICY, RUN_TASK, Dispatch, declare_queue
 from worker.base.runtime import Runtime
 
@@ -35,13 +36,20 @@ def publish(rt: Runtime, job: Dispatch) -> bool:
     backstop for a prefork worker only (it kills a child that is somehow still running a
     while after the engine gave up on its attempt).
     """
-    try:
+    settings = rt.settings
+
+    def send() -> None:
         rt.celery.send_task(
             RUN_TASK, args=[job.run_id], kwargs={"agent": job.agent} if job.agent else None,
             queue=job.queue, countdown=job.countdown_s,
-            time_limit=job.timeout_s + 2 * rt.settings.hard_timeout_grace_s + _BACKSTOP_S,
+            time_limit=job.timeout_s + 2 * settings.hard_timeout_grace_s + _BACKSTOP_S,
             retry=True, retry_policy=PUBLISH_RETRY_POLICY,
         )
+
+    # Through the broker's breaker: while it is known not to answer, "not sent" at once.
+    broker = breakers.of(settings.celery_broker_url, reset_s=settings.dependency_timeout_s)
+    try:
+        breakers.call(broker, send)
     except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"
         log.warning("publish failed; the sweeper will retry",
                     extra={"run_id": job.run_id, "error": f"{type(error).__name__}: {error}"})
@@ -105,7 +113,11 @@ class Marker:
 
 def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:
     """Publish each job; return the ids that reached the broker."""
-    sent = [job.run_id for job in jobs if publish(rt, job)]
+    sent = []
+    for job in jobs:
+        if not publish(rt, job):
+            break  # the broker is not answering: the rest wait for the next sweep
+        sent.append(job.run_id)
     for run_id in sent:
         log.info("run dispatched by the sweeper", extra={"run_id": run_id, "reason": reason})
     return sent

@@ -1,0 +1,215 @@
+"""Partitions: a link between one process and Postgres or Redis hangs (no reset), then heals.
+
+Each test puts a ``Link`` (tests.partition) between a process of its own and the session's
+Postgres or Redis, cuts it, and checks what the process promises while it hangs and after
+the heal: a bounded, truthful answer; every run ending once; no event seq doubled or
+skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import ApiClient, Services, StartWorker, Tenant
+from tests.harness import ApiServer, wait_for
+from tests.partition import Link
+from worker.base.models import Run, RunAttempt, RunEvent
+from worker.base.runtime import Runtime
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
+
+# The cut API's bound on every call to a dependency (AGENTQ_DEPENDENCY_TIMEOUT_S): an answer
+# comes within it and a little more (the request's own work, a loaded machine).
+_BOUND_S = 3.0
+_SLACK_S = 2.5
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
+
+
+@pytest.fixture
+def pg_link(services: Services) -> Iterator[Link]:
+    with Link(_port(services.database_url)) as link:
+        yield link
+
+
+@pytest.fixture
+def redis_link(services: Services) -> Iterator[Link]:
+    with Link(_port(services.redis_url)) as link:
+        yield link
+
+
+def _api(env: dict[str, str], services: Services, name: str, **overrides: str) -> ApiServer:
+    server = ApiServer(env={**env, "AGENTQ_DEPENDENCY_TIMEOUT_S": str(_BOUND_S), **overrides},
+                       log=services.root / f"{name}.log")
+    server.start()
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture
+def api_cut_from_pg(env: dict[str, str], services: Services,
+                    pg_link: Link) -> Iterator[ApiServer]:
+    server = _api(env, services, "api-pg-link", DATABASE_URL=pg_link.url(services.database_url))
+    yield server
+    pg_link.heal()
+    server.stop()
+
+
+@pytest.fixture
+def api_cut_from_redis(env: dict[str, str], services: Services,
+                       redis_link: Link) -> Iterator[ApiServer]:
+    server = _api(env, services, "api-redis-link", REDIS_URL=redis_link.url(services.redis_url))
+    yield server
+    redis_link.heal()
+    server.stop()
+
+
+def _client(server: ApiServer, tenant: Tenant) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=30,
+                        headers={"Authorization": f"Bearer {tenant.key}"})
+
+
+def _timed(call: object, *args: object, **kwargs: object) -> tuple[httpx.Response, float]:
+    began = time.monotonic()
+    response = call(*args, **kwargs)  # type: ignore[operator]
+    return response, time.monotonic() - began
+
+
+def _submit(client: httpx.Client, **fields: object) -> tuple[httpx.Response, float]:
+    return _timed(client.post, "/v1/runs", json={"agent": "echo", "input": {"n": 1}, **fields})
+
+
+def assert_ledger(runtime: Runtime, run_ids: list[str]) -> None:
+    """Each run succeeded once, on one attempt, and its events' seqs run 1..n."""
+    with runtime.db.autocommit() as session:
+        runs = {run.id: run for run in session.scalars(select(Run).where(Run.id.in_(run_ids)))}
+        tries = dict(session.execute(
+            select(RunAttempt.run_id, func.count()).where(RunAttempt.run_id.in_(run_ids))
+            .group_by(RunAttempt.run_id)).all())
+        seqs: dict[str, list[int]] = {}
+        for run_id, seq in session.execute(
+                select(RunEvent.run_id, RunEvent.seq).where(RunEvent.run_id.in_(run_ids))
+                .order_by(RunEvent.run_id, RunEvent.seq)):
+            seqs.setdefault(run_id, []).append(seq)
+    assert sorted(runs) == sorted(run_ids)
+    assert {run.status for run in runs.values()} == {"succeeded"}, {
+        run_id: run.status for run_id, run in runs.items()}
+    assert set(tries.values()) == {1}, tries
+    for run_id, got in seqs.items():
+        assert got == list(range(1, len(got) + 1)), (run_id, got)
+
+
+def _wait_succeeded(runtime: Runtime, run_ids: list[str], timeout: float = 60) -> None:
+    def ended() -> bool:
+        with runtime.db.autocommit() as session:
+            return session.scalar(select(func.count()).select_from(Run).where(
+                Run.id.in_(run_ids), Run.status == "succeeded")) == len(run_ids)
+
+    wait_for(ended, timeout=timeout, what="the runs to succeed")
+
+
+def test_the_api_cut_from_postgres_answers_503_within_the_bound_and_recovers(
+        api_cut_from_pg: ApiServer, pg_link: Link, tenant: Tenant, runtime: Runtime) -> None:
+    with _client(api_cut_from_pg, tenant) as client:
+        before, _ = _submit(client)
+        assert before.status_code == 202, before.text
+        pg_link.cut()
+        for _ in range(3):  # the first finds its connection hung; the next ones too
+            response, took = _submit(client)
+            assert response.status_code == 503, response.text
+            assert took < _BOUND_S + _SLACK_S, took
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert int(response.headers["retry-after"]) >= 1
+        health, took = _timed(client.get, "/health")
+        assert health.status_code == 503 and took < _BOUND_S + _SLACK_S, (health.text, took)
+        assert health.json()["checks"]["database"]["ok"] is False, health.json()
+        pg_link.heal()
+        after: list[str] = []
+
+        def accepted() -> bool:
+            response, _ = _submit(client)
+            if response.status_code == 202:
+                after.append(response.json()["id"])
+            return bool(after)
+
+        wait_for(accepted, timeout=_BOUND_S * 4, what="the API to take runs after the heal")
+    _wait_succeeded(runtime, [before.json()["id"], *after])
+    assert_ledger(runtime, [before.json()["id"], *after])
+
+
+def test_the_api_cut_from_redis_accepts_runs_at_once_and_the_sweeper_starts_them(
+        api_cut_from_redis: ApiServer, redis_link: Link, tenant: Tenant,
+        runtime: Runtime) -> None:
+    with _client(api_cut_from_redis, tenant) as client:
+        redis_link.cut()
+        accepted = []
+        for _ in range(3):
+            response, took = _submit(client)
+            assert response.status_code == 202, response.text
+            assert took < _BOUND_S + _SLACK_S, took
+            accepted.append(response.json()["id"])
+        health, took = _timed(client.get, "/health")
+        assert health.status_code == 503 and took < 2 * _BOUND_S + _SLACK_S, (health.text, took)
+        assert health.json()["checks"]["broker"]["ok"] is False, health.json()
+        # Committed before the publish: the session worker's sweeper publishes them
+        _wait_succeeded(runtime, accepted)
+        redis_link.heal()
+        response, _ = _submit(client)
+        assert response.status_code == 202
+    _wait_succeeded(runtime, [*accepted, response.json()["id"]])
+    assert_ledger(runtime, [*accepted, response.json()["id"]])
+
+
+def test_a_worker_cut_from_postgres_mid_run_loses_its_runs_to_another_and_rejoins(
+        api: ApiClient, crash_worker: StartWorker, pg_link: Link, services: Services,
+        runtime: Runtime) -> None:
+    cut = crash_worker(4, DATABASE_URL=pg_link.url(services.database_url),
+                       AGENTQ_DEPENDENCY_TIMEOUT_S=str(_BOUND_S))
+    ids = [api.submit("test.crash.sleep", {"seconds": 6, "later_s": 0.2})["id"]
+           for _ in range(3)]
+    for run_id in ids:
+        api.wait(run_id, statuses={"running"})
+        assert _worker(runtime, run_id).startswith(f"{cut.name}@")
+    other = crash_worker(4)
+    pg_link.cut()
+    # Its leases lapse (AGENTQ_LEASE_TIMEOUT_S, 3 s): the sweeper re-queues the runs, the
+    # other worker finishes them, and whatever the cut worker writes later is refused
+    done = [api.wait(run_id, timeout=60) for run_id in ids]
+    assert [run["status"] for run in done] == ["succeeded"] * 3, done
+    assert all(_worker(runtime, run_id).startswith(f"{other.name}@") for run_id in ids)
+    pg_link.heal()
+    other.stop(timeout=10)
+    later = [api.submit("test.crash.sleep", {"seconds": 0.1})["id"] for _ in range(3)]
+    rejoined = [api.wait(run_id, timeout=30) for run_id in later]  # the cut worker's alone
+    assert [run["status"] for run in rejoined] == ["succeeded"] * 3, rejoined
+    assert all(_worker(runtime, run_id).startswith(f"{cut.name}@") for run_id in later)
+    time.sleep(_BOUND_S)  # agent work: the cut worker's late writes, if any, have landed
+    with runtime.db.autocommit() as session:
+        ended = session.execute(select(RunAttempt.run_id, RunAttempt.outcome).where(
+            RunAttempt.run_id.in_(ids)).order_by(RunAttempt.run_id, RunAttempt.attempt)).all()
+    by_run: dict[str, list[str]] = {}
+    for run_id, outcome in ended:
+        by_run.setdefault(run_id, []).append(outcome)
+    # The cut attempt was ended by the sweeper (crashed), never by the cut worker's late record
+    assert all(outcomes == ["crashed", "succeeded"] for outcomes in by_run.values()), by_run
+    for run_id in ids:
+        with runtime.db.autocommit() as session:
+            seqs = session.scalars(select(RunEvent.seq).where(RunEvent.run_id == run_id)
+                                   .order_by(RunEvent.seq)).all()
+        assert seqs == list(range(1, len(seqs) + 1)), (run_id, seqs)
+
+
+def _worker(runtime: Runtime, run_id: str) -> str:
+    """The worker that holds (or last held) the run."""
+    with runtime.db.autocommit() as session:
+        return str(session.scalar(select(Run.worker).where(Run.id == run_id)))
