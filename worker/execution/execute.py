@@ -281,6 +281,7 @@ def sync_context(rt: Runtime, active: Active, session_state: dict[str, Any],
     emit = _emitter(rt, claim)
     runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
                               attempt=claim.attempt, emit=emit,
+                              announce=lambda event: rt.bus.announce([event]),
                               none_stored=not claim.has_steps)
     deadline = time.monotonic() + claim.timeout_s
     llm = LLM(rt, steps=runner, loop=loop, tenant_id=claim.tenant_id, agent=claim.agent,
@@ -302,6 +303,7 @@ def async_context(rt: Runtime, active: Active, session_state: dict[str, Any], *,
     emit = _emitter(rt, claim)
     runner = steps.StepRunner(rt.db, run_id=claim.run_id, epoch=claim.epoch,
                               attempt=claim.attempt, emit=emit,
+                              announce=lambda event: rt.bus.announce([event]),
                               none_stored=not claim.has_steps)
     async_runner = steps.AsyncStepRunner(runner, offload=offload, in_thread=in_thread)
     deadline = time.monotonic() + claim.timeout_s

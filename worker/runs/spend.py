@@ -1,12 +1,13 @@
 """LLM spend: tokens summed on each run and on each tenant's day (UTC), and the tenant's
-daily budget (``AGENTQ_TENANT_DAILY_TOKENS``) checked before every call."""
+daily budget (``AGENTQ_TENANT_DAILY_TOKENS``) checked before every call. The counts are
+written with the call's durable step, in its one statement (``worker.runs.steps.store``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.base.errors import BudgetExceeded
@@ -25,32 +26,8 @@ class Day:
         return self.input_tokens + self.output_tokens
 
 
-_RUN = text("""
-    UPDATE runs SET llm_calls = llm_calls + 1, input_tokens = input_tokens + :input_tokens,
-                    output_tokens = output_tokens + :output_tokens
-    WHERE id = :run_id
-    RETURNING tenant_id
-""")
-
-_TENANT_DAY = text("""
-    INSERT INTO tenant_usage (tenant_id, day, llm_calls, input_tokens, output_tokens)
-    VALUES (:tenant_id, :day, 1, :input_tokens, :output_tokens)
-    ON CONFLICT (tenant_id, day) DO UPDATE SET
-        llm_calls = tenant_usage.llm_calls + 1,
-        input_tokens = tenant_usage.input_tokens + EXCLUDED.input_tokens,
-        output_tokens = tenant_usage.output_tokens + EXCLUDED.output_tokens
-""")
-
-
 def today() -> date:
     return datetime.now(UTC).date()
-
-
-def add(session: Session, *, run_id: str, input_tokens: int, output_tokens: int) -> None:
-    """Count one LLM call on its run and on its tenant's day."""
-    counts = {"input_tokens": input_tokens, "output_tokens": output_tokens}
-    tenant_id = session.execute(_RUN, {"run_id": run_id, **counts}).scalar_one()
-    session.execute(_TENANT_DAY, {"tenant_id": tenant_id, "day": today(), **counts})
 
 
 def days(session: Session, *, tenant_id: str, count: int = 1) -> list[Day]:

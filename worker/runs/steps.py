@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.base import jsonb
 from worker.base.db import Database
-from worker.base.errors import StepMismatch
+from worker.base.errors import LeaseLost, StepMismatch
+from worker.base.event import Event
 from worker.base.models import RunStep
 from worker.runs import events, spend
 
@@ -75,27 +76,55 @@ def load(session: Session, *, run_id: str) -> dict[str, Stored]:
     return {row.name: Stored(row.fingerprint, row.result) for row in rows}
 
 
-_STORE = text("""
-    INSERT INTO run_steps (run_id, name, fingerprint, result, attempt, duration_ms, usage)
-    VALUES (:run_id, :name, :fingerprint, CAST(:result AS jsonb), :attempt, :duration_ms,
-            CAST(:usage AS jsonb))
-    ON CONFLICT (run_id, name) DO NOTHING
-""")
+# A finished step in one statement that commits by itself (a hot path: every LLM call):
+# its step.finished event under the attempt's lease, its result, and its usage on the run
+# and on the tenant's day (spend's counts, when it made an LLM call).
+_STORE = """
+    WITH bumped AS (
+        UPDATE runs SET last_seq = last_seq + 1, llm_calls = llm_calls + %(calls)s,
+            input_tokens = input_tokens + %(input_tokens)s,
+            output_tokens = output_tokens + %(output_tokens)s
+        WHERE id = %(run_id)s AND lease_epoch = %(epoch)s AND status = 'running'
+        RETURNING id, tenant_id, last_seq
+    ), event AS (
+        INSERT INTO run_events (run_id, seq, type, data)
+        SELECT id, last_seq, 'progress', CAST(%(event)s AS jsonb) FROM bumped
+        RETURNING seq, at
+    ), step AS (
+        INSERT INTO run_steps (run_id, name, fingerprint, result, attempt, duration_ms, usage)
+        SELECT id, %(name)s, %(fingerprint)s, CAST(%(result)s AS jsonb), %(attempt)s,
+               %(duration_ms)s, CAST(%(usage)s AS jsonb) FROM bumped
+        ON CONFLICT (run_id, name) DO NOTHING
+    ), day AS (
+        INSERT INTO tenant_usage (tenant_id, day, llm_calls, input_tokens, output_tokens)
+        SELECT tenant_id, %(day)s, 1, %(input_tokens)s, %(output_tokens)s FROM bumped
+        WHERE %(calls)s > 0
+        ON CONFLICT (tenant_id, day) DO UPDATE SET
+            llm_calls = tenant_usage.llm_calls + 1,
+            input_tokens = tenant_usage.input_tokens + EXCLUDED.input_tokens,
+            output_tokens = tenant_usage.output_tokens + EXCLUDED.output_tokens
+    )
+    SELECT seq, at FROM event
+"""
 
-def store(session: Session, *, run_id: str, epoch: int, attempt: int, name: str,
-          fingerprint: str, result: Any, duration_ms: int, usage: Usage | None) -> None:
-    """Commit (with the caller's transaction) the step's result, its ``step.finished``
-    event and its usage. Raises LeaseLost if this attempt no longer holds the run."""
-    events.append(session, run_id=run_id, epoch=epoch, type=events.PROGRESS, data={
-        "phase": "step.finished", "message": f"Step {name} finished", "step": name,
-        "duration_ms": duration_ms})
-    session.execute(_STORE, {
-        "run_id": run_id, "name": name, "fingerprint": fingerprint,
-        "result": json.dumps(result), "attempt": attempt, "duration_ms": duration_ms,
-        "usage": json.dumps(usage.as_dict()) if usage else None})
-    if usage is not None:
-        spend.add(session, run_id=run_id, input_tokens=usage.input_tokens,
-                  output_tokens=usage.output_tokens)
+
+def store(db: Database, *, run_id: str, epoch: int, attempt: int, name: str,
+          fingerprint: str, result: Any, duration_ms: int, usage: Usage | None) -> Event:
+    """Commit the step's result, its ``step.finished`` event (returned, for the caller to
+    announce) and its usage, in one statement. Raises LeaseLost if this attempt no longer
+    holds the run."""
+    data = {"phase": "step.finished", "message": f"Step {name} finished", "step": name,
+            "duration_ms": duration_ms}
+    row = db.one_row(_STORE, {
+        "run_id": run_id, "epoch": epoch, "event": json.dumps(data), "name": name,
+        "fingerprint": fingerprint, "result": json.dumps(result), "attempt": attempt,
+        "duration_ms": duration_ms, "usage": json.dumps(usage.as_dict()) if usage else None,
+        "calls": 1 if usage is not None else 0,
+        "input_tokens": usage.input_tokens if usage else 0,
+        "output_tokens": usage.output_tokens if usage else 0, "day": spend.today()})
+    if row is None:
+        raise LeaseLost(f"run {run_id}: attempt with lease epoch {epoch} no longer holds it")
+    return Event(run_id, int(row.seq), events.PROGRESS, data, row.at)
 
 
 def listed(session: Session, *, run_id: str) -> list[RunStep]:
@@ -122,8 +151,10 @@ class StepRunner:
     call (and what ``AsyncStepRunner`` runs in a thread for an async agent)."""
 
     def __init__(self, db: Database, *, run_id: str, epoch: int, attempt: int,
-                 emit: Callable[[dict[str, Any]], int], none_stored: bool = False) -> None:
+                 emit: Callable[[dict[str, Any]], int], announce: Callable[[Event], None],
+                 none_stored: bool = False) -> None:
         self._db = db
+        self._announce = announce
         self._run_id = run_id
         self._epoch = epoch
         self._attempt = attempt
@@ -170,10 +201,10 @@ class StepRunner:
         """Commit the step's result; return a copy of it as plain JSON."""
         result = as_json(value, what=f"step {name!r}'s result")
         duration_ms = round((time.monotonic() - began) * 1000)
-        with self._db.transaction() as session:
-            store(session, run_id=self._run_id, epoch=self._epoch, attempt=self._attempt,
-                  name=name, fingerprint=signature, result=result, duration_ms=duration_ms,
-                  usage=usage_of(result) if usage_of else None)
+        self._announce(store(
+            self._db, run_id=self._run_id, epoch=self._epoch, attempt=self._attempt,
+            name=name, fingerprint=signature, result=result, duration_ms=duration_ms,
+            usage=usage_of(result) if usage_of else None))
         self._finished()[name] = Stored(signature, result)
         return copy.deepcopy(result)
 
