@@ -269,6 +269,8 @@ class Engine:
                 if self._active.get(claim.run_id) is active:
                     del self._active[claim.run_id]
         if recorded and outcome.status == RunStatus.RETRYING:
+            with self._lock:  # its next message is not a copy of this one
+                self._holding.discard(claim.run_id)
             rt.metrics.inc("agentq_run_retries", agent=claim.agent)
             job = Dispatch(claim.run_id, claim.queue, claim.timeout_s,
                            countdown_s=outcome.retry_in_s, agent=claim.agent)
