@@ -87,7 +87,9 @@ def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal) -> Respon
                                     tick_s=settings.stream_keepalive_s,
                                     max_s=settings.stream_max_s):
                     if event is None:
-                        yield ": keep-alive\n\n"
+                        yield (": keep-alive\n\n" if rt.bus.hub.live else
+                               ": keep-alive (live feed unavailable: reading the log "
+                               "every second)\n\n")
                         continue
                     sent += 1
                     yield frame(event)

@@ -8,16 +8,18 @@ skipped.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import func, select
 
 from tests.conftest import ApiClient, Services, StartWorker, Tenant
-from tests.harness import ApiServer, wait_for
+from tests.harness import ApiServer, sse_events, wait_for
 from tests.partition import Link
 from worker.base.models import Run, RunAttempt, RunEvent
 from worker.base.runtime import Runtime
@@ -199,7 +201,7 @@ def test_a_worker_cut_from_postgres_mid_run_loses_its_runs_to_another_and_rejoin
             RunAttempt.run_id.in_(ids)).order_by(RunAttempt.run_id, RunAttempt.attempt)).all()
     by_run: dict[str, list[str]] = {}
     for run_id, outcome in ended:
-        by_run.setdefault(run_id, []).append(outcome)
+        by_run.setdefault(run_id, []).append(str(outcome))
     # The cut attempt was ended by the sweeper (crashed), never by the cut worker's late record
     assert all(outcomes == ["crashed", "succeeded"] for outcomes in by_run.values()), by_run
     for run_id in ids:
@@ -213,3 +215,50 @@ def _worker(runtime: Runtime, run_id: str) -> str:
     """The worker that holds (or last held) the run."""
     with runtime.db.autocommit() as session:
         return str(session.scalar(select(Run.worker).where(Run.id == run_id)))
+
+
+def _read_stream(server: ApiServer, tenant: Tenant, run_id: str,
+                 into: list[tuple[float, dict[str, str]]]) -> None:
+    """Read the run's SSE stream to its end, noting when each message came."""
+    with _client(server, tenant) as client, client.stream(
+            "GET", f"/v1/runs/{run_id}/events",
+            headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        for message in sse_events(response.iter_lines()):
+            into.append((time.monotonic(), message))
+
+
+def test_a_stream_whose_api_is_cut_from_redis_goes_on_from_postgres_and_heals(
+        env: dict[str, str], services: Services, redis_link: Link, api: ApiClient,
+        tenant: Tenant) -> None:
+    # Keep-alives every 15 s: a stream that waited for its live feed would be 15 s late
+    server = _api(env, services, "api-stream-link", REDIS_URL=redis_link.url(services.redis_url),
+                  AGENTQ_STREAM_KEEPALIVE_S="15")
+    release = redis.Redis.from_url(services.redis_url)
+    try:
+        for cut in (True, False):  # during a cut, then after the heal
+            run_id = api.submit("test.block")["id"]
+            got: list[tuple[float, dict[str, str]]] = []
+            reader = threading.Thread(target=_read_stream, args=(server, tenant, run_id, got))
+            reader.start()
+            wait_for(lambda got=got: any(  # type: ignore[misc]
+                m.get("event") == "status" and '"running"' in m["data"] for _, m in got),
+                timeout=30, what="the running event")
+            if cut:  # the hub's ping goes unanswered within the bound: the stream polls
+                redis_link.cut()
+                time.sleep(2 * _BOUND_S + 2)
+            released = time.monotonic()
+            release.set(f"test:release:{run_id}", 1, ex=60)
+            reader.join(timeout=40)
+            assert not reader.is_alive(), "the stream did not end"
+            frames = [(at, m) for at, m in got if "event" in m]
+            assert [int(m["id"]) for _, m in frames] == list(range(1, len(frames) + 1))
+            assert '"succeeded"' in frames[-1][1]["data"]
+            late = frames[-1][0] - released
+            assert late < 3.0, (cut, late)  # cut: read from Postgres within a second or so
+            if cut:
+                assert any("live feed unavailable" in m.get("comment", "") for _, m in got)
+                redis_link.heal()
+                time.sleep(_BOUND_S)  # the hub resubscribes over the healed link
+    finally:
+        server.stop()

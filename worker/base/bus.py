@@ -202,10 +202,20 @@ class Watch:
 
 
 class Hub:
-    """One pub/sub connection per process, shared by every watcher in it."""
+    """One pub/sub connection per process, shared by every watcher in it.
+
+    A pub/sub connection only reads, so a link that hangs would look like a quiet one for
+    ever: while anyone watches, the hub pings Redis every ``timeout_s``, and a ping not
+    answered within ``timeout_s`` counts as the connection lost (it is closed, the watchers
+    catch up from Postgres, and a new connection subscribes again). ``live`` says whether
+    Redis has answered lately; while it has not, ``follow`` polls Postgres every second.
+    """
 
     def __init__(self, redis_url: str, timeout_s: float) -> None:
         self.pid = os.getpid()
+        self._timeout_s = timeout_s
+        self._heard = time.monotonic()  # anything from Redis, a pong included
+        self._pinged: float | None = None  # when the ping not yet answered was sent
         self._pubsub = _client(redis_url, timeout_s).pubsub()
         self._lock = threading.Lock()
         # redis-py's PubSub is not safe to share: two first subscribes at once open two
@@ -216,6 +226,11 @@ class Hub:
         self._stale: set[str] = set()  # channels whose watchers must catch up on resubscribe
         self.healthy = True
         threading.Thread(target=self._listen, name="agentq-hub", daemon=True).start()
+
+    @property
+    def live(self) -> bool:
+        """Whether events reach this hub now: subscribed, and Redis heard from lately."""
+        return self.healthy and time.monotonic() - self._heard < 2 * self._timeout_s + 1
 
     def watch(self, run_id: str) -> AbstractContextManager[Watch]:
         """Watch a run's events (see ``watch_channel``)."""
@@ -268,6 +283,7 @@ class Hub:
             try:
                 if not self.healthy:
                     self._resubscribe()
+                self._check_alive()
                 message = self._pubsub.get_message(timeout=1.0)
             except (redis.RedisError, OSError) as error:
                 self._broken(error)
@@ -276,7 +292,24 @@ class Hub:
                 continue
             pause = 0.5
             if message is not None:
+                self._heard = time.monotonic()
+                self._pinged = None
                 self._dispatch(message)
+
+    def _check_alive(self) -> None:
+        """Ping while anyone watches; a ping unanswered within the timeout: the link hangs."""
+        now = time.monotonic()
+        if self._pinged is not None and now - self._pinged > self._timeout_s:
+            self._pinged = None
+            with self._send_lock:
+                self._pubsub.reset()  # closes the connection; the channels are subscribed anew
+            raise redis.TimeoutError(f"Redis did not answer a ping within {self._timeout_s:g} s")
+        with self._lock:
+            watched = bool(self._watches)
+        if watched and self._pinged is None and now - self._heard > self._timeout_s:
+            with self._send_lock:
+                self._pubsub.ping()
+            self._pinged = now
 
     def _resubscribe(self) -> None:
         """After an outage, subscribe the watched channels Redis does not know of."""
@@ -291,8 +324,10 @@ class Hub:
         self.healthy = True
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        channel = message["channel"].decode()
         kind = message["type"]
+        if kind not in ("subscribe", "message"):  # a pong (no channel), an unsubscribe
+            return
+        channel = message["channel"].decode()
         if kind == "subscribe":
             with self._lock:
                 confirmed = self._confirmed.get(channel)

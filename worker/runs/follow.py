@@ -3,7 +3,8 @@
 ``follow`` yields the events after a given seq in order, each exactly once, then keeps
 yielding new ones as they are committed, and stops after the terminal event. It listens on
 the process's hub and reads Postgres only to catch up: at the start, after a gap, when the
-hub says news may have been lost, and after each keep-alive interval of silence.
+hub says news may have been lost, and after each keep-alive interval of silence (each
+second, while the hub does not hear from Redis: the stream goes on from Postgres alone).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from worker.runs import events
 from worker.runs.events import Event
 
 _BATCH = 500
+POLL_S = 1.0  # how often a stream reads Postgres while its hub is not live
 
 
 def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float, max_s: float,
@@ -66,7 +68,8 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        item = watch.next(timeout=min(tick_s, left))
+        tick = tick_s if rt.bus.hub.live else min(tick_s, POLL_S)
+        item = watch.next(timeout=min(tick, left))
         if item is None:
             yield None
             # A quiet spell: read Postgres once. An announcement lost on the way (Redis
