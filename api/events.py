@@ -2,17 +2,22 @@
 
 The SSE stream sends each event as ``id: SEQ`` / ``event: TYPE`` / ``data: JSON``, starts
 with a ``retry:`` hint, sends a comment line as keep-alive, resumes after ``Last-Event-ID``
-(or ``?after=``) with no gap and no repeat, and ends after the run's terminal event.
+(or ``?after=``) with no gap and no repeat, and ends after the run's terminal event. A
+stream that cannot read the log (Postgres unreachable) ends with an ``event:
+unavailable`` frame that has no ``id`` (the client resumes from the last seq it saw).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.auth import require_key
 from api.bodies import query
@@ -95,6 +100,13 @@ def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal) -> Respon
                     yield frame(event)
                 if grant.reason in (grants.REVOKED, grants.EXPIRED):
                     yield f": ended: {grant.why}\n\n"
+        except (OperationalError, InterfaceError, PoolTimeout) as error:
+            log.warning("event stream ended: the database is unavailable",
+                        extra={"run_id": run_id, "error": type(error).__name__})
+            yield "event: unavailable\ndata: " + json.dumps({
+                "type": "database_unavailable", "retry_after_s": RECONNECT_MS // 1000,
+                "detail": "the event log cannot be read now; reconnect with Last-Event-ID "
+                          "(the last id received) to get exactly what was missed"}) + "\n\n"
         finally:
             log.info("event stream closed", extra={
                 "run_id": run_id, "events": sent,

@@ -262,3 +262,35 @@ def test_a_stream_whose_api_is_cut_from_redis_goes_on_from_postgres_and_heals(
                 time.sleep(_BOUND_S)  # the hub resubscribes over the healed link
     finally:
         server.stop()
+
+
+def test_a_stream_whose_api_is_cut_from_postgres_ends_with_an_error_and_resumes_exactly(
+        api_cut_from_pg: ApiServer, pg_link: Link, api: ApiClient, tenant: Tenant,
+        services: Services) -> None:
+    run_id = api.submit("test.block")["id"]
+    got: list[tuple[float, dict[str, str]]] = []
+    reader = threading.Thread(target=_read_stream, args=(api_cut_from_pg, tenant, run_id, got))
+    reader.start()
+    wait_for(lambda: any(m.get("event") == "status" and '"running"' in m["data"]
+                         for _, m in got), timeout=30, what="the running event")
+    pg_link.cut()
+    reader.join(timeout=4 * _BOUND_S + 10)  # its read of the log after a quiet second fails
+    assert not reader.is_alive(), "the stream did not end"
+    ending = [m for _, m in got if m.get("event") == "unavailable"]
+    assert ending and "id" not in ending[0], got
+    seen = [int(m["id"]) for _, m in got if "id" in m]
+    pg_link.heal()
+    redis.Redis.from_url(services.redis_url).set(f"test:release:{run_id}", 1, ex=60)
+    with _client(api_cut_from_pg, tenant) as client:
+
+        def resumed() -> list[dict[str, str]]:
+            with client.stream("GET", f"/v1/runs/{run_id}/events", headers={
+                    "Accept": "text/event-stream", "Last-Event-ID": str(seen[-1])}) as response:
+                if response.status_code != 200:
+                    return []
+                return [m for m in sse_events(response.iter_lines()) if "event" in m]
+
+        rest = wait_for(resumed, timeout=4 * _BOUND_S, what="a stream after the heal")
+    ids = seen + [int(m["id"]) for m in rest]
+    assert ids == list(range(1, len(ids) + 1)), ids  # nothing missed, nothing twice
+    assert '"succeeded"' in rest[-1]["data"]
