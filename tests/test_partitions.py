@@ -294,3 +294,23 @@ def test_a_stream_whose_api_is_cut_from_postgres_ends_with_an_error_and_resumes_
     ids = seen + [int(m["id"]) for m in rest]
     assert ids == list(range(1, len(ids) + 1)), ids  # nothing missed, nothing twice
     assert '"succeeded"' in rest[-1]["data"]
+
+
+def test_a_worker_cut_from_redis_and_its_broker_finishes_what_it_holds_and_takes_more_after(
+        api: ApiClient, crash_worker: StartWorker, redis_link: Link, services: Services,
+        runtime: Runtime) -> None:
+    cut = crash_worker(4, REDIS_URL=redis_link.url(services.redis_url),
+                       AGENTQ_DEPENDENCY_TIMEOUT_S=str(_BOUND_S))
+    held = [api.submit("test.crash.sleep", {"seconds": 4})["id"] for _ in range(3)]
+    for run_id in held:
+        api.wait(run_id, statuses={"running"})
+    redis_link.cut()
+    # Leases, outcomes and events go to Postgres: the runs end while the broker is cut off
+    done = [api.wait(run_id, timeout=30) for run_id in held]
+    assert [run["status"] for run in done] == ["succeeded"] * 3, done
+    redis_link.heal()
+    later = [api.submit("test.crash.sleep", {"seconds": 0.1})["id"] for _ in range(3)]
+    after = [api.wait(run_id, timeout=60) for run_id in later]  # only it serves the queue
+    assert [run["status"] for run in after] == ["succeeded"] * 3, after
+    assert all(_worker(runtime, run_id).startswith(f"{cut.name}@") for run_id in later)
+    assert_ledger(runtime, [*held, *later])
