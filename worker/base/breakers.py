@@ -7,7 +7,12 @@ bus, the rate limiter, Celery's publisher when the broker is the same Redis): a 
 fails for want of an answer (a timeout, a refused or broken connection) opens it, and for
 the next ``reset_s`` calls fail at once, each caller doing what it does without the
 dependency (the rate limit is not checked, an announcement is left to Postgres polling, a
-publish to the sweeper). Then one call tries again, and a success closes the breaker.
+publish to the sweeper). Then one call (one only) tries again; its success closes the
+breaker.
+
+The breaker's lock guards its state only, never a call: calls run side by side (pybreaker,
+tried first, holds its lock through the call, which made every Redis command of a process
+wait for the one before it).
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import kombu.exceptions
-import pybreaker
 import redis
 
 log = logging.getLogger("agentq.breakers")
@@ -37,41 +42,73 @@ class Unreachable(redis.ConnectionError):
     ``ConnectionError``, so code that survives Redis trouble survives this too)."""
 
 
-class _Logged(pybreaker.CircuitBreakerListener):
-    def state_change(self, breaker: pybreaker.CircuitBreaker, old: object,
-                     new: object) -> None:
-        name = getattr(new, "name", str(new))
-        if name == pybreaker.STATE_OPEN:
+class Breaker:
+    """Closed (calls go through), open (calls fail at once) until ``reset_s`` after the
+    last failure, then half-open: one trial call goes through, the others fail at once."""
+
+    def __init__(self, name: str, reset_s: float) -> None:
+        self.name = name
+        self._reset_s = reset_s
+        self._lock = threading.Lock()
+        self._open_until: float | None = None  # None: closed
+        self._trying = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def call(self, work: Callable[[], T]) -> T:
+        """``work()``; ``Unreachable`` at once while the breaker is open."""
+        with self._lock:
+            until = self._open_until
+            if until is not None and (self._trying or time.monotonic() < until):
+                raise Unreachable(f"{self.name} did not answer lately "
+                                  "(AGENTQ_DEPENDENCY_TIMEOUT_S); not called")
+            self._trying = until is not None  # half-open: this call is the trial
+        try:
+            result = work()
+        except _UNREACHABLE:
+            self._failed()
+            raise
+        except BaseException:
+            self._answered()  # an error of its own: the server answered
+            raise
+        self._answered()
+        return result
+
+    def _failed(self) -> None:
+        with self._lock:
+            opened = self._open_until is None
+            self._open_until = time.monotonic() + self._reset_s
+            self._trying = False
+        if opened:
             log.warning("dependency unreachable; calls fail at once for a while",
-                        extra={"dependency": breaker.name})
-        elif name == pybreaker.STATE_CLOSED:
-            log.warning("dependency reachable again", extra={"dependency": breaker.name})
+                        extra={"dependency": self.name})
+
+    def _answered(self) -> None:
+        with self._lock:
+            closed = self._open_until is not None
+            self._open_until = None
+            self._trying = False
+        if closed:
+            log.warning("dependency reachable again", extra={"dependency": self.name})
 
 
-_breakers: dict[str, pybreaker.CircuitBreaker] = {}
+_breakers: dict[str, Breaker] = {}
 _lock = threading.Lock()
 
 
-def of(url: str, *, reset_s: float) -> pybreaker.CircuitBreaker:
+def of(url: str, *, reset_s: float) -> Breaker:
     """This process's breaker for the server ``url`` names (its host and port)."""
     parts = urlsplit(url)
     address = f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
     with _lock:
         breaker = _breakers.get(address)
         if breaker is None:
-            breaker = pybreaker.CircuitBreaker(
-                fail_max=1, reset_timeout=reset_s, name=address, listeners=[_Logged()],
-                exclude=[lambda error: not isinstance(error, _UNREACHABLE)],
-                throw_new_error_on_trip=False)
-            _breakers[address] = breaker
+            breaker = _breakers[address] = Breaker(address, reset_s)
         return breaker
 
 
-def call(breaker: pybreaker.CircuitBreaker, work: Callable[[], T]) -> T:
-    """``work()`` through ``breaker``; ``Unreachable`` at once while it is open."""
-    try:
-        result: T = breaker.call(work)
-    except pybreaker.CircuitBreakerError:
-        raise Unreachable(f"{breaker.name} did not answer lately "
-                          "(AGENTQ_DEPENDENCY_TIMEOUT_S); not called") from None
-    return result
+def call(breaker: Breaker, work: Callable[[], T]) -> T:
+    """``work()`` through ``breaker``."""
+    return breaker.call(work)

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -158,9 +158,11 @@ def bounds(settings: DatabaseSettings) -> dict[str, Any]:
     and dead peers by ``AGENTQ_DEPENDENCY_TIMEOUT_S``."""
     bound = settings.dependency_timeout_s
     statement_ms = int(max(bound - 1, bound / 2) * 1000)
+    given = make_url(settings.database_url).query.get("options")  # the URL's own, kept
+    given = " ".join(given) if isinstance(given, tuple) else given
     return {
         "connect_timeout": max(1, math.ceil(min(settings.db_connect_timeout_s, bound))),
-        "options": f"-c statement_timeout={statement_ms} "
+        "options": f"{given + ' ' if given else ''}-c statement_timeout={statement_ms} "
                    f"-c idle_in_transaction_session_timeout={int(bound * 6 * 1000)}",
         "keepalives": 1,
         "keepalives_idle": max(1, math.ceil(bound)),

@@ -12,7 +12,8 @@ engine's loop.
 - Plain ``def`` agents run in a bounded pool of threads (``AGENTQ_SYNC_AGENT_THREADS``);
   their LLM calls are made on the loop too. A sync run is claimed only once a thread is
   free for it (its message names its agent), so its time limits never tick while it waits;
-  as many again wait unclaimed, and past that the worker takes no more messages. The
+  as many again wait unclaimed, and past that more go back to the queue (for other
+  workers; this one goes on taking async runs). The
   timeout is raised into the agent's thread as ``SoftTimeLimitExceeded`` (at its next
   line of Python: a blocking call finishes first).
 - What talks to Postgres runs in a few database threads (``AGENTQ_DB_POOL_SIZE``), never
@@ -63,7 +64,7 @@ log = logging.getLogger("agentq.engine")
 T = TypeVar("T")
 _INTERRUPT_PATIENCE_S = 2.0  # after an interrupt, how long before the engine gives up
 _CLAIM_BATCH = 200  # runs claimed in one statement at most
-_DB_DOWN_PAUSE_S = 1.0  # while Postgres is unreachable: between probes, before a requeue
+_PAUSE_S = 1.0  # before a run goes back to the queue; between probes of Postgres
 _handing_off = False  # this process is a worker whose pool threads hand runs over
 
 
@@ -126,20 +127,26 @@ class Engine:
         free slot; with ``wait``, until the attempt has ended. False (nothing done) once
         the engine has stopped taking runs."""
         if self._db_down:  # back to the queue, for a worker that reaches Postgres
-            time.sleep(_DB_DOWN_PAUSE_S)
+            time.sleep(_PAUSE_S)
             return False
+        with self._lock:
+            if run_id in self._holding:  # a second message (the sweeper's) for a run held
+                return True              # here: dropped
         sync = self._is_sync(agent)
         if not self._take(self._free):
             return False
-        if sync and not self._take(self._sync_taken):
+        # Every agent thread busy and as many runs waiting: back to the queue (after a
+        # pause), so that this thread goes on taking other runs, async ones included.
+        if sync and not self._sync_taken.acquire(blocking=False):
             self._free.release()
+            time.sleep(_PAUSE_S)
             return False
         with self._lock:
             again = run_id in self._holding
             if not again:
                 self._holding.add(run_id)
                 self._pending += 1
-        if again:  # a second message (the sweeper's) for a run held here: it is dropped
+        if again:
             self._free.release()
             if sync:
                 self._sync_taken.release()
@@ -196,6 +203,11 @@ class Engine:
             active.lost = True
             self.loop.call_soon_threadsafe(self._stop_task, active)
         return [active.claim for active in left]
+
+    def unclaimed(self) -> list[str]:
+        """The runs handed over and not claimed (sync runs waiting for a thread)."""
+        with self._lock:
+            return sorted(self._holding - set(self._active))
 
     @staticmethod
     def _stop_task(active: Active) -> None:
@@ -302,7 +314,8 @@ class Engine:
                                          self._to_claim[_CLAIM_BATCH:])
                 by_worker: dict[str, list[str]] = {}
                 for run_id, worker, _ in batch:
-                    by_worker.setdefault(worker, []).append(run_id)
+                    if run_id not in by_worker.get(worker, ()):
+                        by_worker.setdefault(worker, []).append(run_id)
                 claims: dict[str, Claim] = {}
                 try:
                     for worker, run_ids in by_worker.items():
@@ -313,9 +326,9 @@ class Engine:
                         if not claimed.done():
                             claimed.set_exception(error)
                     continue
-                for run_id, _, claimed in batch:
+                for run_id, _, claimed in batch:  # a run's claim to one of its askers only
                     if not claimed.done():
-                        claimed.set_result(claims.get(run_id))
+                        claimed.set_result(claims.pop(run_id, None))
         finally:
             self._claimer = None
 
@@ -335,7 +348,7 @@ class Engine:
                 session.execute(text("SELECT 1"))
 
         while True:
-            await asyncio.sleep(_DB_DOWN_PAUSE_S)
+            await asyncio.sleep(_PAUSE_S)
             try:
                 await self._offload(probe)
             except Exception as error:  # still unreachable (each try is bounded)

@@ -65,9 +65,18 @@ class GracefulShutdown:
         within the grace, and re-queue the rest, before the process exits."""
         if not handing_off():
             return
-        left = Engine.of(self._rt).drain(self._grace if self._started else 0.0)
+        engine = Engine.of(self._rt)
+        left = engine.drain(self._grace if self._started else 0.0)
         if left:
             self._requeue(sorted(claim.run_id for claim in left))
+        held = engine.unclaimed()  # their messages were taken: the sweeper publishes them
+        if held:
+            try:
+                with self._rt.db.autocommit() as session:
+                    dispatch.mark_undispatched(session, run_ids=held)
+            except Exception:
+                log.exception("could not give back the runs held unclaimed; the sweeper finds "
+                              "them missing from the queue later", extra={"run_ids": held})
 
     def _drain(self, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s

@@ -113,11 +113,14 @@ class Marker:
 
 def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:
     """Publish each job; return the ids that reached the broker."""
+    broker = breakers.of(rt.settings.celery_broker_url,
+                         reset_s=rt.settings.dependency_timeout_s)
     sent = []
     for job in jobs:
-        if not publish(rt, job):
+        if publish(rt, job):
+            sent.append(job.run_id)
+        elif broker.is_open:
             break  # the broker is not answering: the rest wait for the next sweep
-        sent.append(job.run_id)
     for run_id in sent:
         log.info("run dispatched by the sweeper", extra={"run_id": run_id, "reason": reason})
     return sent
@@ -134,9 +137,18 @@ def broker_depths(rt: Runtime, queues: list[str]) -> dict[str, int]:
 
 
 _MARK_DISPATCHED = text("UPDATE runs SET dispatched_at = now() WHERE id = ANY(:ids)")
+_MARK_UNDISPATCHED = text(
+    "UPDATE runs SET dispatched_at = NULL WHERE id = ANY(:ids) AND status = 'queued'")
 
 
 def mark_dispatched(session: Session, *, run_ids: list[str]) -> None:
     """Record that these runs' messages reached the broker."""
     if run_ids:
         session.execute(_MARK_DISPATCHED, {"ids": run_ids})
+
+
+def mark_undispatched(session: Session, *, run_ids: list[str]) -> None:
+    """These queued runs' messages were taken and not run (a stopping worker held them):
+    the sweeper publishes them again after AGENTQ_DISPATCH_GRACE_S."""
+    if run_ids:
+        session.execute(_MARK_UNDISPATCHED, {"ids": run_ids})
