@@ -4,11 +4,11 @@ trial closes it again."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import redis
 
+from worker.base import breakers
 from worker.base.breakers import Breaker, Unreachable
 
 
@@ -26,8 +26,11 @@ def test_calls_through_a_closed_breaker_run_side_by_side() -> None:
     assert len(both) == 2  # neither waited for the other's call to end
 
 
-def test_an_unanswered_call_opens_it_and_one_trial_closes_it() -> None:
-    breaker = Breaker("test", reset_s=0.3)
+def test_an_unanswered_call_opens_it_and_one_trial_closes_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(breakers, "monotonic", lambda: now[0])
+    breaker = Breaker("test", reset_s=5)
 
     def hang() -> None:
         raise redis.TimeoutError("no answer")
@@ -36,22 +39,28 @@ def test_an_unanswered_call_opens_it_and_one_trial_closes_it() -> None:
         breaker.call(hang)
     with pytest.raises(Unreachable):  # open: not called at all
         breaker.call(lambda: pytest.fail("called while open"))
-    with pytest.raises(ValueError):  # an error of the call's own is an answer
-        Breaker("other", reset_s=1).call(lambda: (_ for _ in ()).throw(ValueError("x")))
-    time.sleep(0.35)
-    trial = threading.Event()
+    now[0] += 5.1  # half-open: one trial goes through
+    trying, answer = threading.Event(), threading.Event()
     results: list[object] = []
 
-    def slow_trial() -> str:
-        trial.set()
-        time.sleep(0.2)
+    def trial() -> str:
+        trying.set()
+        assert answer.wait(5)
         return "answered"
 
-    thread = threading.Thread(target=lambda: results.append(breaker.call(slow_trial)))
+    thread = threading.Thread(target=lambda: results.append(breaker.call(trial)))
     thread.start()
-    trial.wait(2)
-    with pytest.raises(Unreachable):  # half-open: one trial at a time, the rest fail at once
+    assert trying.wait(5)
+    with pytest.raises(Unreachable):  # the others fail at once while it is out
         breaker.call(lambda: "not tried")
+    answer.set()
     thread.join(timeout=5)
     assert results == ["answered"] and not breaker.is_open
     assert breaker.call(lambda: 42) == 42
+
+
+def test_an_error_of_the_calls_own_is_an_answer() -> None:
+    breaker = Breaker("test", reset_s=5)
+    with pytest.raises(ValueError):
+        breaker.call(lambda: int("not a number"))
+    assert not breaker.is_open

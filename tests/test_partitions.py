@@ -58,22 +58,26 @@ def _api(env: dict[str, str], services: Services, name: str, **overrides: str) -
     return server
 
 
+def _api_through(link: Link, env: dict[str, str], services: Services, name: str,
+                 variable: str, url: str) -> Iterator[ApiServer]:
+    server = _api(env, services, name, **{variable: link.url(url)})
+    yield server
+    link.heal()
+    server.stop()
+
+
 @pytest.fixture
 def api_cut_from_pg(env: dict[str, str], services: Services,
                     pg_link: Link) -> Iterator[ApiServer]:
-    server = _api(env, services, "api-pg-link", DATABASE_URL=pg_link.url(services.database_url))
-    yield server
-    pg_link.heal()
-    server.stop()
+    yield from _api_through(pg_link, env, services, "api-pg-link", "DATABASE_URL",
+                            services.database_url)
 
 
 @pytest.fixture
 def api_cut_from_redis(env: dict[str, str], services: Services,
                        redis_link: Link) -> Iterator[ApiServer]:
-    server = _api(env, services, "api-redis-link", REDIS_URL=redis_link.url(services.redis_url))
-    yield server
-    redis_link.heal()
-    server.stop()
+    yield from _api_through(redis_link, env, services, "api-redis-link", "REDIS_URL",
+                            services.redis_url)
 
 
 def _client(server: ApiServer, tenant: Tenant) -> httpx.Client:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable
+from time import monotonic
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -61,7 +61,7 @@ class Breaker:
         """``work()``; ``Unreachable`` at once while the breaker is open."""
         with self._lock:
             until = self._open_until
-            if until is not None and (self._trying or time.monotonic() < until):
+            if until is not None and (self._trying or monotonic() < until):
                 raise Unreachable(f"{self.name} did not answer lately "
                                   "(AGENTQ_DEPENDENCY_TIMEOUT_S); not called")
             self._trying = until is not None  # half-open: this call is the trial
@@ -79,7 +79,7 @@ class Breaker:
     def _failed(self) -> None:
         with self._lock:
             opened = self._open_until is None
-            self._open_until = time.monotonic() + self._reset_s
+            self._open_until = monotonic() + self._reset_s
             self._trying = False
         if opened:
             log.warning("dependency unreachable; calls fail at once for a while",
