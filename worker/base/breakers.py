@@ -108,7 +108,3 @@ def of(url: str, *, reset_s: float) -> Breaker:
             breaker = _breakers[address] = Breaker(address, reset_s)
         return breaker
 
-
-def call(breaker: Breaker, work: Callable[[], T]) -> T:
-    """``work()`` through ``breaker``."""
-    return breaker.call(work)

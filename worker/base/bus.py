@@ -47,7 +47,7 @@ class _Guarded(redis.Redis):
     breaker: Any = None
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        return breakers.call(self.breaker, lambda: super(_Guarded, self).execute_command(
+        return self.breaker.call(lambda: super(_Guarded, self).execute_command(
             *args, **options))
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
@@ -61,7 +61,7 @@ class _GuardedPipeline(redis.client.Pipeline):
     breaker: Any = None
 
     def execute(self, raise_on_error: bool = True) -> Any:
-        return breakers.call(self.breaker, lambda: super(_GuardedPipeline, self).execute(
+        return self.breaker.call(lambda: super(_GuardedPipeline, self).execute(
             raise_on_error))
 
 

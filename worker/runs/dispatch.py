@@ -49,7 +49,7 @@ def publish(rt: Runtime, job: Dispatch) -> bool:
     # Through the broker's breaker: while it is known not to answer, "not sent" at once.
     broker = breakers.of(settings.celery_broker_url, reset_s=settings.dependency_timeout_s)
     try:
-        breakers.call(broker, send)
+        broker.call(send)
     except Exception as error:  # kombu and redis raise many kinds; all mean "not sent"
         log.warning("publish failed; the sweeper will retry",
                     extra={"run_id": job.run_id, "error": f"{type(error).__name__}: {error}"})
