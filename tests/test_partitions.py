@@ -8,6 +8,7 @@ skipped.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +22,11 @@ from sqlalchemy import func, select
 from tests.conftest import ApiClient, Services, StartWorker, Tenant
 from tests.harness import ApiServer, sse_events, wait_for
 from tests.partition import Link
-from worker.base.models import Run, RunAttempt, RunEvent
+from worker.app import build_runtime
+from worker.base.models import TERMINAL_STATUSES, Run, RunAttempt, RunEvent
 from worker.base.runtime import Runtime
+from worker.base.settings import Settings
+from worker.runs import dispatch, sweeper
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 
@@ -320,3 +324,74 @@ def test_a_worker_cut_from_redis_and_its_broker_finishes_what_it_holds_and_takes
     assert [run["status"] for run in after] == ["succeeded"] * 3, after
     assert all(_worker(runtime, run_id).startswith(f"{cut.name}@") for run_id in later)
     assert_ledger(runtime, [*held, *later])
+
+
+def test_two_sweepers_either_side_of_a_cut_requeue_a_dead_workers_run_once(
+        api: ApiClient, crash_worker: StartWorker, pg_link: Link, services: Services,
+        settings: Settings, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sweeper "near" reaches Postgres through the link and sees leases stale after 1 s,
+    # before the session's sweeper (3 s): it takes the dead worker's run first, and its link
+    # is cut while it holds the run's row, re-queued but not yet committed
+    near = build_runtime(settings.model_copy(update={
+        "database_url": pg_link.url(services.database_url),
+        "dependency_timeout_s": _BOUND_S, "lease_timeout_s": 1.0}))
+    publish_all = dispatch.publish_all
+
+    def publish_then_cut(rt: Runtime, jobs: list[dispatch.Dispatch], *,
+                         reason: str) -> list[str]:
+        sent = publish_all(rt, jobs, reason=reason)  # its message reaches the broker
+        if rt is near and jobs:
+            pg_link.cut()
+        return sent
+
+    monkeypatch.setattr(dispatch, "publish_all", publish_then_cut)
+    dead = crash_worker(1)
+    run_id = api.submit("test.crash.sleep", {"seconds": 60, "later_s": 0.2})["id"]
+    api.wait(run_id, statuses={"running"})
+    dead.signal(signal.SIGKILL)
+    crash_worker(1)  # takes whichever message claims the run
+    failed: list[float] = []
+
+    def near_sweeps() -> bool:
+        began = time.monotonic()
+        try:
+            recovered = sweeper.recover_stale_attempts(near)
+        except Exception:  # its commit cannot reach Postgres: a bounded error, not a hang
+            failed.append(time.monotonic() - began)
+            return True
+        assert recovered == 0, "the near sweeper committed across a cut link"
+        return False
+
+    wait_for(near_sweeps, timeout=15, what="the near sweeper to take the run")
+    assert pg_link.is_cut and failed[0] < 2 * _BOUND_S + _SLACK_S, failed
+    # Postgres ends the near sweeper's session when it has idled in its transaction for
+    # 6 x the bound; the session's sweeper then re-queues the run, once
+    done = api.wait(run_id, timeout=60)
+    assert done["status"] == "succeeded", done
+    tries = api.get(f"/v1/runs/{run_id}/attempts").get_json()["items"]
+    assert [t["outcome"] for t in tries] == ["crashed", "succeeded"], tries
+    assert_ledger_once(runtime, run_id)
+    pg_link.heal()
+    # After the heal the near sweeper sweeps again (its dead connection replaced), and finds
+    # nothing left to do
+    wait_for(lambda: _sweeps_cleanly(near), timeout=4 * _BOUND_S,
+             what="the near sweeper to sweep again after the heal")
+    near.db.dispose()
+
+
+def _sweeps_cleanly(rt: Runtime) -> bool:
+    try:
+        return sweeper.recover_stale_attempts(rt) == 0
+    except Exception:
+        return False
+
+
+def assert_ledger_once(runtime: Runtime, run_id: str) -> None:
+    """The run ended once and its events' seqs run 1..n."""
+    with runtime.db.autocommit() as session:
+        events = session.execute(select(RunEvent.seq, RunEvent.type, RunEvent.data).where(
+            RunEvent.run_id == run_id).order_by(RunEvent.seq)).all()
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1)), events
+    ended = [data["status"] for _, kind, data in events
+             if kind == "status" and data["status"] in {s.value for s in TERMINAL_STATUSES}]
+    assert ended == ["succeeded"], events
