@@ -3,7 +3,8 @@
 Client to server: ``{type: "run", agent, input, session_id?, ref?}``,
 ``{type: "subscribe", run_id, after?, ref?}``, ``{type: "cancel", run_id, ref?}``.
 Server to client: ``{type: "accepted", run_id, ref?}``,
-``{type: "event", run_id, seq, event, data}``, ``{type: "error", code, message, ref?}``.
+``{type: "event", run_id, seq, event, data}``, ``{type: "error", code, message, ref?}``,
+``{type: "notice", code, run_id, message}`` (the live feed went away or came back).
 A bad message gets an error frame; the socket stays open. One connection may follow many
 runs; a dropped client reconnects and subscribes with ``after`` to continue.
 """
@@ -21,6 +22,8 @@ from flask import Blueprint, g
 from flask_sock import Sock
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 from simple_websocket import ConnectionClosed, Server
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.auth import SUBPROTOCOL_PREFIX, require_websocket_key
 from api.deps import principal, runtime
@@ -33,7 +36,7 @@ from worker.base.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from worker.base.runtime import Runtime
 from worker.runs import store
 from worker.runs.events import Event
-from worker.runs.follow import follow
+from worker.runs.follow import POLL_S, follow
 from worker.runs.submission import RunRequest, submit
 
 sock = Sock()
@@ -46,6 +49,15 @@ MAX_FOLLOWED = 100  # runs one connection may follow at once
 RECEIVE_TICK_S = 5.0  # how often an idle socket's reader looks up (the grant closes it at once)
 CLOSE_WAIT_S = 2.0  # how long a close waits for a send in progress before cutting the socket
 ALL_RUNS = "*"
+_RESUBSCRIBE_S = 5  # what a follow_failed frame suggests waiting before subscribing again
+_NOTICES = {  # (following the whole tenant, polling) -> what a notice frame says
+    (False, True): "the live feed is unavailable: the run's events are read from the log "
+                   "every second",
+    (False, False): "the live feed is back",
+    (True, True): "the live feed is unavailable: the tenant's runs' terminal events are not "
+                  "forwarded until it is back (subscribe to a run by id to follow it from the log)",
+    (True, False): "the live feed is back; runs that ended meanwhile were not announced",
+}
 _Ref = str | int | None
 
 
@@ -215,7 +227,8 @@ class Connection:
                          name=f"ws-{run_id}").start()
 
     def _forward(self, run_id: str, after: int) -> None:
-        settings = self._rt.settings
+        settings, hub = self._rt.settings, self._rt.bus.hub
+        polling = False  # told the client that its events come from the log, not live
         try:
             for event in follow(self._rt, run_id=run_id, after=after, grant=self._grant,
                                 tick_s=settings.stream_keepalive_s, max_s=settings.stream_max_s):
@@ -223,15 +236,33 @@ class Connection:
                     return
                 if event is not None:
                     self._send(_event_frame(event))
+                if polling == hub.live:  # the live feed went away, or came back
+                    polling = not polling
+                    self._notice(run_id, polling)
         except ConnectionClosed:
             return
-        except Exception:  # Postgres away, say: tell the client, who may subscribe again
+        except (OperationalError, InterfaceError, PoolTimeout) as error:
+            log.warning("following a run ended: the database is unavailable",
+                        extra={"run_id": run_id, "error": type(error).__name__})
+            with contextlib.suppress(ConnectionClosed, OSError):
+                self._error("follow_failed", f"the event log of {run_id} cannot be read now "
+                            "(the database is unavailable); subscribe again with after (the "
+                            "last seq received) to get exactly what was missed", None,
+                            run_id=run_id, reason="database_unavailable",
+                            retry_after_s=_RESUBSCRIBE_S)
+        except Exception:  # a bug: tell the client, who may subscribe again
             log.exception("following a run failed", extra={"run_id": run_id})
             with contextlib.suppress(ConnectionClosed, OSError):
                 self._error("follow_failed", f"following {run_id} stopped on an error; "
                             "subscribe again with after", None, run_id=run_id)
         finally:
             self._followed.discard(run_id)
+
+    def _notice(self, run_id: str, polling: bool) -> None:
+        """Tell the client its live feed went away (``polling``) or came back."""
+        code = "live_feed_unavailable" if polling else "live_feed_restored"
+        self._send({"type": "notice", "code": code, "run_id": run_id,
+                    "message": _NOTICES[run_id == ALL_RUNS, polling]})
 
     def _follow_tenant(self) -> None:
         """Forward the terminal event of every run of the tenant, as it is committed."""
@@ -241,13 +272,17 @@ class Connection:
         threading.Thread(target=self._forward_tenant, daemon=True, name="ws-tenant").start()
 
     def _forward_tenant(self) -> None:
-        tick = self._rt.settings.stream_keepalive_s
+        tick, hub = self._rt.settings.stream_keepalive_s, self._rt.bus.hub
+        polling = False
         try:
-            with self._rt.bus.hub.watch_tenant(self._tenant_id) as watch:
+            with hub.watch_tenant(self._tenant_id) as watch:
                 while not self._closed.is_set():
-                    item = watch.next(timeout=tick)
+                    item = watch.next(timeout=tick if hub.live else min(tick, POLL_S))
                     if isinstance(item, Event):
                         self._send(_event_frame(item))
+                    if polling == hub.live:  # the tenant's feed is live only
+                        polling = not polling
+                        self._notice(ALL_RUNS, polling)
         except ConnectionClosed:
             return
         finally:

@@ -11,17 +11,20 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
+from simple_websocket import Client as WsClient
 from sqlalchemy import func, select
 
 from tests.conftest import ApiClient, Services, StartWorker, Tenant
 from tests.harness import ApiServer, sse_events, wait_for
 from tests.partition import Link
+from tests.test_websocket import Socket, ws_url
 from worker.app import build_runtime
 from worker.base.models import TERMINAL_STATUSES, Run, RunAttempt, RunEvent
 from worker.base.runtime import Runtime
@@ -395,3 +398,84 @@ def assert_ledger_once(runtime: Runtime, run_id: str) -> None:
     ended = [data["status"] for _, kind, data in events
              if kind == "status" and data["status"] in {s.value for s in TERMINAL_STATUSES}]
     assert ended == ["succeeded"], events
+
+
+def _socket(server: ApiServer, tenant: Tenant) -> Socket:
+    return Socket(WsClient.connect(ws_url(server),
+                                   headers={"Authorization": f"Bearer {tenant.key}"}))
+
+
+def _frames_until(ws: Socket, done: Callable[[dict[str, Any]], bool],
+                  timeout: float) -> list[tuple[float, dict[str, Any]]]:
+    """Frames received (with when) up to the first that is ``done``."""
+    got: list[tuple[float, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout
+    while not got or not done(got[-1][1]):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no such frame within {timeout} s: {got}"
+        got.append((time.monotonic(), ws.receive(timeout=left)))
+    return got
+
+
+def _is_status(status: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: (frame["type"] == "event" and frame["event"] == "status"
+                          and frame["data"]["status"] == status)
+
+
+def test_a_websocket_whose_api_is_cut_from_redis_goes_on_from_postgres_and_heals(
+        env: dict[str, str], services: Services, redis_link: Link, api: ApiClient,
+        tenant: Tenant) -> None:
+    server = _api(env, services, "api-ws-link", REDIS_URL=redis_link.url(services.redis_url),
+                  AGENTQ_STREAM_KEEPALIVE_S="15")
+    release = redis.Redis.from_url(services.redis_url)
+    ws = _socket(server, tenant)
+    try:
+        for cut in (True, False):  # during a cut, then after the heal
+            run_id = api.submit("test.block")["id"]
+            ws.send({"type": "subscribe", "run_id": run_id, "after": 0})
+            got = _frames_until(ws, _is_status("running"), timeout=30)
+            if cut:
+                redis_link.cut()
+                got += _frames_until(ws, lambda f: f.get("code") == "live_feed_unavailable",
+                                     timeout=4 * _BOUND_S + 5)
+            released = time.monotonic()
+            release.set(f"test:release:{run_id}", 1, ex=60)
+            got += _frames_until(ws, _is_status("succeeded"), timeout=30)
+            events = [frame for _, frame in got if frame["type"] == "event"]
+            assert [frame["seq"] for frame in events] == list(range(1, len(events) + 1))
+            assert got[-1][0] - released < 3.0, cut  # cut: read from Postgres each second
+            if cut:
+                redis_link.heal()
+    finally:
+        ws.client.close()
+        server.stop()
+
+
+def test_a_websocket_whose_api_is_cut_from_postgres_says_so_and_resubscribes_exactly(
+        api_cut_from_pg: ApiServer, pg_link: Link, api: ApiClient, tenant: Tenant,
+        services: Services) -> None:
+    run_id = api.submit("test.block")["id"]
+    ws = _socket(api_cut_from_pg, tenant)
+    try:
+        ws.send({"type": "subscribe", "run_id": run_id, "after": 0})
+        got = _frames_until(ws, _is_status("running"), timeout=30)
+        pg_link.cut()
+        got += _frames_until(ws, lambda f: f["type"] == "error", timeout=4 * _BOUND_S + 10)
+        failed = got[-1][1]
+        assert (failed["code"], failed["reason"], failed["run_id"]) == (
+            "follow_failed", "database_unavailable", run_id), failed
+        seen = [frame["seq"] for _, frame in got if frame["type"] == "event"]
+        pg_link.heal()
+        redis.Redis.from_url(services.redis_url).set(f"test:release:{run_id}", 1, ex=60)
+
+        def resubscribed() -> list[dict[str, Any]]:
+            ws.send({"type": "subscribe", "run_id": run_id, "after": seen[-1]})
+            frames = [f for _, f in _frames_until(
+                ws, lambda f: f["type"] == "error" or _is_status("succeeded")(f), timeout=30)]
+            return [] if frames[-1]["type"] == "error" else frames
+
+        rest = wait_for(resubscribed, timeout=4 * _BOUND_S, what="a subscription after the heal")
+        seqs = seen + [frame["seq"] for frame in rest if frame["type"] == "event"]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs  # nothing missed, nothing twice
+    finally:
+        ws.client.close()
