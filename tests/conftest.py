@@ -1,7 +1,8 @@
 """Fixtures on real parts: Postgres, Redis, Celery worker processes, the Flask app.
 
 The harness owns its servers: an embedded PostgreSQL and Redis in a temporary directory,
-unless ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` name others. Each test works in a tenant
+unless ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` name others; tests on RabbitMQ get a
+virtual host of their own on the local one (or ``TEST_AMQP_URL``). Each test works in a tenant
 of its own, so tests never see each other's runs.
 """
 
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,3 +249,31 @@ def crash_worker(env: dict[str, str], services: Services,
     yield start
     for process in started:
         process.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def amqp_url(services: Services) -> Iterator[str]:
+    """A RabbitMQ broker URL of the session's own: ``TEST_AMQP_URL``, or a fresh virtual host
+    on the local RabbitMQ (made with ``rabbitmqctl`` and deleted after the session)."""
+    given = os.environ.get("TEST_AMQP_URL")
+    if given:
+        yield given
+        return
+    ctl = shutil.which("rabbitmqctl") or next(
+        (path for path in ("/usr/sbin/rabbitmqctl", "/usr/lib/rabbitmq/bin/rabbitmqctl")
+         if os.access(path, os.X_OK)), None)
+    if ctl is None:
+        pytest.skip("no RabbitMQ: set TEST_AMQP_URL or install rabbitmq-server (rabbitmqctl)")
+    vhost = f"agentq-test-{uuid.uuid4().hex[:12]}"
+
+    def rabbitmqctl(*args: str) -> None:
+        done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            pytest.skip(f"rabbitmqctl {args[0]} failed: {done.stderr.strip()[:300]}")
+
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)

@@ -8,25 +8,33 @@ skipped.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
 import pytest
 import redis
+from psycopg import sql
 from simple_websocket import Client as WsClient
 from sqlalchemy import func, select
 
+from agentq import migrate
+from tests.agents import CRASH_QUEUE
 from tests.conftest import ApiClient, Services, StartWorker, Tenant
-from tests.harness import ApiServer, sse_events, wait_for
+from tests.harness import ApiServer, Worker, sse_events, wait_for
 from tests.partition import Link
 from tests.test_websocket import Socket, ws_url
+from worker.access import keys
 from worker.app import build_runtime
-from worker.base.models import TERMINAL_STATUSES, Run, RunAttempt, RunEvent
+from worker.base.models import TERMINAL_STATUSES, Run, RunAttempt, RunEvent, new_id
+from worker.base.queues import MAINTENANCE_QUEUE
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.runs import dispatch, sweeper
@@ -479,3 +487,95 @@ def test_a_websocket_whose_api_is_cut_from_postgres_says_so_and_resubscribes_exa
         assert seqs == list(range(1, len(seqs) + 1)), seqs  # nothing missed, nothing twice
     finally:
         ws.client.close()
+
+
+@dataclass
+class RabbitStack:
+    """An agentq of its own on RabbitMQ: a database of its own (so the session's sweeper, on
+    Redis, never publishes its runs), a beat and sweeper on a direct link to the broker, and
+    the API and a worker whose links to the broker go through ``link``."""
+
+    runtime: Runtime
+    api: ApiServer
+    worker: Worker
+    sweeper: Worker
+    link: Link
+    key: str
+
+
+@pytest.fixture
+def rabbit(env: dict[str, str], services: Services, settings: Settings,
+           amqp_url: str) -> Iterator[RabbitStack]:
+    database_url = _database_of_its_own(services.database_url, f"agentq_amqp_{new_id('t')[-8:]}")
+    rt = build_runtime(settings.model_copy(update={"database_url": database_url,
+                                                   "broker_url": amqp_url}))
+    with rt.db.transaction() as session:
+        key = keys.create_key(session, tenant=keys.ensure_tenant(session, name="amqp"))
+    on_amqp = {**env, "DATABASE_URL": database_url, "BROKER_URL": amqp_url,
+               "AGENTQ_DEPENDENCY_TIMEOUT_S": str(_BOUND_S)}
+    with Link(_port(amqp_url)) as link, contextlib.ExitStack() as stack:
+        sweeper_process = Worker(env=on_amqp, log=services.root / "amqp-sweeper.log",
+                                 name="amqp-sweeper", beat=True, queues=MAINTENANCE_QUEUE)
+        cut = {**on_amqp, "BROKER_URL": link.url(amqp_url)}
+        worker = Worker(env=cut, log=services.root / "amqp-worker.log", name="amqp-worker",
+                        concurrency=4, queues=CRASH_QUEUE)
+        for process in (sweeper_process, worker):
+            process.start()
+            stack.callback(process.stop, timeout=10)
+            process.wait_ready(rt.celery)
+        api = _api(cut, services, "amqp-api")
+        stack.callback(api.stop)
+        stack.callback(link.heal)
+        yield RabbitStack(rt, api, worker, sweeper_process, link, key)
+    rt.db.dispose()
+
+
+def _database_of_its_own(database_url: str, name: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    migrate.upgrade(url)
+    return url
+
+
+def test_on_rabbitmq_a_worker_and_the_api_cut_from_the_broker_stay_truthful_and_reconnect(
+        rabbit: RabbitStack) -> None:
+    headers = {"Authorization": f"Bearer {rabbit.key}"}
+    with httpx.Client(base_url=rabbit.api.url, timeout=30, headers=headers) as client:
+
+        def submit(seconds: float) -> tuple[str, float]:
+            response, took = _timed(client.post, "/v1/runs", json={
+                "agent": "test.crash.sleep", "input": {"seconds": seconds}})
+            assert response.status_code == 202, response.text
+            return response.json()["id"], took
+
+        held = [submit(4)[0] for _ in range(3)]
+        wait_for(lambda: _statuses(rabbit.runtime, held) == {"running"}, timeout=30,
+                 what="the worker to take the runs")
+        rabbit.link.cut()
+        # The worker's runs go on: leases, outcomes and events go to Postgres
+        _wait_succeeded(rabbit.runtime, held, timeout=30)
+        # The API commits each run and answers within the bound; the publish is left to the
+        # sweeper, whose link to the broker is whole
+        during = [submit(0.1) for _ in range(3)]
+        assert all(took < _BOUND_S + _SLACK_S for _, took in during), during
+        # Publisher confirms: the API's publishes into the hung link did not count, and the
+        # sweeper published the runs instead
+        wait_for(lambda: _dispatched_by_sweeper(rabbit.sweeper, [i for i, _ in during]),
+                 timeout=30, what="the sweeper to publish the runs the API could not")
+        rabbit.link.heal()
+        # The cut worker, the only one on the queue, reconnects and takes them
+        later = [run_id for run_id, _ in during] + [submit(0.1)[0]]
+        _wait_succeeded(rabbit.runtime, later, timeout=60)
+    assert_ledger(rabbit.runtime, [*held, *later])
+
+
+def _dispatched_by_sweeper(sweeper_process: Worker, run_ids: list[str]) -> bool:
+    lines = [line for line in sweeper_process.output().splitlines()
+             if "run dispatched by the sweeper" in line]
+    return all(any(run_id in line for line in lines) for run_id in run_ids)
+
+
+def _statuses(rt: Runtime, run_ids: list[str]) -> set[str]:
+    with rt.db.autocommit() as session:
+        return set(session.scalars(select(Run.status).where(Run.id.in_(run_ids))))

@@ -80,22 +80,13 @@ def make_celery(settings: Settings) -> Celery:
         broker_url=settings.celery_broker_url,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a worker waits out a broker outage
-        broker_connection_timeout=4,
+        broker_connection_timeout=min(4.0, settings.dependency_timeout_s / 3),
         # Keep running attempts alive through a broker blip. Celery's alternative terminates
         # them so their unacked messages can be redelivered; here the lease already stops a
         # redelivered message from starting the run twice, so terminating would only turn a
         # blip into a second attempt.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        broker_transport_options={
-            # Longer than the longest run allowed, so Redis never hands a running run's
-            # message to a second worker (issue: redelivery after visibility timeout).
-            "visibility_timeout": settings.visibility_timeout_s,
-            # A publish is two tries at most (PUBLISH_RETRY_POLICY): within the dependency
-            # timeout in all, even when the link hangs.
-            "socket_connect_timeout": min(5.0, settings.dependency_timeout_s / 2),
-            "socket_timeout": settings.dependency_timeout_s / 2,
-            "socket_keepalive": True,
-        },
+        broker_transport_options=_transport_options(settings),
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -131,6 +122,25 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     return app
+
+
+def _transport_options(settings: Settings) -> dict[str, object]:
+    """The broker connection's bounds. A publish is two tries at most
+    (PUBLISH_RETRY_POLICY): within the dependency timeout in all, even when the link hangs."""
+    half = settings.dependency_timeout_s / 2
+    if settings.celery_broker_url.startswith(("amqp", "pyamqp")):  # py-amqp's own names
+        # py-amqp: socket read and write timeouts (its TCP keepalives are on by default), and
+        # publisher confirms, so a publish counts only once RabbitMQ has taken the message
+        # (without them a publish into a hung link would "succeed" into the socket buffer).
+        return {"read_timeout": half, "write_timeout": half, "confirm_publish": True}
+    return {
+        # Longer than the longest run allowed, so Redis never hands a running run's message
+        # to a second worker (issue: redelivery after visibility timeout).
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_connect_timeout": min(5.0, half),
+        "socket_timeout": half,
+        "socket_keepalive": True,
+    }
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,11 @@ def publish(rt: Runtime, job: Dispatch) -> bool:
             queue=job.queue, countdown=job.countdown_s,
             time_limit=job.timeout_s + 2 * settings.hard_timeout_grace_s + _BACKSTOP_S,
             retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+            # Each try's write and broker confirm (RabbitMQ) is bounded here too: socket
+            # options alone do not bound a read under gevent (the API's gunicorn workers).
+            # A failed try, a reconnect and a second try: a third of the bound each.
+            timeout=settings.dependency_timeout_s / 3,
+            confirm_timeout=settings.dependency_timeout_s / 3,
         )
 
     # Through the broker's breaker: while it is known not to answer, "not sent" at once.
