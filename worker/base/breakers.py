@@ -57,8 +57,10 @@ class Breaker:
     def is_open(self) -> bool:
         return self._open_until is not None
 
-    def call(self, work: Callable[[], T]) -> T:
-        """``work()``; ``Unreachable`` at once while the breaker is open."""
+    def call(self, work: Callable[[], T], *,
+             unreachable: tuple[type[BaseException], ...] = _UNREACHABLE) -> T:
+        """``work()``; ``Unreachable`` at once while the breaker is open. An error in
+        ``unreachable`` says the dependency did not answer (and opens the breaker)."""
         with self._lock:
             until = self._open_until
             if until is not None and (self._trying or monotonic() < until):
@@ -67,7 +69,7 @@ class Breaker:
             self._trying = until is not None  # half-open: this call is the trial
         try:
             result = work()
-        except _UNREACHABLE:
+        except unreachable:
             self._failed()
             raise
         except BaseException:

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.base import breakers
 from worker.base.settings import DatabaseSettings
 
 
@@ -72,10 +73,18 @@ class Database:
             hide_parameters=True,
         )
         wait_s = s.dependency_timeout_s
+        # A connect that timed out opens the server's breaker: the next connects fail at
+        # once for the bound, so a link that hangs does not tie up every pool slot in a
+        # connect, each request waiting for a slot and then for its own connect.
+        breaker = breakers.of(s.database_url, reset_s=wait_s)
 
         @event.listens_for(self._engine, "do_connect")
         def connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-            connection = BoundedConnection.connect(*cargs, **cparams)
+            try:
+                connection = breaker.call(lambda: BoundedConnection.connect(*cargs, **cparams),
+                                          unreachable=(psycopg.errors.ConnectionTimeout,))
+            except breakers.Unreachable as error:
+                raise psycopg.errors.ConnectionTimeout(str(error)) from None
             connection.wait_timeout_s = wait_s
             return connection
 

@@ -126,19 +126,20 @@ def make_celery(settings: Settings) -> Celery:
 
 def _transport_options(settings: Settings) -> dict[str, object]:
     """The broker connection's bounds. A publish is two tries at most
-    (PUBLISH_RETRY_POLICY): within the dependency timeout in all, even when the link hangs."""
-    half = settings.dependency_timeout_s / 2
+    (PUBLISH_RETRY_POLICY), a failed try, a reconnect and a second try a third of the
+    dependency timeout each: within it in all, even when the link hangs."""
+    third = settings.dependency_timeout_s / 3
     if settings.celery_broker_url.startswith(("amqp", "pyamqp")):  # py-amqp's own names
         # py-amqp: socket read and write timeouts (its TCP keepalives are on by default), and
         # publisher confirms, so a publish counts only once RabbitMQ has taken the message
         # (without them a publish into a hung link would "succeed" into the socket buffer).
-        return {"read_timeout": half, "write_timeout": half, "confirm_publish": True}
+        return {"read_timeout": third, "write_timeout": third, "confirm_publish": True}
     return {
         # Longer than the longest run allowed, so Redis never hands a running run's message
         # to a second worker (issue: redelivery after visibility timeout).
         "visibility_timeout": settings.visibility_timeout_s,
-        "socket_connect_timeout": min(5.0, half),
-        "socket_timeout": half,
+        "socket_connect_timeout": min(5.0, third),
+        "socket_timeout": third,
         "socket_keepalive": True,
     }
 
