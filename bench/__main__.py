@@ -37,6 +37,7 @@ BENCHMARKS = {  # name -> module with figures(quick) -> list[Figure]
     "notify": "bench.notify",
     "inbound": "bench.inbound",
     "chaos": "bench.chaos",
+    "partition": "bench.partition",  # each link to Postgres/Redis cut 30 s, healed
     "memory": "bench.memory",
 }
 
