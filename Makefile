@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 dev: $(STAMP)
 	$(BIN)/agentq dev
 
+# Two test sessions side by side (pytest-xdist), each with its own Postgres, Redis, workers
+# and RabbitMQ virtual host, a test file to a session: the tests mostly wait on processes.
+# PYTEST_ARGS= (empty) runs one session, as it must with TEST_DATABASE_URL / TEST_REDIS_URL
+# (sessions sharing servers would sweep each other's runs); PYTEST_ARGS='-k partitions' runs
+# some tests, in one session.
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
 # The dashboard's browser tests drive Debian's chromium; install it when we can (root).
 test: $(STAMP)
 	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
