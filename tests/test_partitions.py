@@ -502,6 +502,7 @@ class RabbitStack:
     sweeper: Worker
     link: Link
     key: str
+    env: dict[str, str]  # a process's on this stack, its links to everything direct
 
 
 @pytest.fixture
@@ -527,7 +528,7 @@ def rabbit(env: dict[str, str], services: Services, settings: Settings,
         api = _api(cut, services, "amqp-api")
         stack.callback(api.stop)
         stack.callback(link.heal)
-        yield RabbitStack(rt, api, worker, sweeper_process, link, key)
+        yield RabbitStack(rt, api, worker, sweeper_process, link, key, on_amqp)
     rt.db.dispose()
 
 
@@ -580,3 +581,62 @@ def _dispatched_by_sweeper(sweeper_process: Worker, run_ids: list[str]) -> bool:
 def _statuses(rt: Runtime, run_ids: list[str]) -> set[str]:
     with rt.db.autocommit() as session:
         return set(session.scalars(select(Run.status).where(Run.id.in_(run_ids))))
+
+
+def test_on_rabbitmq_a_worker_cut_from_postgres_loses_its_runs_to_another_and_rejoins(
+        rabbit: RabbitStack, services: Services) -> None:
+    rabbit.worker.stop(timeout=10)  # the runs go to the worker cut from Postgres alone
+    database_url = rabbit.env["DATABASE_URL"]
+    started: list[Worker] = []
+
+    def start(name: str, **overrides: str) -> Worker:
+        process = Worker(env={**rabbit.env, **overrides}, log=services.root / f"{name}.log",
+                         name=name, concurrency=4, queues=CRASH_QUEUE)
+        process.start()
+        started.append(process)
+        process.wait_ready(rabbit.runtime.celery)
+        return process
+
+    headers = {"Authorization": f"Bearer {rabbit.key}"}
+    with Link(_port(database_url)) as pg_link, httpx.Client(
+            base_url=rabbit.api.url, timeout=30, headers=headers) as client:
+
+        def submit(**input: float) -> str:
+            response = client.post("/v1/runs", json={"agent": "test.crash.sleep",
+                                                     "input": input})
+            assert response.status_code == 202, response.text
+            return str(response.json()["id"])
+
+        try:
+            cut = start("amqp-pg-cut", DATABASE_URL=pg_link.url(database_url))
+            ids = [submit(seconds=6, later_s=0.2) for _ in range(3)]
+            wait_for(lambda: _statuses(rabbit.runtime, ids) == {"running"}, timeout=30,
+                     what="the cut worker to take the runs")
+            other = start("amqp-pg-other")
+            pg_link.cut()
+            # Its leases lapse; the sweeper re-queues the runs and the other worker takes
+            # them from RabbitMQ (the cut worker still holds the first messages, unacked)
+            _wait_succeeded(rabbit.runtime, ids, timeout=60)
+            assert all(_worker(rabbit.runtime, run_id).startswith(f"{other.name}@")
+                       for run_id in ids)
+            pg_link.heal()
+            other.stop(timeout=10)
+            later = [submit(seconds=0.1) for _ in range(3)]
+            _wait_succeeded(rabbit.runtime, later, timeout=60)  # the cut worker's alone
+            assert all(_worker(rabbit.runtime, run_id).startswith(f"{cut.name}@")
+                       for run_id in later)
+            wait_for(lambda: cut.output().count("stale attempt's outcome refused") >= len(ids),
+                     timeout=60, what="the cut worker's late outcomes to be refused")
+        finally:
+            for process in started:
+                process.stop(timeout=10)
+    with rabbit.runtime.db.autocommit() as session:
+        outcomes = session.execute(select(RunAttempt.run_id, RunAttempt.outcome).where(
+            RunAttempt.run_id.in_(ids)).order_by(RunAttempt.run_id, RunAttempt.attempt)).all()
+    by_run: dict[str, list[str]] = {}
+    for run_id, outcome in outcomes:
+        by_run.setdefault(run_id, []).append(str(outcome))
+    assert all(tries == ["crashed", "succeeded"] for tries in by_run.values()), by_run
+    for run_id in ids:
+        assert_ledger_once(rabbit.runtime, run_id)
+    assert_ledger(rabbit.runtime, later)
