@@ -141,12 +141,20 @@ def _wait_succeeded(runtime: Runtime, run_ids: list[str], timeout: float = 60) -
 
 def test_the_api_cut_from_postgres_answers_503_within_the_bound_and_recovers(
         api_cut_from_pg: ApiServer, pg_link: Link, tenant: Tenant, runtime: Runtime) -> None:
-    with _client(api_cut_from_pg, tenant) as client:
-        before, _ = _submit(client)
+    _check_an_api_cut_from_postgres(api_cut_from_pg, pg_link, tenant.key, runtime)
+
+
+def _check_an_api_cut_from_postgres(server: ApiServer, pg_link: Link, key: str,
+                                    runtime: Runtime, **fields: object) -> None:
+    """503 problem+json within the bound while cut, runs taken again after the heal; each
+    run submitted with ``fields`` (the agent and input) ends once."""
+    with httpx.Client(base_url=server.url, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}) as client:
+        before, _ = _submit(client, **fields)
         assert before.status_code == 202, before.text
         pg_link.cut()
         for _ in range(3):  # the first finds its connection hung; the next ones too
-            response, took = _submit(client)
+            response, took = _submit(client, **fields)
             assert response.status_code == 503, response.text
             assert took < _BOUND_S + _SLACK_S, took
             assert response.headers["content-type"].startswith("application/problem+json")
@@ -158,7 +166,7 @@ def test_the_api_cut_from_postgres_answers_503_within_the_bound_and_recovers(
         after: list[str] = []
 
         def accepted() -> bool:
-            response, _ = _submit(client)
+            response, _ = _submit(client, **fields)
             if response.status_code == 202:
                 after.append(response.json()["id"])
             return bool(after)
@@ -640,3 +648,17 @@ def test_on_rabbitmq_a_worker_cut_from_postgres_loses_its_runs_to_another_and_re
     for run_id in ids:
         assert_ledger_once(rabbit.runtime, run_id)
     assert_ledger(rabbit.runtime, later)
+
+
+def test_on_rabbitmq_the_api_cut_from_postgres_answers_503_within_the_bound_and_recovers(
+        rabbit: RabbitStack, services: Services) -> None:
+    database_url = rabbit.env["DATABASE_URL"]
+    with Link(_port(database_url)) as pg_link:
+        server = _api(rabbit.env, services, "amqp-api-pg-link",
+                      DATABASE_URL=pg_link.url(database_url))
+        try:
+            _check_an_api_cut_from_postgres(server, pg_link, rabbit.key, rabbit.runtime,
+                                            agent="test.crash.sleep", input={"seconds": 0.1})
+        finally:
+            pg_link.heal()
+            server.stop()
