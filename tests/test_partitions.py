@@ -662,3 +662,43 @@ def test_on_rabbitmq_the_api_cut_from_postgres_answers_503_within_the_bound_and_
         finally:
             pg_link.heal()
             server.stop()
+
+
+def test_on_rabbitmq_the_api_and_a_worker_cut_from_redis_go_on_through_the_broker(
+        rabbit: RabbitStack, services: Services) -> None:
+    # Redis is only the events' bus here: runs are published to RabbitMQ, at once
+    redis_url = rabbit.env["REDIS_URL"]
+    with Link(_port(redis_url)) as redis_link:
+        through = {"REDIS_URL": redis_link.url(redis_url)}
+        rabbit.worker.stop(timeout=10)
+        worker = Worker(env={**rabbit.env, **through}, log=services.root / "amqp-redis-cut.log",
+                        name="amqp-redis-cut", concurrency=4, queues=CRASH_QUEUE)
+        worker.start()
+        server = _api(rabbit.env, services, "amqp-api-redis-link", **through)
+        try:
+            worker.wait_ready(rabbit.runtime.celery)
+            with httpx.Client(base_url=server.url, timeout=30,
+                              headers={"Authorization": f"Bearer {rabbit.key}"}) as client:
+                held = [_submit(client, agent="test.crash.sleep", input={"seconds": 3})[0]
+                        .json()["id"] for _ in range(2)]
+                wait_for(lambda: _statuses(rabbit.runtime, held) == {"running"}, timeout=30,
+                         what="the worker to take the runs")
+                redis_link.cut()
+                during = []
+                for _ in range(3):
+                    response, took = _submit(client, agent="test.crash.sleep",
+                                             input={"seconds": 0.1})
+                    assert response.status_code == 202 and took < _BOUND_S + _SLACK_S, (
+                        response.text, took)
+                    during.append(response.json()["id"])
+                # Everything the runs need is in Postgres and RabbitMQ: they end in the cut
+                _wait_succeeded(rabbit.runtime, [*held, *during], timeout=30)
+                redis_link.heal()
+                after = _submit(client, agent="test.crash.sleep", input={"seconds": 0.1})[0]
+                assert after.status_code == 202, after.text
+            _wait_succeeded(rabbit.runtime, [after.json()["id"]], timeout=30)
+        finally:
+            redis_link.heal()
+            server.stop()
+            worker.stop(timeout=10)
+    assert_ledger(rabbit.runtime, [*held, *during, after.json()["id"]])
