@@ -74,8 +74,8 @@ def _api(env: dict[str, str], services: Services, name: str, **overrides: str) -
 
 
 def _api_through(link: Link, env: dict[str, str], services: Services, name: str,
-                 variable: str, url: str) -> Iterator[ApiServer]:
-    server = _api(env, services, name, **{variable: link.url(url)})
+                 variable: str, url: str, **overrides: str) -> Iterator[ApiServer]:
+    server = _api(env, services, name, **{variable: link.url(url)}, **overrides)
     yield server
     link.heal()
     server.stop()
@@ -93,6 +93,20 @@ def api_cut_from_redis(env: dict[str, str], services: Services,
                        redis_link: Link) -> Iterator[ApiServer]:
     yield from _api_through(redis_link, env, services, "api-redis-link", "REDIS_URL",
                             services.redis_url)
+
+
+@pytest.fixture
+def feed_api_cut_from_redis(env: dict[str, str], services: Services,
+                            redis_link: Link) -> Iterator[ApiServer]:
+    """An API cut from Redis whose streams send keep-alives every 15 s: a stream that waited
+    for its live feed would be 15 s late."""
+    yield from _api_through(redis_link, env, services, "api-feed-link", "REDIS_URL",
+                            services.redis_url, AGENTQ_STREAM_KEEPALIVE_S="15")
+
+
+def _release(services: Services, run_id: str) -> None:
+    """Let a ``test.block`` run finish."""
+    redis.Redis.from_url(services.redis_url).set(f"test:release:{run_id}", 1, ex=60)
 
 
 def _client(server: ApiServer, tenant: Tenant) -> httpx.Client:
@@ -260,39 +274,33 @@ def _read_stream(server: ApiServer, tenant: Tenant, run_id: str,
 
 
 def test_a_stream_whose_api_is_cut_from_redis_goes_on_from_postgres_and_heals(
-        env: dict[str, str], services: Services, redis_link: Link, api: ApiClient,
-        tenant: Tenant) -> None:
-    # Keep-alives every 15 s: a stream that waited for its live feed would be 15 s late
-    server = _api(env, services, "api-stream-link", REDIS_URL=redis_link.url(services.redis_url),
-                  AGENTQ_STREAM_KEEPALIVE_S="15")
-    release = redis.Redis.from_url(services.redis_url)
-    try:
-        for cut in (True, False):  # during a cut, then after the heal
-            run_id = api.submit("test.block")["id"]
-            got: list[tuple[float, dict[str, str]]] = []
-            reader = threading.Thread(target=_read_stream, args=(server, tenant, run_id, got))
-            reader.start()
+        feed_api_cut_from_redis: ApiServer, services: Services, redis_link: Link,
+        api: ApiClient, tenant: Tenant) -> None:
+    for cut in (True, False):  # during a cut, then after the heal
+        run_id = api.submit("test.block")["id"]
+        got: list[tuple[float, dict[str, str]]] = []
+        reader = threading.Thread(target=_read_stream,
+                                  args=(feed_api_cut_from_redis, tenant, run_id, got))
+        reader.start()
+        wait_for(lambda got=got: any(  # type: ignore[misc]
+            m.get("event") == "status" and '"running"' in m["data"] for _, m in got),
+            timeout=30, what="the running event")
+        if cut:  # the hub's ping goes unanswered within the bound: the stream polls
+            redis_link.cut()
             wait_for(lambda got=got: any(  # type: ignore[misc]
-                m.get("event") == "status" and '"running"' in m["data"] for _, m in got),
-                timeout=30, what="the running event")
-            if cut:  # the hub's ping goes unanswered within the bound: the stream polls
-                redis_link.cut()
-                wait_for(lambda got=got: any(  # type: ignore[misc]
-                    "live feed unavailable" in m.get("comment", "") for _, m in got),
-                    timeout=4 * _BOUND_S + 5, what="the stream to say it polls")
-            released = time.monotonic()
-            release.set(f"test:release:{run_id}", 1, ex=60)
-            reader.join(timeout=40)
-            assert not reader.is_alive(), "the stream did not end"
-            frames = [(at, m) for at, m in got if "event" in m]
-            assert [int(m["id"]) for _, m in frames] == list(range(1, len(frames) + 1))
-            assert '"succeeded"' in frames[-1][1]["data"]
-            late = frames[-1][0] - released
-            assert late < 3.0, (cut, late)  # cut: read from Postgres within a second or so
-            if cut:
-                redis_link.heal()
-    finally:
-        server.stop()
+                "live feed unavailable" in m.get("comment", "") for _, m in got),
+                timeout=4 * _BOUND_S + 5, what="the stream to say it polls")
+        released = time.monotonic()
+        _release(services, run_id)
+        reader.join(timeout=40)
+        assert not reader.is_alive(), "the stream did not end"
+        frames = [(at, m) for at, m in got if "event" in m]
+        assert [int(m["id"]) for _, m in frames] == list(range(1, len(frames) + 1))
+        assert '"succeeded"' in frames[-1][1]["data"]
+        late = frames[-1][0] - released
+        assert late < 3.0, (cut, late)  # cut: read from Postgres within a second or so
+        if cut:
+            redis_link.heal()
 
 
 def test_a_stream_whose_api_is_cut_from_postgres_ends_with_an_error_and_resumes_exactly(
@@ -311,7 +319,7 @@ def test_a_stream_whose_api_is_cut_from_postgres_ends_with_an_error_and_resumes_
     assert ending and "id" not in ending[0], got
     seen = [int(m["id"]) for _, m in got if "id" in m]
     pg_link.heal()
-    redis.Redis.from_url(services.redis_url).set(f"test:release:{run_id}", 1, ex=60)
+    _release(services, run_id)
     with _client(api_cut_from_pg, tenant) as client:
 
         def resumed() -> list[dict[str, str]]:
@@ -442,12 +450,9 @@ def _is_status(status: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def test_a_websocket_whose_api_is_cut_from_redis_goes_on_from_postgres_and_heals(
-        env: dict[str, str], services: Services, redis_link: Link, api: ApiClient,
-        tenant: Tenant) -> None:
-    server = _api(env, services, "api-ws-link", REDIS_URL=redis_link.url(services.redis_url),
-                  AGENTQ_STREAM_KEEPALIVE_S="15")
-    release = redis.Redis.from_url(services.redis_url)
-    ws = _socket(server, tenant)
+        feed_api_cut_from_redis: ApiServer, services: Services, redis_link: Link,
+        api: ApiClient, tenant: Tenant) -> None:
+    ws = _socket(feed_api_cut_from_redis, tenant)
     try:
         for cut in (True, False):  # during a cut, then after the heal
             run_id = api.submit("test.block")["id"]
@@ -458,7 +463,7 @@ def test_a_websocket_whose_api_is_cut_from_redis_goes_on_from_postgres_and_heals
                 got += _frames_until(ws, lambda f: f.get("code") == "live_feed_unavailable",
                                      timeout=4 * _BOUND_S + 5)
             released = time.monotonic()
-            release.set(f"test:release:{run_id}", 1, ex=60)
+            _release(services, run_id)
             got += _frames_until(ws, _is_status("succeeded"), timeout=30)
             events = [frame for _, frame in got if frame["type"] == "event"]
             assert [frame["seq"] for frame in events] == list(range(1, len(events) + 1))
@@ -467,7 +472,6 @@ def test_a_websocket_whose_api_is_cut_from_redis_goes_on_from_postgres_and_heals
                 redis_link.heal()
     finally:
         ws.client.close()
-        server.stop()
 
 
 def test_a_websocket_whose_api_is_cut_from_postgres_says_so_and_resubscribes_exactly(
@@ -485,7 +489,7 @@ def test_a_websocket_whose_api_is_cut_from_postgres_says_so_and_resubscribes_exa
             "follow_failed", "database_unavailable", run_id), failed
         seen = [frame["seq"] for _, frame in got if frame["type"] == "event"]
         pg_link.heal()
-        redis.Redis.from_url(services.redis_url).set(f"test:release:{run_id}", 1, ex=60)
+        _release(services, run_id)
 
         def resubscribed() -> list[dict[str, Any]]:
             ws.send({"type": "subscribe", "run_id": run_id, "after": seen[-1]})
