@@ -20,6 +20,7 @@ from api import (
     runs,
     sessions,
     usage,
+    waitpoints,
     webhooks,
     ws,
 )
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
                       hook_sources.bp, hooks.bp, sessions.bp, usage.bp, api_keys.bp, metrics.bp,
-                      openapi.bp):
+                      openapi.bp, waitpoints.bp, waitpoints.links):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
     dashboard.init_app(app, runtime)

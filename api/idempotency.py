@@ -54,7 +54,8 @@ def withholding(*secrets: str) -> Callable[[F], F]:
             if 200 <= response.status_code < 300:
                 idempotency.complete(rt, taken, status_code=response.status_code,
                                      response=_without(response.get_json(silent=True), secrets),
-                                     run_id=g.get("run_id"))
+                                     run_id=g.get("run_id") if g.get("answer_is_run", True)
+                                     else None)
             else:
                 idempotency.abandon(rt, taken)
             return response

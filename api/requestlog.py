@@ -33,7 +33,8 @@ def _finish(response: Response) -> Response:
         "request",
         extra={
             "method": request.method,
-            "path": request.path,
+            # A waitpoint's link is a credential: its route, not its path, is logged.
+            "path": route if request.blueprint == "waitpoint_links" else request.path,
             "status": response.status_code,
             "duration_ms": round(seconds * 1000, 1),
             "request_id": g.get("request_id"),

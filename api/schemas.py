@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, JsonValue
 
-from worker.base.models import AttemptOutcome, RunStatus
+from worker.base.models import AttemptOutcome, RunStatus, WaitpointStatus
 
 SESSION_ID = r"^[A-Za-z0-9._:@/-]+$"
 MAX_SEQ = 2**31 - 1  # event seqs are Postgres integers
@@ -130,6 +130,41 @@ class StepOut(BaseModel):
 
 class StepList(BaseModel):
     items: list[StepOut]
+
+
+class WaitpointComplete(BaseModel):
+    """Body that completes a waitpoint (``POST /v1/runs/{id}/waitpoints/{name}``, and the
+    signed ``POST /waitpoints/{token}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: JsonValue = Field(description="What ctx.wait_for returns; it must match the "
+                            "waitpoint's schema.")
+
+
+class WaitpointOut(BaseModel):
+    """A point where a run waits: ctx.wait_for (kind wait) or ctx.sleep (kind sleep)."""
+
+    id: str
+    run_id: str
+    name: str
+    kind: Literal["wait", "sleep"]
+    status: WaitpointStatus
+    prompt: str | None
+    schema_: dict[str, JsonValue] | None = Field(alias="schema")
+    deadline: str
+    attempt: int
+    data: JsonValue
+    completed_by: str | None
+    created_at: str
+    completed_at: str | None
+    url: str | None = Field(description="While it waits: a single-use, signed link that "
+                            "completes it without an API key (POST {data}); it expires at "
+                            "the deadline.")
+
+
+class WaitpointList(BaseModel):
+    items: list[WaitpointOut]
 
 
 class UsageDay(BaseModel):

@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.agents import agent
 from worker.agents.context import AsyncRunContext, RunContext
-from worker.base.errors import RetryableError
+from worker.base.errors import RetryableError, WaitTimeout
 from worker.base.queues import CPU_QUEUE
 
 
@@ -382,3 +382,43 @@ def cpu_stubborn(ctx: RunContext, input: dict[str, Any]) -> None:
             time.sleep(0.05)
         except SoftTimeLimitExceeded:
             continue
+
+
+# Waits (tests/test_waits.py): agents that stop at ctx.wait_for and ctx.sleep.
+
+@agent("test.wait", max_attempts=1)
+def wait(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """A step, then wait at ``name`` (with ``schema`` if given); the step must not repeat."""
+    before = ctx.step("before", lambda: {"attempt": ctx.attempt})
+    try:
+        data = ctx.wait_for(input.get("name", "answer"), timeout_s=input.get("timeout_s", 60),
+                            schema=input.get("schema"), prompt=input.get("prompt"))
+    except WaitTimeout as error:
+        if input.get("catch", True):
+            return {"timed_out": str(error), "before": before, "attempt": ctx.attempt}
+        raise
+    ctx.emit("resumed", "the agent's next line")
+    return {"data": data, "before": before, "attempt": ctx.attempt}
+
+
+@agent("test.async.wait", max_attempts=1)
+async def async_wait(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """As test.wait, async: two waits one after the other."""
+    first = await ctx.wait_for("first", timeout_s=60)
+    second = await ctx.wait_for("second", timeout_s=60)
+    return {"first": first, "second": second, "attempt": ctx.attempt}
+
+
+@agent("test.sleep.durable", max_attempts=1)
+def sleep_durable(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Sleep ``seconds`` holding no slot (ctx.sleep), then say how long it was."""
+    began = ctx.step("began", time.time)
+    ctx.sleep("nap", float(input.get("seconds", 1)))
+    return {"slept_s": time.time() - began, "attempt": ctx.attempt}
+
+
+@agent("test.wait.crash", queue=CRASH_QUEUE, max_attempts=1)
+def wait_crash(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """test.wait on the crash queue (its worker is killed while the run waits)."""
+    data = ctx.wait_for("answer", timeout_s=120)
+    return {"data": data, "attempt": ctx.attempt}

@@ -15,10 +15,13 @@ T = TypeVar("T")
 
 
 class Steps(Protocol):
-    """What runs an agent's durable steps (``worker.runs.steps.StepRunner``)."""
+    """What runs an agent's durable steps and waits (``worker.runs.steps.StepRunner``)."""
 
     def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
             kwargs: dict[str, Any]) -> Any: ...
+
+    def wait(self, name: str, *, kind: str, timeout_s: float, prompt: str | None = None,
+             schema: Any = None) -> Any: ...
 
 
 class AsyncSteps(Protocol):
@@ -26,6 +29,16 @@ class AsyncSteps(Protocol):
 
     async def run(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any: ...
+
+    async def wait(self, name: str, *, kind: str, timeout_s: float,
+                   prompt: str | None = None, schema: Any = None) -> Any: ...
+
+
+def _as_model(schema: Any, data: Any) -> Any:
+    """``wait_for``'s data, as the pydantic model given as its schema (if one was)."""
+    if isinstance(schema, type) and hasattr(schema, "model_validate"):
+        return schema.model_validate(data)
+    return data
 
 
 class AsyncChat(Protocol):
@@ -122,6 +135,29 @@ class RunContext(_Context):
         assert self._steps is not None, "steps need a worker's context"
         return self._steps.run(name, fn, args, kwargs)  # type: ignore[no-any-return]
 
+    def wait_for(self, name: str, *, timeout_s: float, schema: Any = None,
+                 prompt: str | None = None) -> Any:
+        """Wait for a person or a system to send data, as long as ``timeout_s`` (hours or
+        days are fine): the run becomes ``waiting`` and gives its worker slot back (this
+        attempt ends here, and does not count toward ``max_attempts``). Once the waitpoint
+        ``name`` is completed (``POST /v1/runs/{id}/waitpoints/{name}``, its signed URL, a
+        Slack button), a new attempt replays the run's finished steps and gets the data
+        from this call at once. ``schema`` (a JSON Schema, or a pydantic model class: the
+        data comes back as the model) is what the data must match; ``prompt`` is shown to
+        whoever answers. At the deadline this raises ``WaitTimeout`` (catch it to go on).
+
+        Code before the call runs again on resume: keep what must not repeat in steps."""
+        assert self._steps is not None, "waits need a worker's context"
+        data = self._steps.wait(name, kind="wait", timeout_s=timeout_s, prompt=prompt,
+                                schema=schema)
+        return _as_model(schema, data)
+
+    def sleep(self, name: str, seconds: float) -> None:
+        """A durable timer: the run waits ``seconds`` holding no worker slot, and goes on
+        here in a new attempt (as ``wait_for``, without data)."""
+        assert self._steps is not None, "waits need a worker's context"
+        self._steps.wait(name, kind="sleep", timeout_s=seconds)
+
     @property
     def llm(self) -> Chat:
         """Chat completions against the configured endpoint, each call a durable step."""
@@ -150,6 +186,19 @@ class AsyncRunContext(_Context):
         """As ``RunContext.step``, awaited; ``fn`` may be a coroutine function."""
         assert self._steps is not None, "steps need a worker's context"
         return await self._steps.run(name, fn, args, kwargs)
+
+    async def wait_for(self, name: str, *, timeout_s: float, schema: Any = None,
+                       prompt: str | None = None) -> Any:
+        """As ``RunContext.wait_for``, awaited."""
+        assert self._steps is not None, "waits need a worker's context"
+        data = await self._steps.wait(name, kind="wait", timeout_s=timeout_s, prompt=prompt,
+                                      schema=schema)
+        return _as_model(schema, data)
+
+    async def sleep(self, name: str, seconds: float) -> None:
+        """As ``RunContext.sleep``, awaited."""
+        assert self._steps is not None, "waits need a worker's context"
+        await self._steps.wait(name, kind="sleep", timeout_s=seconds)
 
     @property
     def llm(self) -> AsyncChat:

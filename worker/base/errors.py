@@ -14,6 +14,7 @@ The hierarchy::
         ├── RetryableError   try again later (optionally after ``delay_s``)
         │   └── SessionConflict  (worker.sessions) another run saved the session first
         ├── FatalError       give up now: another attempt will not help
+        ├── WaitTimeout      ctx.wait_for's waitpoint was not completed by its deadline
         └── Cancelled        the run was cancelled; raised by ``ctx.check_cancelled()``
 
 The API maps these to problem+json in one place (``api/errors.py``).
@@ -113,6 +114,17 @@ class FatalError(AgentError):
 
 class Cancelled(AgentError):
     """The run was cancelled while the agent was working."""
+
+
+class WaitTimeout(AgentError):
+    """``ctx.wait_for``'s waitpoint reached its deadline without being completed. Raised at
+    the call (the agent may catch it); uncaught, the run fails (a retry would wait no
+    longer: the waitpoint stays timed out)."""
+
+    def __init__(self, name: str, timeout_s: float) -> None:
+        super().__init__(f"waitpoint {name!r} was not completed within {timeout_s:g} s")
+        self.name = name
+        self.timeout_s = timeout_s
 
 
 class StepMismatch(FatalError):

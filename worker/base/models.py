@@ -52,6 +52,9 @@ class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
+    # Suspended at ctx.wait_for or ctx.sleep: no worker holds it until a waitpoint of its
+    # is completed or due (worker.runs.waits).
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -74,6 +77,18 @@ class AttemptOutcome(enum.StrEnum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     CRASHED = "crashed"
+    CANCELLED = "cancelled"
+    # The agent waits (ctx.wait_for, ctx.sleep): the attempt gave its slot back, and does
+    # not count toward max_attempts.
+    SUSPENDED = "suspended"
+
+
+class WaitpointStatus(enum.StrEnum):
+    """Where a waitpoint (``ctx.wait_for``, ``ctx.sleep``) stands."""
+
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
 
 
@@ -144,6 +159,11 @@ class Run(Base):
             "ix_runs_retrying_due",
             "next_attempt_at",
             postgresql_where=text("status = 'retrying'"),
+        ),
+        Index(  # waiting runs, by when the first of their waitpoints is due
+            "ix_runs_waiting_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'waiting'"),
         ),
         Index(
             "ix_runs_queued_queue",
@@ -266,6 +286,41 @@ class RunStep(Base):
     # An LLM call's {model, input_tokens, output_tokens, latency_ms}; NULL for other steps.
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     finished_at: Mapped[datetime] = mapped_column(server_default=func.clock_timestamp())
+
+
+class Waitpoint(Base):
+    """A point where a run waits for data (``ctx.wait_for``) or for time (``ctx.sleep``).
+
+    Made by the attempt that reaches it, under its lease; completed once (by the API, a
+    signed URL or a Slack button: ``status = 'waiting'`` in the ``UPDATE``), or timed out
+    at ``deadline``. The signed URL's token is not stored: it is derived from the id and
+    the deadline with the server's key (``worker.runs.waits.token``).
+    """
+
+    __tablename__ = "waitpoints"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_values(WaitpointStatus)})", name="status"),
+        CheckConstraint("kind IN ('wait', 'sleep')", name="kind"),
+        Index("ix_waitpoints_run_id_name", "run_id", "name", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    # A JSON Schema the completing data must match (NULL: any JSON object).
+    schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    deadline: Mapped[datetime]
+    attempt: Mapped[int]  # the attempt that reached it
+    data: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True))
+    # Who completed it: "api" (and the key's id), "url", "slack:<user>", "timeout".
+    completed_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    completed_at: Mapped[datetime | None]
 
 
 class TenantUsage(Base):

@@ -132,6 +132,9 @@ class Settings(DatabaseSettings):
     # without it unless the dashboard is turned off (only the API reads these two).
     secret_key: str | None = Field(default=None, min_length=32)
     dashboard: bool = True
+    # Where clients reach the API: the base of the links agentq hands out (a waitpoint's
+    # signed URL, in its run.waiting webhook and in GET /v1/runs/{id}/waitpoints).
+    public_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://[^\s/?#]+")
     cookie_secure: bool = False  # always mark cookies Secure (behind a TLS-terminating proxy)
     # ctx.llm and the llm.chat agent: any OpenAI-compatible chat completions endpoint.
     llm_base_url: str = "https://api.openai.com/v1"

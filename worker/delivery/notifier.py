@@ -23,7 +23,7 @@ from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.base.ssrf import Guard, Refused
 from worker.delivery import webhooks
-from worker.runs import outbox
+from worker.runs import outbox, waits
 from worker.runs.dispatch import SWEEP_BATCH
 
 log = logging.getLogger("agentq.notifier")
@@ -105,7 +105,8 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
                                 per_tenant=settings.webhook_tenant_concurrency)
     if sending is None:
         return
-    body = json.dumps(sending.payload, separators=(",", ":")).encode()
+    payload = waits.with_url(settings, sending.payload)  # a run.waiting's link, made now
+    body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {"content-type": "application/json"}
     if sending.format == outbox.STANDARD:

@@ -56,7 +56,7 @@ from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.execution import execute
 from worker.execution.execute import Active, SessionState
-from worker.runs import attempts, dispatch
+from worker.runs import attempts, dispatch, waits
 from worker.runs.attempts import Claim, Outcome
 
 log = logging.getLogger("agentq.engine")
@@ -65,6 +65,7 @@ T = TypeVar("T")
 _INTERRUPT_PATIENCE_S = 2.0  # after an interrupt, how long before the engine gives up
 _CLAIM_BATCH = 200  # runs claimed in one statement at most
 _PAUSE_S = 1.0  # before a run goes back to the queue; between probes of Postgres
+_WAKE_MARGIN_S = 0.05  # a deadline's message arrives just after it (clocks differ a little)
 _handing_off = False  # this process is a worker whose pool threads hand runs over
 
 
@@ -280,7 +281,13 @@ class Engine:
             with self._lock:
                 if self._active.get(claim.run_id) is active:
                     del self._active[claim.run_id]
-        if recorded and outcome.status == RunStatus.RETRYING:
+        if recorded and outcome.attempt_outcome == AttemptOutcome.SUSPENDED:
+            with self._lock:  # its next message is not a copy of this one
+                self._holding.discard(claim.run_id)
+            wake = self._wake(claim, outcome)
+            if wake is not None:
+                await self._offload(lambda: dispatch.dispatch(rt, wake))
+        elif recorded and outcome.status == RunStatus.RETRYING:
             with self._lock:  # its next message is not a copy of this one
                 self._holding.discard(claim.run_id)
             rt.metrics.inc("agentq_run_retries", agent=claim.agent)
@@ -293,6 +300,18 @@ class Engine:
             log.error("the agent given up on is still running; its process is ended at the "
                       "run's hard time limit", extra={"run_id": run_id})
             await asyncio.wait({active.work})
+
+    @staticmethod
+    def _wake(claim: Claim, outcome: Outcome) -> Dispatch | None:
+        """The message of a run that suspended: now, if it is queued again already; at its
+        deadline, if that is near (a later one is the sweeper's to wake)."""
+        countdown = None
+        if outcome.status == RunStatus.WAITING:
+            if outcome.retry_in_s is None or outcome.retry_in_s > waits.WAKE_MESSAGE_MAX_S:
+                return None
+            countdown = outcome.retry_in_s + _WAKE_MARGIN_S
+        return Dispatch(claim.run_id, claim.queue, claim.timeout_s, countdown_s=countdown,
+                        agent=claim.agent)
 
     async def _claim(self, run_id: str, worker: str) -> Claim | None:
         """Claim the run: with the claims of every other run that arrived while the last

@@ -9,6 +9,7 @@ database threads, or the sync agent's thread), never on its event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -29,7 +30,7 @@ from worker.base.errors import Cancelled, LeaseLost
 from worker.base.models import AttemptOutcome, RunStatus
 from worker.base.runtime import Runtime
 from worker.llm.client import LLM, AsyncLLM
-from worker.runs import attempts, events, sessions, steps
+from worker.runs import attempts, events, sessions, steps, waits
 from worker.runs.attempts import Claim, Outcome
 
 log = logging.getLogger("agentq.run")
@@ -115,6 +116,8 @@ def call_sync(rt: Runtime, spec: AgentSpec, ctx: RunContext, active: Active,
         result = _json(spec.fn(ctx, spec.parse_input(active.claim.input)))
         if state is not None:
             jsonb.check(state.current, what="ctx.session")
+    except waits.Suspend as suspend:
+        return suspended(active, suspend)
     except BaseException as error:  # each way out (a timeout raised in) becomes an outcome
         return ended_by(rt, active, error, ctx.log)
     return succeeded(active, result)
@@ -131,6 +134,8 @@ async def call_async(rt: Runtime, spec: AgentSpec, ctx: AsyncRunContext, active:
         result = _json(value)
         if state is not None:
             jsonb.check(state.current, what="ctx.session")
+    except waits.Suspend as suspend:
+        return suspended(active, suspend)
     except TimeoutError as error:  # the attempt's limit, or one of the agent's own
         stopped = SoftTimeLimitExceeded() if limit.expired() else error
         return ended_by(rt, active, stopped, ctx.log)
@@ -148,6 +153,16 @@ async def call_async(rt: Runtime, spec: AgentSpec, ctx: AsyncRunContext, active:
     except Exception as error:
         return ended_by(rt, active, error, ctx.log)
     return succeeded(active, result)
+
+
+def suspended(active: Active, suspend: waits.Suspend) -> Outcome:
+    """The agent stopped at a waitpoint not yet completed: its run waits (unless it was
+    asked to stop meanwhile)."""
+    if active.cancelled.is_set():
+        return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED,
+                       error={"type": "Cancelled", "message": "cancelled while running"})
+    return Outcome(RunStatus.WAITING, AttemptOutcome.SUSPENDED,
+                   waits=(suspend.waitpoint_id,))
 
 
 def succeeded(active: Active, result: Any) -> Outcome:
@@ -201,11 +216,17 @@ def record(rt: Runtime, claim: Claim, outcome: Outcome,
     while True:
         try:
             with rt.db.transaction() as session:
-                if outcome.status == RunStatus.RETRYING and attempts.cancel_requested(
-                        session, claim=claim):  # asked to stop: no retry, it ends here
-                    outcome = Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, error={
-                        "type": "Cancelled", "message": f"cancelled; attempt {claim.attempt} "
-                        f"failed first ({(outcome.error or {}).get('type')}), not retried"})
+                if outcome.status in (RunStatus.RETRYING, RunStatus.WAITING) and \
+                        attempts.cancel_requested(session, claim=claim):  # it ends here
+                    outcome = _cancelled_instead(claim, outcome)
+                    if outcome.waits:
+                        waits.cancel_open(session, run_id=claim.run_id)
+                if outcome.status == RunStatus.WAITING:
+                    left = waits.suspend(session, run_id=claim.run_id, epoch=claim.epoch,
+                                         attempt=claim.attempt,
+                                         waitpoint_ids=list(outcome.waits))
+                    return dataclasses.replace(outcome, status=left.status,
+                                               retry_in_s=left.wake_in_s), True
                 if (outcome.status == RunStatus.SUCCEEDED and state is not None
                         and claim.session_id is not None and state.changed):
                     sessions.save(session, tenant_id=claim.tenant_id,
@@ -238,6 +259,17 @@ def record(rt: Runtime, claim: Claim, outcome: Outcome,
                 "message": f"the attempt's outcome could not be stored "
                            f"({type(error.orig).__name__}); it held a value Postgres refuses"})
             state = None
+
+
+def _cancelled_instead(claim: Claim, outcome: Outcome) -> Outcome:
+    """A retrying or waiting outcome of a run asked to stop: it ends here, cancelled."""
+    if outcome.status == RunStatus.WAITING:
+        message = f"cancelled; attempt {claim.attempt} stopped at a waitpoint first"
+    else:
+        message = (f"cancelled; attempt {claim.attempt} failed first "
+                   f"({(outcome.error or {}).get('type')}), not retried")
+    return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED, waits=outcome.waits,
+                   error={"type": "Cancelled", "message": message})
 
 
 def _describe(error: BaseException) -> dict[str, str]:

@@ -58,8 +58,8 @@ class Outcome:
     result: Any = None
     error: dict[str, Any] | None = None
     traceback: str | None = None
-    retry_in_s: float | None = None  # with status RETRYING
-
+    retry_in_s: float | None = None  # with status RETRYING (WAITING: when it is woken)
+    waits: tuple[str, ...] = ()  # with status WAITING: the waitpoints it stopped at
 
 
 _ENDED = ", ".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
@@ -75,7 +75,8 @@ _CLAIM_SQL = """
             started_at = coalesce(started_at, now()), heartbeat_at = now(),
             next_attempt_at = NULL, last_seq = last_seq + 1
         WHERE :targets
-          AND (status = 'queued' OR (status = 'retrying' AND next_attempt_at <= now()))
+          AND (status = 'queued'
+               OR (status IN ('retrying', 'waiting') AND next_attempt_at <= now()))
           AND (session_id IS NULL OR NOT EXISTS (
                 SELECT 1 FROM runs AS earlier
                 WHERE earlier.tenant_id = runs.tenant_id
@@ -139,7 +140,8 @@ _FINISH = text("""
 
 _CLAIMABLE = or_(
     Run.status == RunStatus.QUEUED,
-    and_(Run.status == RunStatus.RETRYING, Run.next_attempt_at <= func.now()),
+    and_(Run.status.in_([RunStatus.RETRYING, RunStatus.WAITING]),
+         Run.next_attempt_at <= func.now()),
 )
 
 
@@ -372,7 +374,7 @@ def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
                 last_seq=Run.last_seq + 1)
         .returning(Run.last_seq)
     ).scalar_one()
-    _end_attempt(session, run_id=run_id, attempt=attempt, outcome=outcome, error=error)
+    end_attempt(session, run_id=run_id, attempt=attempt, outcome=outcome, error=error)
     event = events.record(session, run_id=run_id, seq=seq, type=events.STATUS,
                           data={"status": status, "attempt": attempt, "error": error})
     if terminal:
@@ -380,8 +382,9 @@ def _abandon(session: Session, *, run_id: str, attempt: int, status: RunStatus,
                         event=event)
 
 
-def _end_attempt(session: Session, *, run_id: str, attempt: int, outcome: AttemptOutcome,
-                 error: dict[str, Any] | None, traceback: str | None = None) -> None:
+def end_attempt(session: Session, *, run_id: str, attempt: int, outcome: AttemptOutcome,
+                error: dict[str, Any] | None, traceback: str | None = None) -> None:
+    """Record how the run's attempt ended (the run's own row is the caller's)."""
     error = error or {}
     session.execute(
         update(RunAttempt)

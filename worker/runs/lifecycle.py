@@ -44,6 +44,13 @@ def ended(session: Session, *, run: Run, event: Event,
     freed(session, run=run)
 
 
+def waiting(session: Session, *, run: Run, event: Event, extra: dict[str, Any]) -> None:
+    """``run`` waits at a waitpoint from this transaction on: its ``run.waiting``
+    deliveries (their data the run and ``extra``: the waitpoint)."""
+    session.info.setdefault(_DELIVERIES, []).extend(
+        outbox.enqueue(session, run=run, event=event, extra=extra))
+
+
 def freed(session: Session, *, run: Run) -> None:
     """``run`` gives up its place in this transaction (it ended, or waits to retry)."""
     session.info.setdefault(_FREED, {})[run.id] = run.session_id is not None

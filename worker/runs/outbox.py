@@ -17,14 +17,23 @@ from sqlalchemy.orm import Session
 
 from worker.base.errors import InvalidRequest
 from worker.base.event import Event
-from worker.base.models import Delivery, DeliveryStatus, Run, Tenant, WebhookEndpoint, new_id
+from worker.base.models import (
+    Delivery,
+    DeliveryStatus,
+    Run,
+    RunStatus,
+    Tenant,
+    WebhookEndpoint,
+    new_id,
+)
 from worker.base.queues import DELIVER_TASK, PUBLISH_RETRY_POLICY
 from worker.base.runtime import Runtime
 from worker.runs.views import iso, run_view
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered")
+EVENT_TYPES = ("run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered",
+               "run.waiting")
 STANDARD, SLACK = "standard", "slack"  # delivery formats
 _SLACK_TEXT_LIMIT = 3000
 
@@ -53,20 +62,24 @@ def slack_message(run: Run) -> dict[str, Any]:
 
 
 def enqueue(session: Session, *, run: Run, event: Event,
-            endpoints: list[list[str]] | None = None) -> list[str]:
-    """Create the deliveries of a run that ends in this transaction (with its terminal
-    event, and its tenant's endpoints if already read); return the deliveries' ids."""
+            endpoints: list[list[str]] | None = None,
+            extra: dict[str, Any] | None = None) -> list[str]:
+    """Create the deliveries of a run that ends (or waits) in this transaction, with its
+    status event (and its tenant's endpoints if already read; ``extra`` added to the
+    payload's data); return the deliveries' ids. A Slack reply_url hears of the end only."""
     event_type = f"run.{event.data['status']}"
     known = endpoints if endpoints is not None else _endpoints(session, run, event_type)
     targets: list[tuple[str | None, str]] = [(endpoint_id, url) for endpoint_id, url in known]
     if run.webhook_url:
         targets.append((None, run.webhook_url))
-    if not targets and not run.reply_url:
+    reply_url = run.reply_url if RunStatus(run.status).is_terminal else None
+    if not targets and not reply_url:
         return []
-    payload = {"type": event_type, "timestamp": iso(event.at), "data": run_view(run)}
+    payload = {"type": event_type, "timestamp": iso(event.at),
+               "data": {**run_view(run), **(extra or {})}}
     outgoing = [(endpoint_id, url, STANDARD, payload) for endpoint_id, url in targets]
-    if run.reply_url:
-        outgoing.append((None, run.reply_url, SLACK, slack_message(run)))
+    if reply_url:
+        outgoing.append((None, reply_url, SLACK, slack_message(run)))
     created = []
     for endpoint_id, url, kind, body in outgoing:
         delivery = Delivery(

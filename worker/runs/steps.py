@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session
 
 from worker.base import jsonb
 from worker.base.db import Database
-from worker.base.errors import LeaseLost, StepMismatch
+from worker.base.errors import Cancelled, LeaseLost, StepMismatch, WaitTimeout
 from worker.base.event import Event
-from worker.base.models import RunStep
-from worker.runs import events, spend
+from worker.base.models import RunStep, WaitpointStatus
+from worker.runs import events, spend, waits
 
 MAX_NAME = 200
 
@@ -208,6 +208,32 @@ class StepRunner:
         self._finished()[name] = Stored(signature, result)
         return copy.deepcopy(result)
 
+    def wait(self, name: str, *, kind: str, timeout_s: float, prompt: str | None = None,
+             schema: Any = None) -> Any:
+        """``ctx.wait_for`` (kind ``wait``) and ``ctx.sleep`` (``sleep``): the waitpoint's
+        data once it is completed (None for a sleep that is over); WaitTimeout once it is
+        past its deadline; else the attempt suspends here (``waits.Suspend``)."""
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+            raise ValueError(f"a waitpoint name is a string of 1 to {MAX_NAME} characters")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) \
+                or not 0 <= timeout_s <= waits.MAX_WAIT_S:
+            raise ValueError(f"{'seconds' if kind == waits.SLEEP else 'timeout_s'} is a number "
+                             f"of seconds from 0 to {waits.MAX_WAIT_S}")
+        if prompt is not None and (not isinstance(prompt, str)
+                                   or len(prompt) > waits.MAX_PROMPT):
+            raise ValueError(f"prompt is a string of at most {waits.MAX_PROMPT} characters")
+        reached = waits.reach(self._db, run_id=self._run_id, epoch=self._epoch,
+                              attempt=self._attempt, name=name, kind=kind,
+                              timeout_s=float(timeout_s), prompt=prompt,
+                              schema=waits.schema_of(schema))
+        if reached.status == WaitpointStatus.COMPLETED:
+            return copy.deepcopy(reached.data)
+        if reached.status == WaitpointStatus.TIMED_OUT:
+            raise WaitTimeout(name, reached.timeout_s)
+        if reached.status == WaitpointStatus.CANCELLED:
+            raise Cancelled(f"waitpoint {name!r} was cancelled")
+        raise waits.Suspend(reached.id, name)
+
     def _finished(self) -> dict[str, Stored]:
         if self._done is None:
             with self._db.autocommit() as session:
@@ -251,3 +277,8 @@ class AsyncStepRunner:
             raise
         return await self._offload(lambda: self._steps.keep(name, signature, value, began,
                                                              usage_of))
+
+    async def wait(self, name: str, *, kind: str, timeout_s: float, prompt: str | None = None,
+                   schema: Any = None) -> Any:
+        return await self._offload(lambda: self._steps.wait(
+            name, kind=kind, timeout_s=timeout_s, prompt=prompt, schema=schema))

@@ -18,7 +18,7 @@ from worker.base.db import Database
 from worker.base.errors import Conflict, NotFound
 from worker.base.models import TERMINAL_STATUSES, Run, RunStatus, new_id
 from worker.base.queues import Dispatch
-from worker.runs import admission, events, lifecycle
+from worker.runs import admission, events, lifecycle, waits
 from worker.runs.readiness import session_free, under_running_cap
 
 
@@ -160,7 +160,8 @@ def active_in_session(session: Session, *, tenant_id: str, session_id: str) -> l
 
 
 def waiting_count(session: Session, *, tenant_id: str) -> int:
-    """The tenant's runs waiting to start (queued or retrying)."""
+    """The tenant's runs waiting to start (queued or retrying; not those waiting at a
+    waitpoint)."""
     count = session.scalar(select(func.count()).select_from(Run).where(
         Run.tenant_id == tenant_id, Run.status.in_([RunStatus.QUEUED, RunStatus.RETRYING])))
     return int(count or 0)
@@ -222,7 +223,8 @@ class CancelResult:
 
 
 def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
-    """Cancel a run. Queued or retrying: it ends now and never starts. Running: it is asked
+    """Cancel a run. Queued, retrying or waiting: it ends now (and never starts again).
+    Running: it is asked
     to stop (the worker ends it ``cancelled``). Already cancelled: nothing to do.
 
     Raises Conflict for a run that ended otherwise.
@@ -232,11 +234,14 @@ def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
     if run is None:
         raise NotFound("run", run_id)
     status = RunStatus(run.status)
-    if status in (RunStatus.QUEUED, RunStatus.RETRYING):
+    if status in (RunStatus.QUEUED, RunStatus.RETRYING, RunStatus.WAITING):
         run.status = RunStatus.CANCELLED
         run.cancel_requested_at = run.finished_at = func.now()
         run.next_attempt_at = None
-        run.error = {"type": "Cancelled", "message": "cancelled before it started"}
+        run.error = {"type": "Cancelled", "message": "cancelled while it waited" if status
+                     == RunStatus.WAITING else "cancelled before it started"}
+        if status == RunStatus.WAITING:
+            waits.cancel_open(session, run_id=run.id)
         run.last_seq += 1
         session.flush()
         session.refresh(run)

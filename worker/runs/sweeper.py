@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from worker.base.runtime import Runtime
-from worker.runs import attempts, dispatch, idempotency, store
+from worker.runs import attempts, dispatch, idempotency, store, waits
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ def sweep(rt: Runtime, *, also: Sequence[Repair] = ()) -> None:
     repairs: tuple[Repair, ...] = (
         recover_stale_attempts,
         dispatch_due_retries,
+        wake_due_waits,
         redispatch_unpublished,
         redispatch_lost,
         idempotency.purge_expired,
@@ -61,6 +62,17 @@ def dispatch_due_retries(rt: Runtime) -> int:
         due = attempts.due_retries(session, grace_s=rt.settings.dispatch_grace_s,
                                    limit=dispatch.SWEEP_BATCH)
         sent = dispatch.publish_all(rt, due, reason="retry due")
+        dispatch.mark_dispatched(session, run_ids=sent)
+    return len(sent)
+
+
+def wake_due_waits(rt: Runtime) -> int:
+    """Queue waiting runs whose waitpoint is due (those waiting too long for a message of
+    their own, and those whose message was lost)."""
+    with rt.db.transaction() as session:
+        due = waits.wake_due(session, grace_s=rt.settings.dispatch_grace_s,
+                             limit=dispatch.SWEEP_BATCH)
+        sent = dispatch.publish_all(rt, due, reason="waitpoint due")
         dispatch.mark_dispatched(session, run_ids=sent)
     return len(sent)
 
