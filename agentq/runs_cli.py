@@ -1,4 +1,5 @@
-"""``agentq runs``: an operator's view of runs across tenants: list, show, cancel, replay."""
+"""``agentq runs``: an operator's view of runs across tenants: list, show, cancel, replay,
+resume (complete a waitpoint)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.base.errors import Conflict
+from worker.base.errors import Conflict, InvalidRequest, NotFound
 from worker.base.models import Run, RunStatus, Tenant
 from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.delivery import webhooks
-from worker.runs import admission, attempts, dispatch, events, store
+from worker.runs import admission, attempts, dispatch, events, store, waits
 from worker.runs.views import attempt_view, delivery_view, event_view, iso, run_view
 
 
@@ -145,3 +146,29 @@ def replay_run(run_id: str) -> None:
         raise click.ClickException(str(conflict)) from None
     dispatch.dispatch(rt, job)
     click.echo(f"{run_id} queued at {iso(run.created_at)}")
+
+
+@runs_group.command("resume")
+@click.argument("run_id")
+@click.argument("name")
+@click.option("--data", "data_json", required=True, help="The waitpoint's data, as JSON.")
+def resume_run(run_id: str, name: str, data_json: str) -> None:
+    """Complete the waitpoint NAME of a waiting run with --data: the run goes on."""
+    try:
+        data = json.loads(data_json)
+    except ValueError as error:
+        raise click.ClickException(f"--data is not JSON: {error}") from None
+    rt = _runtime()
+    try:
+        with rt.db.transaction() as session:
+            run = _find(session, run_id)
+            done = waits.complete(session, tenant_id=run.tenant_id, run_id=run_id, name=name,
+                                  data=data, by="cli")
+    except (Conflict, NotFound) as refused:
+        raise click.ClickException(str(refused)) from None
+    except InvalidRequest as invalid:
+        problems = "; ".join(f"{e['field']}: {e['message']}" for e in invalid.errors)
+        raise click.ClickException(f"{invalid.detail} ({problems})") from None
+    if done.dispatch is not None:
+        dispatch.dispatch(rt, done.dispatch)
+    click.echo(f"{run_id} {done.run.status}: waitpoint {name} completed")

@@ -16,14 +16,14 @@ bp = Blueprint("openapi", __name__)
 
 _INPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunCreate, schemas.EndpointCreate, schemas.HookSourceCreate, schemas.HookSourceRotate,
-    schemas.ApiKeyCreate,
+    schemas.ApiKeyCreate, schemas.WaitpointComplete,
 )
 _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunOut, schemas.RunPage, schemas.AttemptList, schemas.EventList,
     schemas.ProblemOut, schemas.HealthOut, schemas.EndpointOut, schemas.EndpointList,
     schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage, schemas.HookSourceOut,
     schemas.HookSourceList, schemas.ApiKeyOut, schemas.ApiKeyList, schemas.SessionOut,
-    schemas.StepList, schemas.UsageOut,
+    schemas.StepList, schemas.UsageOut, schemas.WaitpointOut, schemas.WaitpointList,
 )
 
 
@@ -152,6 +152,54 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json(schemas.StepList, "The steps."), **_AUTH_ERRORS,
                           **_NOT_FOUND},
         }},
+        "/v1/runs/{run_id}/waitpoints": {"get": {
+            "summary": "The run's waitpoints (ctx.wait_for, ctx.sleep), oldest first; each "
+                       "still waiting has its signed url.",
+            "parameters": [_RUN_ID],
+            "responses": {"200": _json(schemas.WaitpointList, "The waitpoints."),
+                          **_AUTH_ERRORS, **_NOT_FOUND},
+        }},
+        "/v1/runs/{run_id}/waitpoints/{name}": {"post": {
+            "summary": "Complete a waitpoint with {data}: the waiting run is queued again and "
+                       "its ctx.wait_for returns the data.",
+            "parameters": [_RUN_ID, _param("name", "path", {"type": "string"},
+                                           "The waitpoint's name.", required=True),
+                           _IDEMPOTENCY_KEY],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref(schemas.WaitpointComplete)}}},
+            "responses": {"202": _json(schemas.WaitpointOut, "The waitpoint, completed."),
+                          **_AUTH_ERRORS, **_FORBIDDEN,
+                          "404": _problem("No such run or waitpoint for this tenant."),
+                          "409": _problem("Already completed, timed out or cancelled, or a "
+                                          "sleep."),
+                          "422": _problem("The data does not match the waitpoint's schema; "
+                                          "errors lists each problem.")},
+        }},
+        "/waitpoints/{token}": {
+            "get": {
+                "summary": "The signed link's page: the prompt and a form to answer it (a GET "
+                           "completes nothing).", "security": [],
+                "parameters": [_param("token", "path", {"type": "string"},
+                                      "The waitpoint's signed, single-use token.", required=True)],
+                "responses": {"200": {"description": "HTML."},
+                              "404": _problem("A forged or altered link."),
+                              "410": {"description": "Expired, or already answered."}},
+            },
+            "post": {
+                "summary": "Complete the waitpoint the signed link names, without an API key "
+                           "(single-use; it expires at the waitpoint's deadline).",
+                "security": [],
+                "parameters": [_param("token", "path", {"type": "string"},
+                                      "The waitpoint's signed, single-use token.", required=True)],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref(schemas.WaitpointComplete)}}},
+                "responses": {"202": _json(schemas.WaitpointOut, "The waitpoint, completed."),
+                              "404": _problem("A forged or altered link."),
+                              "409": _problem("Already used (completed), or cancelled."),
+                              "410": _problem("The link has expired."),
+                              "422": _problem("The data does not match the schema.")},
+            },
+        },
         "/v1/usage": {"get": {
             "summary": "The tenant's LLM use today (UTC) and over the last 7 days, and its "
                        "daily token budget (AGENTQ_TENANT_DAILY_TOKENS).",

@@ -211,7 +211,8 @@ class ProblemOut(BaseModel):
     errors: list[FieldProblem] | None = None
 
 
-WebhookEventType = Literal["run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered"]
+WebhookEventType = Literal["run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered",
+                           "run.waiting"]
 
 
 class EndpointCreate(BaseModel):

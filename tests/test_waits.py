@@ -3,7 +3,9 @@ new attempt once its waitpoint is completed (by API key, by signed link) or due.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import ApiClient, StartWorker
-from tests.harness import holds, wait_for
+from tests.harness import BIN, ROOT, Receiver, holds, wait_for
 from worker.base.models import Run
 from worker.base.runtime import Runtime
 from worker.runs import store, waits
@@ -269,3 +271,41 @@ def test_an_expired_link_is_gone(api: ApiClient, runtime: Runtime) -> None:
     assert answer.status_code == 410 and "expired" in answer.get_json()["detail"]
     assert api.run(run["id"])["status"] == "waiting"
     api.post(f"/v1/runs/{run['id']}/cancel")
+
+
+def test_agentq_runs_resume_completes_a_waitpoint(api: ApiClient, env: dict[str, str]) -> None:
+    run = api.submit("test.wait", {"schema": APPROVAL})
+    waiting(api, run["id"])
+    cli = [str(BIN / "agentq"), "runs", "resume", run["id"], "answer"]
+    bad = subprocess.run([*cli, "--data", '{"approved": "yes"}'], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "data.approved" in bad.stderr
+    notjson = subprocess.run([*cli, "--data", "{"], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+    assert notjson.returncode != 0 and "--data is not JSON" in notjson.stderr
+    done = subprocess.run([*cli, "--data", '{"approved": true}'], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert api.wait(run["id"])["result"]["data"] == {"approved": True}
+
+
+def test_a_waiting_run_is_announced_by_webhook_and_stream(api: ApiClient,
+                                                          receiver: Receiver) -> None:
+    secret = api.post("/v1/webhook-secret").get_json()
+    assert secret
+    run = api.submit("test.wait", {"prompt": "Go?"}, webhook_url=receiver.url)
+    [waited] = wait_for(lambda: receiver.at("/") or None, what="the run.waiting delivery")
+    body = json.loads(waited.body)
+    assert body["type"] == "run.waiting" and body["data"]["id"] == run["id"]
+    point = body["data"]["waitpoint"]
+    assert point["name"] == "answer" and point["prompt"] == "Go?"
+    assert point["url"].startswith("http") and "/waitpoints/" in point["url"]
+    status_events = [e for e in api.get(f"/v1/runs/{run['id']}/events").get_json()["items"]
+                     if e["type"] == "status" and e["data"]["status"] == "waiting"]
+    assert status_events[0]["data"]["waitpoint"]["name"] == "answer"
+    assert status_events[0]["data"]["waitpoint"]["url"] is None  # never stored
+    complete(api, run["id"], "answer", {"ok": 1})
+    api.wait(run["id"])
+    ended = wait_for(lambda: len(receiver.at("/")) == 2 and receiver.at("/"),
+                     what="the run.succeeded delivery")
+    assert json.loads(ended[1].body)["type"] == "run.succeeded"
