@@ -309,3 +309,12 @@ def test_a_waiting_run_is_announced_by_webhook_and_stream(api: ApiClient,
     ended = wait_for(lambda: len(receiver.at("/")) == 2 and receiver.at("/"),
                      what="the run.succeeded delivery")
     assert json.loads(ended[1].body)["type"] == "run.succeeded"
+
+
+def test_a_sessions_interrupt_cancels_a_waiting_run(api: ApiClient) -> None:
+    first = api.submit("test.wait", session_id="chat-wait")
+    waiting(api, first["id"])
+    second = api.submit("echo", {"n": 2}, session_id="chat-wait", multitask="interrupt")
+    assert api.wait(first["id"])["status"] == "cancelled"
+    assert api.wait(second["id"])["status"] == "succeeded"
+    assert waitpoints(api, first["id"])[0]["status"] == "cancelled"
