@@ -212,6 +212,9 @@ def complete(session: Session, *, tenant_id: str, run_id: str, name: str, data: 
         raise NotFound("waitpoint", name)
     now = session.scalar(select(func.now()))
     assert now is not None
+    if RunStatus(run.status).is_terminal:
+        raise Conflict(f"run {run_id} already ended {run.status}; its waitpoints cannot be "
+                       "completed", waitpoint=point.status)
     if point.kind == SLEEP:
         raise Conflict(f"{name!r} is a ctx.sleep: it ends at its deadline, it is not completed",
                        waitpoint=point.status)
