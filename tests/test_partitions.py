@@ -378,8 +378,8 @@ def test_two_sweepers_either_side_of_a_cut_requeue_a_dead_workers_run_once(
     dead = crash_worker(1)
     run_id = api.submit("test.crash.sleep", {"seconds": 60, "later_s": 0.2})["id"]
     api.wait(run_id, statuses={"running"})
+    crash_worker(1)  # takes whichever message claims the run (started first: ready in time)
     dead.signal(signal.SIGKILL)
-    crash_worker(1)  # takes whichever message claims the run
     failed: list[float] = []
 
     def near_sweeps() -> bool:

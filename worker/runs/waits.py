@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jsonschema
 import jwt
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -251,6 +250,8 @@ def check_data(schema: dict[str, Any] | None, data: Any) -> None:
     """InvalidRequest listing each way ``data`` does not match ``schema`` (a JSON Schema)."""
     if schema is None:
         return
+    import jsonschema  # here: a worker process starts without it (it takes 0.3 s)
+
     validator = jsonschema.validators.validator_for(schema)(schema)
     problems = [{"field": ".".join(["data", *(str(part) for part in error.absolute_path)]),
                  "message": error.message}
@@ -270,6 +271,8 @@ def schema_of(schema: Any) -> dict[str, Any] | None:
         schema = schema.model_json_schema()
     if not isinstance(schema, dict):
         raise ValueError("schema is a JSON Schema (a dict) or a pydantic model class")
+    import jsonschema
+
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
