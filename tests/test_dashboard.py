@@ -17,9 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
 from api import create_app
-from tests.conftest import Tenant, make_tenant
+from tests.conftest import ApiClient, Tenant, make_tenant
 from tests.harness import ROOT, ApiServer, Receiver, wait_for
 from worker.access import keys
 from worker.app import build_runtime
@@ -29,6 +31,9 @@ from worker.base.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 
+APPROVAL = {"type": "object", "properties": {"approved": {"type": "boolean"},
+                                             "comment": {"type": ["string", "null"]}},
+            "required": ["approved"], "additionalProperties": False}
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = ROOT / "tests" / "output" / "dashboard"
 PHONE = {"width": 390, "height": 844}
@@ -418,3 +423,198 @@ def test_the_api_refuses_to_start_without_a_secret_unless_the_dashboard_is_off(
         update={"secret_key": None, "dashboard": False}))).test_client()
     assert headless.get("/").status_code == 404
     assert headless.get("/openapi.json").status_code == 200
+
+
+# Waitpoints: a waiting run is answered from its page ----------------------------------------
+
+def test_a_waiting_run_is_answered_with_the_form_its_schema_makes(dashboard: Dashboard) -> None:
+    # Given a run waiting for an approval
+    with dashboard.api() as client:
+        run = client.post("/v1/runs", json={"agent": "test.wait", "input": {
+            "schema": APPROVAL, "prompt": "Refund 40 EUR to order 1234?"}}).json()
+    wait_for(lambda: run_status(dashboard, run["id"]) == "waiting", what="the run to wait")
+    # Its page shows the prompt, the deadline and a form made from the schema
+    from playwright.sync_api import expect
+
+    page = dashboard.page
+    page.goto(f"/runs/{run['id']}")
+    waiting = page.locator("section.waitpoint")
+    expect(waiting.get_by_role("heading")).to_have_text("Waiting for answer")
+    expect(waiting.locator(".prompt")).to_have_text("Refund 40 EUR to order 1234?")
+    assert waiting.locator("time[datetime]").count() == 1
+    assert waiting.locator("input[type=checkbox][name='field:approved']").count() == 1
+    assert waiting.locator("input[type=text][name='field:comment']").count() == 1
+    expect(page.locator("#status-strip [data-key=waiting]")).to_have_text("1")
+    page.wait_for_selector("#stream-state:text('live')")
+    # When it is filled in and sent
+    waiting.get_by_label("approved").check()
+    waiting.get_by_label("comment").fill("fine by me")
+    dashboard.shot("waitpoint")
+    waiting.get_by_role("button", name="Send answer").click()
+    page.wait_for_selector(".flash.ok:text(\"Waitpoint 'answer' completed\")")
+    # Then the run goes on with the data, and the page lists the waitpoint as completed
+    page.wait_for_selector("#run-status:text('succeeded')", timeout=30_000)
+    with dashboard.api() as client:
+        done = client.get(f"/v1/runs/{run['id']}").json()
+        [point] = client.get(f"/v1/runs/{run['id']}/waitpoints").json()["items"]
+    assert done["result"]["data"] == {"approved": True, "comment": "fine by me"}
+    assert point["completed_by"].startswith("dashboard:")
+    row = page.locator("table.waitpoints tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator(".status")).to_have_text("completed")
+    expect(row).to_contain_text('"comment": "fine by me"')
+    expect(row).to_contain_text(point["completed_by"])
+    assert page.locator("section.waitpoint").count() == 0
+    expect(page.locator("#status-strip [data-key=waiting]")).to_have_text("0", timeout=15_000)
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+def signed_in(app: Flask, tenant: Tenant) -> FlaskClient:
+    """A browser without JavaScript (Flask's test client), signed in with the tenant's key."""
+    browser = app.test_client()
+    page = browser.get("/sign-in").get_data(as_text=True)
+    answer = browser.post("/sign-in", data={"csrf": csrf_of(page), "key": tenant.key})
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+    return browser
+
+
+ORDER = {"type": "object", "properties": {
+    "amount": {"type": "integer", "minimum": 1, "description": "In euros"},
+    "reason": {"type": "string", "minLength": 3},
+    "tier": {"enum": ["gold", "silver"]},
+    "discount": {"type": ["number", "null"]},
+    "rush": {"type": "boolean"},
+    "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["amount", "reason", "tier"], "additionalProperties": False}
+
+
+def test_a_waitpoint_answer_that_does_not_match_its_schema_is_shown_with_why(
+        app: Flask, api: ApiClient, tenant: Tenant) -> None:
+    run = api.submit("test.wait", {"schema": ORDER, "prompt": "Place the order?"})
+    api.wait(run["id"], statuses={"waiting"})
+    browser = signed_in(app, tenant)
+    assert browser.get("/status.json").get_json()["waiting"] == 1
+    page = browser.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert "Place the order?" in page
+    for made in ('type="number" id="wp-1-1" name="field:amount"', 'min="1"', 'step="1"',
+                 'type="text" id="wp-1-2" name="field:reason"',
+                 '<select id="wp-1-3" name="field:tier"', '<option value="&#34;gold&#34;"',
+                 'name="field:discount" value="" step="any"',
+                 'type="checkbox" id="wp-1-5" name="field:rush"',
+                 '<textarea id="wp-1-6" name="field:tags"', "In euros"):
+        assert made in page, made
+    assert 'name="data"' not in page  # no raw JSON for an object schema with properties
+    action = f"/runs/{run['id']}/waitpoints/answer"
+    csrf = csrf_of(page)
+
+    def send(**fields: str) -> Any:
+        return browser.post(action, data={"csrf": csrf, **fields})
+
+    # Data that does not match: 422, the page says why, with what was sent; nothing changes
+    wrong = send(**{"field:amount": "0", "field:reason": "no", "field:tier": '"gold"',
+                    "field:discount": "", "field:tags": '["a"]'})
+    text = wrong.get_data(as_text=True)
+    assert wrong.status_code == 422, text
+    assert "does not match the waitpoint&#39;s schema: 2 problems" in text
+    assert "<code>data.amount</code> 0 is less than the minimum of 1" in text
+    assert "<code>data.reason</code> &#39;no&#39; is too short" in text
+    assert 'aria-invalid="true" aria-describedby="wp-1-1-hint wp-1-errors"' in text
+    assert 'name="field:reason" value="no"' in text  # kept, to be corrected
+    # Inputs that cannot be read are refused before the schema is asked
+    unreadable = send(**{"field:amount": "lots", "field:reason": "fine", "field:tier": '"gold"',
+                         "field:tags": "[oops"})
+    text = unreadable.get_data(as_text=True)
+    assert unreadable.status_code == 422
+    assert "<code>data.amount</code> is not a number" in text
+    assert "<code>data.tags</code> is not JSON" in text
+    assert browser.post(action, data={"field:amount": "2"}).status_code == 403  # no CSRF
+    [point] = api.get(f"/v1/runs/{run['id']}/waitpoints").get_json()["items"]
+    assert point["status"] == "waiting" and point["data"] is None
+    assert api.run(run["id"])["status"] == "waiting"
+
+    # A matching answer completes it (a redirect back to the run, with a notice)
+    sent = send(**{"field:amount": "40", "field:reason": "a refund", "field:tier": '"silver"',
+                   "field:discount": "", "field:rush": "true", "field:tags": ""})
+    assert sent.status_code == 302 and sent.headers["Location"] == f"/runs/{run['id']}"
+    assert "Waitpoint &#39;answer&#39; completed" in browser.get(sent.headers["Location"]) \
+        .get_data(as_text=True)
+    done = api.wait(run["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["data"] == {"amount": 40, "reason": "a refund", "tier": "silver",
+                                      "discount": None, "rush": True}
+    # An answer once the run has ended is a conflict, and the first stands
+    again = send(**{"field:amount": "41", "field:reason": "again", "field:tier": '"gold"'})
+    assert again.status_code == 409
+    assert "already ended succeeded" in again.get_data(as_text=True)
+    page = browser.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert 'class="status completed"' in page and '"amount": 40' in page
+    assert f'action="{action}"' not in page  # no form any more
+    assert browser.get("/status.json").get_json()["waiting"] == 0
+
+
+def test_a_waitpoint_without_a_schema_is_answered_as_json(app: Flask, api: ApiClient,
+                                                          tenant: Tenant) -> None:
+    # test.async.wait waits at "first", then at "second" (neither has a schema)
+    run = api.submit("test.async.wait")
+    api.wait(run["id"], statuses={"waiting"})
+    browser = signed_in(app, tenant)
+    page = browser.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert '<textarea id="wp-1-data" name="data"' in page and "field:" not in page
+    first, csrf = f"/runs/{run['id']}/waitpoints/first", csrf_of(page)
+    wrong = browser.post(first, data={"csrf": csrf, "data": '{"n": '})
+    assert wrong.status_code == 422
+    assert "<code>data</code> is not JSON" in wrong.get_data(as_text=True)
+    assert '{&#34;n&#34;: </textarea>' in wrong.get_data(as_text=True)  # kept
+    sent = browser.post(first, data={"csrf": csrf, "data": '{"n": [1, "two"]}'})
+    assert sent.status_code == 302
+
+    def at_second() -> bool:
+        points = api.get(f"/v1/runs/{run['id']}/waitpoints").get_json()["items"]
+        return api.run(run["id"])["status"] == "waiting" and len(points) == 2
+    wait_for(at_second, what="the run to wait at its second waitpoint")
+    # The first is listed as completed, the second has its form; the first again: 409
+    page = browser.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert 'class="status completed"' in page and '[1, "two"]' in page
+    assert f'action="/runs/{run["id"]}/waitpoints/second"' in page
+    assert f'action="{first}"' not in page
+    again = browser.post(first, data={"csrf": csrf, "data": "{}"})
+    assert again.status_code == 409
+    assert "waitpoint &#39;first&#39; is already completed" in again.get_data(as_text=True)
+    assert browser.post(f"/runs/{run['id']}/waitpoints/second",
+                        data={"csrf": csrf, "data": "null"}).status_code == 302
+    done = api.wait(run["id"])
+    assert done["result"] == {"first": {"n": [1, "two"]}, "second": None, "attempt": 3}
+
+
+def test_another_tenants_waitpoint_is_not_found_and_a_reader_cannot_answer(
+        app: Flask, api: ApiClient, runtime: Runtime) -> None:
+    run = api.submit("test.wait", {"schema": APPROVAL})
+    api.wait(run["id"], statuses={"waiting"})
+    action = f"/runs/{run['id']}/waitpoints/answer"
+    other = signed_in(app, make_tenant(runtime))
+    csrf = csrf_of(other.get("/runs").get_data(as_text=True))
+    assert other.get(f"/runs/{run['id']}").status_code == 404
+    assert other.get(f"/runs/{run['id']}/waitpoints").status_code == 404
+    refused = other.post(action, data={"csrf": csrf, "field:approved": "true"})
+    assert refused.status_code == 404 and "not found" in refused.get_data(as_text=True)
+    assert other.post(f"/runs/{run['id']}/waitpoints/nope",
+                      data={"csrf": csrf}).status_code == 404
+    # A key of the run's own tenant that may only read sees the prompt, not the form
+    with runtime.db.transaction() as session:
+        reader_key = keys.issue_key(session, tenant_id=api.tenant.id, name="reader",
+                                    scopes=[keys.READ])[0]
+    reader = signed_in(app, Tenant(id=api.tenant.id, name=api.tenant.name, key=reader_key))
+    page = reader.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert "Waiting for" in page and "field:approved" not in page
+    assert reader.post(action, data={"csrf": csrf_of(page),
+                                     "field:approved": "true"}).status_code == 403
+    [point] = api.get(f"/v1/runs/{run['id']}/waitpoints").get_json()["items"]
+    assert point["status"] == "waiting" and api.run(run["id"])["status"] == "waiting"
+    assert api.post(action.replace("/runs/", "/v1/runs/"),
+                    json={"data": {"approved": False}}).status_code == 202  # free it
+    assert api.wait(run["id"])["status"] == "succeeded"

@@ -1,26 +1,34 @@
 """Runs on the dashboard: the live list, starting one, a run's page with its events,
-cancel and replay; dead letters; the status strip."""
+cancel and replay, and its waitpoints (answered with a form made from their JSON Schema);
+dead letters; the status strip."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Response, flash, g, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api import events as event_stream
 from api.dashboard.access import bp, describe, form, local, needs
 from api.deps import principal, runtime
-from api.schemas import RunCreate
+from api.schemas import RunCreate, WaitpointComplete
 from worker.access import keys
-from worker.base.errors import AgentqError, Conflict, LimitExceeded
-from worker.base.models import RunStatus
+from worker.base.errors import AgentqError, Conflict, InvalidRequest, LimitExceeded, NotFound
+from worker.base.models import Run, RunStatus, Waitpoint
 from worker.base.queues import Dispatch
 from worker.delivery import webhooks
-from worker.runs import admission, dispatch, observe, steps, store
+from worker.runs import admission, dispatch, observe, steps, store, waits
 from worker.runs.attempts import attempts
 from worker.runs.submission import RunRequest, submit
 from worker.runs.views import attempt_view, delivery_view, run_view, step_view
@@ -107,11 +115,12 @@ def _back_to_form(agent: str, raw: str) -> tuple[str, int]:
                            form={"agent": agent, "input": raw}), 422
 
 
-def _run_details(run_id: str) -> dict[str, Any]:
+def _run_details(run_id: str, answer: Answer | None = None) -> dict[str, Any]:
     tenant_id = principal().tenant_id
     with runtime().db.autocommit() as db:
         run = store.get(db, tenant_id=tenant_id, run_id=run_id)
         return {
+            **_waitpoints(db, run_id=run_id, answer=answer),
             "run": run_view(run),
             "last_seq": run.last_seq,
             "terminal": RunStatus(run.status).is_terminal,
@@ -128,6 +137,16 @@ def _run_details(run_id: str) -> dict[str, Any]:
 @needs(keys.READ)
 def run_page(run_id: str) -> str:
     return render_template("dashboard/run.html", **_run_details(run_id))
+
+
+@bp.get("/runs/<run_id>/waitpoints")
+@needs(keys.READ)
+def run_waitpoints(run_id: str) -> str:
+    """The run's waitpoints alone, for the page to refresh them when they change."""
+    with runtime().db.autocommit() as db:
+        run = store.get(db, tenant_id=principal().tenant_id, run_id=run_id)
+        found = _waitpoints(db, run_id=run.id, answer=None)
+    return render_template("dashboard/_waitpoints.html", run={"id": run_id}, **found)
 
 
 @bp.get("/runs/<run_id>/panel")
@@ -192,6 +211,261 @@ def _replay(run_ids: list[str]) -> int:
     return len(replayed)
 
 
+# Waitpoints: a run's page answers its ctx.wait_for with a form ----------------------------
+
+FIELD = "field:"  # a generated input's name: this, then the property's name
+
+
+@dataclass
+class Field:
+    """One input of a waitpoint's form: a property of its (object) schema."""
+
+    key: str  # the property
+    label: str
+    hint: str | None
+    widget: str  # checkbox, text, number, select or json
+    required: bool
+    nullable: bool  # an empty input means null
+    step: str | None = None  # a number's: "1" for an integer
+    minimum: Any = None
+    maximum: Any = None
+    options: list[tuple[str, str]] = field(default_factory=list)  # a select's (value, label)
+    value: str = ""
+    checked: bool = False
+    invalid: bool = False
+
+    @property
+    def input(self) -> str:
+        return FIELD + self.key
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What was sent for waitpoint ``name`` and refused, shown again with why."""
+
+    name: str
+    values: Mapping[str, str]
+    errors: list[dict[str, Any]]
+
+
+def _follow(root: dict[str, Any], spec: Any) -> Any:
+    """``spec`` with a local ``$ref`` (pydantic's ``#/$defs/...``) followed."""
+    for _ in range(8):
+        ref = spec.get("$ref") if isinstance(spec, dict) else None
+        if not isinstance(ref, str):
+            break
+        target: Any = root
+        for part in ref.removeprefix("#").strip("/").split("/") if ref.startswith("#") else [""]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, dict) and part else None
+        if not isinstance(target, dict):
+            return {}
+        spec = {**target, **{k: v for k, v in spec.items() if k != "$ref"}}
+    return spec
+
+
+def _field(root: dict[str, Any], key: str, spec: Any, *, required: bool) -> Field:
+    spec = _follow(root, spec)
+    spec = spec if isinstance(spec, dict) else {}
+    nullable = False
+    branches = spec.get("anyOf", spec.get("oneOf"))
+    if isinstance(branches, list) and "type" not in spec and "enum" not in spec:
+        # pydantic's ``X | None``: anyOf [X, {"type": "null"}]
+        followed = [_follow(root, branch) for branch in branches]
+        nulls = [b for b in followed if isinstance(b, dict) and b.get("type") == "null"]
+        rest = [b for b in followed if not (isinstance(b, dict) and b.get("type") == "null")]
+        if nulls and len(rest) == 1 and isinstance(rest[0], dict):
+            outer = {k: v for k, v in spec.items() if k not in ("anyOf", "oneOf")}
+            spec, nullable = {**rest[0], **outer}, True
+    kinds = spec.get("type")
+    types = [kinds] if isinstance(kinds, str) else list(kinds) if isinstance(kinds, list) else []
+    nullable = nullable or "null" in types
+    base = sorted({t for t in types if t != "null"})
+    title, hint = spec.get("title"), spec.get("description")
+    made = Field(key=key, label=title if isinstance(title, str) and title else key,
+                 hint=hint if isinstance(hint, str) else None, widget="json",
+                 required=required, nullable=nullable)
+    default, has_default = spec.get("default"), "default" in spec
+    enum = spec.get("enum")
+    if base == ["boolean"] and not isinstance(enum, list):
+        if not nullable:
+            made.widget, made.checked = "checkbox", default is True
+            return made
+        enum = [True, False]
+    if isinstance(enum, list) and enum:
+        made.nullable = nullable = nullable or None in enum
+        made.widget = "select"
+        if nullable or not required:
+            made.options.append(("", "null" if nullable else "(leave out)"))
+        made.options += [(json.dumps(v), v if isinstance(v, str) else json.dumps(v))
+                         for v in enum if v is not None]
+        if has_default and default in enum:
+            made.value = "" if default is None else json.dumps(default)
+        else:
+            made.value = made.options[0][0]
+    elif base == ["string"]:
+        made.widget, made.value = "text", default if isinstance(default, str) else ""
+    elif base in (["integer"], ["number"], ["integer", "number"]):
+        made.widget, made.step = "number", "1" if base == ["integer"] else "any"
+        made.minimum, made.maximum = _bound(spec.get("minimum")), _bound(spec.get("maximum"))
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            made.value = str(default)
+    elif has_default:
+        made.value = json.dumps(default)
+    return made
+
+
+def _bound(value: Any) -> Any:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _fields(schema: dict[str, Any] | None) -> list[Field] | None:
+    """The form's inputs for an object schema with ``properties``; None for any other
+    schema (or none): that is answered as raw JSON."""
+    if not isinstance(schema, dict):
+        return None
+    properties = schema.get("properties")
+    kind = schema.get("type")
+    if kind != "object" and not (isinstance(kind, list) and kind == ["object"]):
+        return None
+    if not isinstance(properties, dict) or not properties:
+        return None
+    required = schema.get("required")
+    needed = [key for key in required if key in properties] \
+        if isinstance(required, list) else []
+    # Stored as JSONB, the schema's properties lost their order (shorter keys come first):
+    # the required ones go first in the order "required" lists them, then the others by name.
+    order = {key: i for i, key in reversed(list(enumerate(needed)))}
+    keys_ = sorted(properties, key=lambda key: (order.get(key, len(order)), str(key)))
+    return [_field(schema, str(key), properties[key], required=key in order)
+            for key in keys_]
+
+
+def _refill(fields: list[Field], values: Mapping[str, str],
+            errors: list[dict[str, Any]]) -> None:
+    """The inputs as they were sent, those the errors name marked invalid."""
+    named = {str(e.get("field", "")) for e in errors}
+    for item in fields:
+        item.value, item.checked = values.get(item.input, ""), item.input in values
+        item.invalid = any(f == f"data.{item.key}" or f.startswith(f"data.{item.key}.")
+                           for f in named)
+
+
+def _number(raw: str) -> int | float:
+    if re.fullmatch(r"-?[0-9]+", raw):
+        return int(raw)  # ValueError past 4,300 digits
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return int(value) if value.is_integer() and abs(value) < 2 ** 53 else value
+
+
+def _read(schema: dict[str, Any] | None, values: Mapping[str, str]) -> Any:
+    """The data a waitpoint's form sent, or InvalidRequest saying which inputs cannot be
+    read (whether it matches the schema is ``waits.complete``'s to say)."""
+    fields = _fields(schema)
+    problems: list[dict[str, Any]] = []
+    if fields is None:
+        raw, data = values.get("data", "").strip(), None
+        try:
+            if not raw:
+                raise ValueError("it is empty: enter the data as JSON")
+            data = json.loads(raw)
+        except json.JSONDecodeError as error:
+            problems.append({"field": "data", "message": f"is not JSON: {error.msg} (line "
+                                                         f"{error.lineno}, column {error.colno})"})
+        except (ValueError, RecursionError) as error:
+            problems.append({"field": "data", "message": f"cannot be read: {error}"})
+    else:
+        data = {}
+        for item in fields:
+            path, raw = f"data.{item.key}", values.get(item.input, "")
+            if item.widget == "checkbox":
+                data[item.key] = item.input in values
+                continue
+            if item.widget != "text":
+                raw = raw.strip()
+            if raw == "":
+                if item.nullable:
+                    data[item.key] = None
+                elif item.widget == "text" and item.required:
+                    data[item.key] = ""
+                continue  # left out: the schema says whether it may be
+            try:
+                if item.widget == "text":
+                    data[item.key] = raw
+                elif item.widget == "number":
+                    data[item.key] = _number(raw)
+                else:
+                    data[item.key] = json.loads(raw)
+            except (ValueError, RecursionError):
+                problems.append({"field": path, "message": {
+                    "number": "is not a number", "select": "is not one of the choices"}.get(
+                    item.widget, "is not JSON")})
+    if problems:
+        noun = "input cannot" if len(problems) == 1 else "inputs cannot"
+        raise InvalidRequest(f"{len(problems)} {noun} be read; see below", problems)
+    return form(WaitpointComplete, data=data).data
+
+
+def _waitpoints(db: Session, *, run_id: str, answer: Answer | None) -> dict[str, Any]:
+    """The run's waitpoints for its page (each waiting one with its form), and a version
+    that changes when any of them does (so the page refreshes them only then)."""
+    points = waits.listed(db, run_id=run_id)
+    now = datetime.now(UTC)
+    views = [_waitpoint(point, now=now, answer=answer if answer and answer.name ==
+                        point.name else None) for point in points]
+    version = hashlib.sha256("|".join(f"{p.id}:{p.status}" for p in points).encode())
+    return {"waitpoints": views, "waitpoints_version": version.hexdigest()[:16]}
+
+
+def _waitpoint(point: Waitpoint, *, now: datetime, answer: Answer | None) -> dict[str, Any]:
+    view = waits.waitpoint_view(point, url=None)
+    fields = _fields(point.schema)
+    view.update(due=point.deadline <= now, fields=fields, errors=[], raw="{}")
+    if point.schema is not None and fields is None:
+        default = point.schema.get("default", ...)
+        view["raw"] = "" if default is ... and point.schema.get("type") != "object" \
+            else json.dumps({} if default is ... else default, indent=2)
+    if answer is not None:
+        view["errors"] = answer.errors
+        view["raw"] = answer.values.get("data", "")
+        if fields is not None:
+            _refill(fields, answer.values, answer.errors)
+    return view
+
+
+@bp.post("/runs/<run_id>/waitpoints/<path:name>")
+@needs(keys.WRITE)
+def answer_waitpoint(run_id: str, name: str) -> Any:
+    """Complete the waitpoint with what its form sent (as the JSON API does), and go back
+    to the run's page; a refused answer is shown again there, with why."""
+    rt, caller = runtime(), principal()
+    values = {key: value for key, value in request.form.items() if key != "csrf"}
+    with rt.db.autocommit() as db:
+        store.get(db, tenant_id=caller.tenant_id, run_id=run_id)
+        point = next((p for p in waits.listed(db, run_id=run_id) if p.name == name), None)
+    if point is None:
+        raise NotFound("waitpoint", name)
+    try:
+        data = _read(point.schema, values)
+        with rt.db.transaction() as db:
+            done = waits.complete(db, tenant_id=caller.tenant_id, run_id=run_id, name=name,
+                                  data=data, by=f"dashboard:{caller.key_id}"[:200])
+    except InvalidRequest as error:
+        flash(str(error), "error")
+        errors = error.errors or [{"field": "data", "message": str(error)}]
+        return render_template("dashboard/run.html", **_run_details(
+            run_id, Answer(name, values, errors))), 422
+    except Conflict as error:
+        flash(str(error), "error")
+        return render_template("dashboard/run.html", **_run_details(run_id)), 409
+    if done.dispatch is not None:  # committed: a lost publish is the sweeper's to redo
+        dispatch.dispatch(rt, done.dispatch)
+    flash(f"Waitpoint {name!r} completed: the run goes on.", "ok")
+    return redirect(url_for("dashboard.run_page", run_id=run_id))
+
+
 # Dead letters ---------------------------------------------------------------------------------
 
 @bp.get("/dead-letters")
@@ -231,8 +505,11 @@ def _workers_online() -> int:
 @bp.get("/status.json")
 @needs(keys.READ)
 def status() -> Response:
+    tenant_id = principal().tenant_id
     with runtime().db.autocommit() as db:
-        now = observe.pulse(db, tenant_id=principal().tenant_id)
+        now = observe.pulse(db, tenant_id=tenant_id)
+        waiting = db.scalar(select(func.count()).select_from(Run).where(
+            Run.tenant_id == tenant_id, Run.status == RunStatus.WAITING))
     return jsonify({"workers": _workers_online(), "queued": now.queued, "running": now.running,
-                    "runs_per_minute": now.ended_per_minute,
+                    "waiting": int(waiting or 0), "runs_per_minute": now.ended_per_minute,
                     "failures_per_minute": now.failed_per_minute})

@@ -54,6 +54,8 @@ function describeStatus(data) {
   if (data.error) parts.push(`${data.error.type}: ${data.error.message}`);
   if (data.replay) parts.push("replayed");
   if (data.next_attempt_at) parts.push(`next attempt at ${data.next_attempt_at}`);
+  if (data.waitpoint) parts.push(`waiting for ${data.waitpoint.name}`);
+  if (data.resumed) parts.push(`resumed by ${data.resumed.join(", ")}`);
   return parts.join(" · ");
 }
 
@@ -64,12 +66,33 @@ function followRun() {
   if (!list) return;
   const state = document.getElementById("stream-state");
   const panel = document.getElementById("run-panel");
+  const points = document.getElementById("waitpoints");
   let refreshing = null;
+  // The waitpoints are swapped in again only when one of them changed (its data-version):
+  // an answer being typed, or one refused with its errors, stays as it is otherwise.
+  const refreshPoints = () => {
+    if (!points) return;
+    fetch(points.dataset.src).then((r) => (r.ok ? r.text() : null))
+      .then((html) => {
+        if (html === null) return;
+        const fresh = document.createElement("template");
+        fresh.innerHTML = html.trim();
+        const next = fresh.content.firstElementChild;
+        if (!next || next.dataset.version === points.dataset.version) return;
+        points.dataset.version = next.dataset.version;
+        points.replaceChildren(...next.childNodes);
+        localTimes(points);
+      })
+      .catch(() => {});
+  };
   const refreshPanel = () => {
     clearTimeout(refreshing);
-    refreshing = setTimeout(() => fetch(panel.dataset.src).then((r) => (r.ok ? r.text() : null))
-      .then((html) => { if (html !== null) { panel.innerHTML = html; localTimes(panel); } })
-      .catch(() => {}), 150);
+    refreshing = setTimeout(() => {
+      fetch(panel.dataset.src).then((r) => (r.ok ? r.text() : null))
+        .then((html) => { if (html !== null) { panel.innerHTML = html; localTimes(panel); } })
+        .catch(() => {});
+      refreshPoints();
+    }, 150);
   };
   const add = (type, message) => {
     const data = JSON.parse(message.data);
