@@ -17,7 +17,6 @@ from api.deps import runtime
 from api.errors import Problem, unauthorized
 from worker.inbound import hooks
 from worker.inbound.providers import Rejected, Unreadable
-from worker.runs.submission import launch
 
 bp = Blueprint("hooks", __name__)
 
@@ -34,14 +33,13 @@ def receive(source_id: str) -> tuple[Response, int]:
         raise unauthorized(f"signature verification failed: {rejected}") from None
     except Unreadable as unreadable:
         raise Problem(400, "Unreadable delivery", str(unreadable), slug="unreadable") from None
+    if received.run is not None:
+        g.run_id = received.run.id
     if received.answer is not None:
-        return jsonify(received.answer), 200
-    if received.run is None:
-        return jsonify({"ignored": True, "duplicate": received.duplicate}), 200
-    run = received.run
-    g.run_id = run.id
-    response = jsonify({"run_id": run.id, "duplicate": received.duplicate})
-    stored = received.stored
-    if stored is not None:
-        response.call_on_close(lambda: launch(rt, stored))
+        response = jsonify(received.answer)
+    elif received.run is None:
+        response = jsonify({"ignored": True, "duplicate": received.duplicate})
+    else:
+        response = jsonify({"run_id": received.run.id, "duplicate": received.duplicate})
+    response.call_on_close(lambda: hooks.follow_up(rt, received))
     return response, 200

@@ -391,11 +391,12 @@ def _inbound_paths() -> dict[str, Any]:
                        "API key: the signature over the raw body is the credential. Answers "
                        "200 {run_id} before the agent starts; a delivery seen before answers "
                        "with the first one's run; Slack's url_verification and GitHub's ping "
-                       "are answered.",
+                       "are answered; a Slack button whose value names a waitpoint "
+                       "({run_id, waitpoint, data}) completes it and starts no run.",
             "security": [], "parameters": [source_id],
             "responses": {
-                "200": {"description": "{run_id, duplicate}, {ignored: true}, or a handshake "
-                                       "answer."},
+                "200": {"description": "{run_id, duplicate}, {ignored: true}, a handshake "
+                                       "answer, or a Slack message for a button press."},
                 "400": _problem("Signed, but unreadable."),
                 "401": _problem("Bad signature or stale timestamp; nothing was stored."),
                 "404": _problem("No such hook."),

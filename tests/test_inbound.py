@@ -343,3 +343,95 @@ def test_rotation_accepts_old_and_new_secret_during_the_overlap(
         body = json.dumps({"with": secret[:5]}).encode()
         assert hooks.post(hook["url"], content=body,
                           headers=github(secret, body)).status_code == 200
+
+
+APPROVAL = {"type": "object", "properties": {"approved": {"type": "boolean"}},
+            "required": ["approved"], "additionalProperties": False}
+
+
+def press(hooks: httpx.Client, hook: dict[str, Any], value: Any, *, user: str = "U2147483697",
+          response_url: str | None = None, trigger: str | None = None,
+          secret: str = SLACK_SECRET) -> httpx.Response:
+    """A Slack button press (block_actions) whose value is ``value`` (JSON-encoded unless a
+    string)."""
+    payload = {"type": "block_actions", "trigger_id": trigger or f"1334.{uuid.uuid4().hex}",
+               "user": {"id": user, "username": "ada"}, "response_url": response_url,
+               "actions": [{"type": "button", "action_id": "approve",
+                            "value": value if isinstance(value, str) else json.dumps(value)}]}
+    form = urlencode({"payload": json.dumps(payload)}).encode()
+    return hooks.post(hook["url"], content=form, headers=slack(
+        secret, form, content_type="application/x-www-form-urlencoded"))
+
+
+def test_a_slack_button_answers_a_waitpoint_once_and_tells_the_channel(
+    api: ApiClient, hooks: httpx.Client, receiver: Receiver, runtime: Runtime
+) -> None:
+    # The source starts runs on mentions only: a button press answering a waitpoint is
+    # not an event to start a run from, whatever the filter says.
+    hook = source(api, "slack", SLACK_SECRET, events=["app_mention"])
+    run = api.submit("test.wait", {"name": "approval", "schema": APPROVAL})
+    api.wait(run["id"], statuses={"waiting"})
+    value = {"run_id": run["id"], "waitpoint": "approval", "data": {"approved": True}}
+    trigger = f"1334.{uuid.uuid4().hex}"
+    url = receiver.url + "/slack-button"
+
+    pressed = press(hooks, hook, value, trigger=trigger, response_url=url)
+    assert pressed.status_code == 200, pressed.text
+    assert "U2147483697" in pressed.json()["text"]
+    done = api.wait(run["id"])
+    assert done["status"] == "succeeded" and done["result"]["data"] == {"approved": True}
+    [point] = api.get(f"/v1/runs/{run['id']}/waitpoints").get_json()["items"]
+    assert point["completed_by"] == "slack:U2147483697"
+    [told] = wait_for(lambda: receiver.at("/slack-button"), what="the channel's message")
+    assert json.loads(told.body)["text"].startswith("<@U2147483697> answered 'approval'")
+    [event] = stored(runtime, hook["id"])
+    assert event.run_id == run["id"] and event.delivery_id == trigger
+
+    # Slack's retry of the same press: nothing changes
+    again = press(hooks, hook, value, trigger=trigger, response_url=url)
+    assert again.status_code == 200 and again.json()["text"] == "That press was received."
+    # A second press (someone else, later): told, only them, that it was answered already
+    late = press(hooks, hook, {**value, "data": {"approved": False}}, user="U0G9QF9C6",
+                 response_url=url)
+    assert late.status_code == 200 and "already ended" in late.json()["text"]
+    told = wait_for(lambda: receiver.at("/slack-button")[1:], what="the late answer")[0]
+    assert json.loads(told.body)["response_type"] == "ephemeral"
+    assert api.run(run["id"])["result"]["data"] == {"approved": True}
+    assert [r.id for r in runs_of(runtime, api.tenant)] == [run["id"]]  # no run started
+
+
+def test_a_slack_button_refuses_what_it_cannot_answer_with_a_line_never_an_error(
+    api: ApiClient, other_api: ApiClient, hooks: httpx.Client, runtime: Runtime
+) -> None:
+    hook = source(api, "slack", SLACK_SECRET)
+    mine = api.submit("test.wait", {"name": "approval", "schema": APPROVAL})
+    theirs = other_api.submit("test.wait", {"name": "approval"})
+    api.wait(mine["id"], statuses={"waiting"})
+    other_api.wait(theirs["id"], statuses={"waiting"})
+
+    def refused(value: Any) -> str:
+        response = press(hooks, hook, value)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["response_type"] == "ephemeral"
+        text: str = body["text"]
+        return text
+
+    # another tenant's run is not found through this tenant's source
+    assert "not found" in refused({"run_id": theirs["id"], "waitpoint": "approval",
+                                   "data": {}})
+    assert "not match" in refused({"run_id": mine["id"], "waitpoint": "approval",
+                                   "data": {"approved": "yes"}})
+    assert "not found" in refused({"run_id": mine["id"], "waitpoint": "nope", "data": {}})
+    assert "run_id" in refused({"waitpoint": "approval", "data": {}})
+    assert "run_id" in refused({"run_id": ["x"], "waitpoint": "approval"})
+    assert "waitpoint" in refused({"run_id": mine["id"], "waitpoint": 7})
+    assert "not JSON" in refused('{"waitpoint": ')
+    # a press signed with another secret changes nothing either
+    forged = press(hooks, hook, {"run_id": mine["id"], "waitpoint": "approval",
+                                 "data": {"approved": True}}, secret="x" * 32)
+    assert forged.status_code == 401
+    assert api.run(mine["id"])["status"] == "waiting"
+    assert other_api.run(theirs["id"])["status"] == "waiting"
+    assert [r.id for r in runs_of(runtime, api.tenant)] == [mine["id"]]
+    assert stored(runtime, hook["id"]) == []

@@ -11,6 +11,7 @@ broker or on the agent.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,15 +21,18 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from worker.base.errors import InvalidRequest, NotFound
+from worker.base.errors import AgentqError, Conflict, InvalidRequest, NotFound
 from worker.base.models import HookSource, InboundEvent, Run, new_id
+from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.base.signing import live_secrets
 from worker.base.ssrf import Guard, refuse_internal
 from worker.inbound import providers
-from worker.inbound.providers import Inbound
-from worker.runs import admission, outbox
-from worker.runs.submission import RunRequest, Stored, plan, store_run
+from worker.inbound.providers import Inbound, Resume, ephemeral
+from worker.runs import admission, dispatch, outbox, waits
+from worker.runs.submission import RunRequest, Stored, launch, plan, store_run
+
+log = logging.getLogger(__name__)
 
 
 def _invalid(field: str, message: str) -> InvalidRequest:
@@ -88,14 +92,27 @@ def rotate_secret(session: Session, *, tenant_id: str, source_id: str, secret: s
 
 @dataclass(frozen=True)
 class Received:
-    """What the handler answers: a run (new or the duplicate's), an ignored event, or a
-    handshake answer."""
+    """What the handler answers: a run (new or the duplicate's), an ignored event, or an
+    answer made at once (a handshake's, a button press's)."""
 
     run: Run | None = None
     duplicate: bool = False
     ignored: bool = False
     answer: dict[str, Any] | None = None
     stored: Stored | None = None  # a new run: launch it once the answer has gone out
+    resumed: Dispatch | None = None  # a run a button press queued again: publish it
+    replies: tuple[str, ...] = ()  # deliveries to the press's response_url: publish them
+
+
+def follow_up(rt: Runtime, received: Received) -> None:
+    """Once the answer has gone out: publish what ``receive`` committed (a lost publish is
+    the sweeper's to redo)."""
+    if received.stored is not None:
+        launch(rt, received.stored)
+    if received.resumed is not None:
+        dispatch.dispatch(rt, received.resumed)
+    if received.replies:
+        outbox.dispatch(rt, list(received.replies))
 
 
 def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: bytes,
@@ -120,9 +137,13 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
         count(outcome="unreadable")
         raise
     if inbound.answer is not None:
-        count(outcome="handshake")
+        count(outcome="answered")
         return Received(answer=inbound.answer)
     assert inbound.delivery_id is not None
+    if inbound.resume is not None:  # a button press answers a waitpoint: no run, no filter
+        received = _resume(rt, source, inbound, inbound.resume)
+        count(outcome="resumed" if received.resumed else "refused")
+        return received
     if not _wanted(source, inbound):
         _record_ignored(rt, source, inbound)
         count(outcome="ignored")
@@ -148,6 +169,56 @@ def receive(rt: Runtime, *, source_id: str, headers: Mapping[str, str], body: by
 
     return admission.admitted(rt.db, tenant_id=source.tenant_id,
                               caps=admission.Caps.of(rt.settings), store=record)
+
+
+def _resume(rt: Runtime, source: HookSource, inbound: Inbound, resume: Resume) -> Received:
+    """Complete the waitpoint a verified button press names, of the source's tenant only,
+    and record the press under its delivery id in the same transaction (Slack's retry of it
+    finds it). Every outcome is a 200 whose line for the person who pressed also goes to
+    the press's response_url (Slack shows only that): Slack takes any other status for the
+    app being broken."""
+    try:
+        with rt.db.transaction() as session:
+            if not _claim_delivery(session, source, inbound):
+                return Received(duplicate=True, answer=ephemeral("That press was received."))
+            done = waits.complete(session, tenant_id=source.tenant_id, run_id=resume.run_id,
+                                  name=resume.waitpoint, data=resume.data, by=resume.by)
+            session.execute(update(InboundEvent)
+                            .where(InboundEvent.source_id == source.id,
+                                   InboundEvent.delivery_id == inbound.delivery_id)
+                            .values(run_id=done.run.id))
+            who = resume.by.removeprefix("slack:")
+            answer = {"response_type": "in_channel", "replace_original": False,
+                      "text": f"<@{who}> answered {resume.waitpoint!r}; run {done.run.id} "
+                              "goes on."}
+            replies = _reply(session, done.run, inbound, answer)
+    except (NotFound, Conflict, InvalidRequest) as refused:
+        log.info("button press refused", extra={
+            "run_id": resume.run_id, "waitpoint": resume.waitpoint, "source_id": source.id,
+            "error": type(refused).__name__})
+        answer = ephemeral(f"Not answered: {_reason(refused)}")
+        if isinstance(refused, NotFound):  # nothing of this tenant's to tell it through
+            return Received(answer=answer)
+        with rt.db.transaction() as session:
+            run = session.get(Run, resume.run_id)
+            replies = _reply(session, run, inbound, answer) if run is not None else ()
+        return Received(answer=answer, replies=replies)
+    return Received(run=done.run, answer=answer, resumed=done.dispatch, replies=replies)
+
+
+def _reply(session: Session, run: Run, inbound: Inbound,
+           message: dict[str, Any]) -> tuple[str, ...]:
+    if not inbound.response_url:
+        return ()
+    return (outbox.enqueue_reply(session, run=run, url=inbound.response_url,
+                                 event_type="waitpoint.answer", message=message),)
+
+
+def _reason(refused: AgentqError) -> str:
+    if isinstance(refused, InvalidRequest) and refused.errors:
+        first = refused.errors[0]
+        return f"{refused.detail} ({first['field']}: {first['message']})"[:500]
+    return str(refused)[:500]
 
 
 def _wanted(source: HookSource, inbound: Inbound) -> bool:

@@ -7,7 +7,8 @@ timestamps must be within ``TOLERANCE_S`` of now. Only then is the body parsed.
   is ``X-GitHub-Delivery`` (the same on redelivery), the event ``X-GitHub-Event``.
 - Slack: ``X-Slack-Signature: v0=<hex HMAC-SHA256(secret, "v0:{ts}:{body}")>`` with
   ``X-Slack-Request-Timestamp``; JSON (Events API) or form-encoded (slash commands,
-  interactivity) bodies.
+  interactivity) bodies. A button whose value is ``{"run_id", "waitpoint", "data"}`` answers
+  that waitpoint (``Resume``) instead of starting a run.
 - Stripe: ``Stripe-Signature: t=…,v1=…[,v1=…]`` over ``"{t}.{body}"``; any ``v1`` may match;
   other schemes are ignored.
 - Standard Webhooks: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``.
@@ -53,6 +54,23 @@ class Inbound:
     answer: dict[str, Any] | None = None  # a handshake answered at once, with no run
     action: str | None = None  # a sub-type an event filter may name ("opened")
     extra: dict[str, Any] = field(default_factory=dict)
+    resume: Resume | None = None  # a button press that answers a waitpoint, no run
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A Slack button that answers a waitpoint: the run and waitpoint its value names, the
+    data to complete it with, and who pressed it."""
+
+    run_id: str
+    waitpoint: str
+    data: Any
+    by: str
+
+
+def ephemeral(text: str) -> dict[str, Any]:
+    """A Slack answer only the person who pressed the button sees."""
+    return {"response_type": "ephemeral", "replace_original": False, "text": text}
 
 
 _MAX_DELIVERY_ID = 200
@@ -193,13 +211,47 @@ class Slack:
             trigger = payload.get("trigger_id") or payload.get("action_ts")
             if not trigger:
                 raise Unreadable("an interaction needs trigger_id")
-            return Inbound(payload.get("type", "interaction"), trigger, payload,
-                           response_url=payload.get("response_url"))
+            kind = payload.get("type", "interaction")
+            answered = _waitpoint_value(payload) if kind == "block_actions" else None
+            if isinstance(answered, str):  # ours, but not right: say so, start nothing
+                return Inbound(kind, trigger, payload, answer=ephemeral(answered))
+            return Inbound(kind, trigger, payload, response_url=payload.get("response_url"),
+                           resume=answered)
         if "command" not in fields or "trigger_id" not in fields:
             raise Unreadable("a slash command needs command and trigger_id")
         return Inbound("slash_command", fields["trigger_id"], fields,
                        text=normalize_text(fields.get("text", "")),
                        response_url=fields.get("response_url"), action=fields["command"])
+
+
+_RUN_ID = re.compile(r"run_[A-Za-z0-9]{1,60}")
+_WAITPOINT_NAME = re.compile(r"[^\x00-\x1f]{1,200}")
+
+
+def _waitpoint_value(payload: dict[str, Any]) -> Resume | str | None:
+    """The waitpoint a block_actions press answers: a Resume; a message saying what is
+    wrong with a value that means to answer one (it has "waitpoint"); None for any other
+    press (it starts a run, as every interaction does)."""
+    actions = payload.get("actions")
+    action = actions[0] if isinstance(actions, list) and actions else None
+    raw = action.get("value") if isinstance(action, dict) else None
+    if not isinstance(raw, str) or '"waitpoint"' not in raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return "This button's value is not JSON: it cannot answer a waitpoint."
+    if not isinstance(value, dict) or "waitpoint" not in value:
+        return None
+    run_id, name = value.get("run_id"), value.get("waitpoint")
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        return 'This button\'s value needs "run_id": the id of the run that waits.'
+    if not isinstance(name, str) or not _WAITPOINT_NAME.fullmatch(name):
+        return 'This button\'s value needs "waitpoint": the name the agent waits on.'
+    user = payload.get("user")
+    user_id = user.get("id") if isinstance(user, dict) else None
+    who = user_id if isinstance(user_id, str) and user_id else "unknown"
+    return Resume(run_id, name, value.get("data"), by=f"slack:{who}"[:200])
 
 
 class Stripe:

@@ -93,6 +93,19 @@ def enqueue(session: Session, *, run: Run, event: Event,
     return created
 
 
+def enqueue_reply(session: Session, *, run: Run, url: str, event_type: str,
+                  message: dict[str, Any]) -> str:
+    """A Slack message to a response_url about ``run`` (a button press's answer), sent by
+    the notifier like every delivery; return its id."""
+    delivery = Delivery(
+        id=new_id("msg"), tenant_id=run.tenant_id, run_id=run.id, endpoint_id=None, url=url,
+        event_type=event_type, format=SLACK, payload=message, status=DeliveryStatus.PENDING,
+        attempts=0, next_attempt_at=func.now())
+    session.add(delivery)
+    session.flush()
+    return delivery.id
+
+
 def _endpoints(session: Session, run: Run, event_type: str) -> list[list[str]]:
     """The tenant's live endpoints that want ``event_type``, as [id, url] pairs."""
     query = select(WebhookEndpoint.id, WebhookEndpoint.url).where(
