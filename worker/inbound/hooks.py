@@ -200,7 +200,8 @@ def _resume(rt: Runtime, source: HookSource, inbound: Inbound, resume: Resume) -
         if isinstance(refused, NotFound):  # nothing of this tenant's to tell it through
             return Received(answer=answer)
         with rt.db.transaction() as session:
-            run = session.get(Run, resume.run_id)
+            run = session.scalar(select(Run).where(Run.id == resume.run_id,
+                                                   Run.tenant_id == source.tenant_id))
             replies = _reply(session, run, inbound, answer) if run is not None else ()
         return Received(answer=answer, replies=replies)
     return Received(run=done.run, answer=answer, resumed=done.dispatch, replies=replies)
