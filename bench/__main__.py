@@ -39,6 +39,7 @@ BENCHMARKS = {  # name -> module with figures(quick) -> list[Figure]
     "chaos": "bench.chaos",
     "partition": "bench.partition",  # each link to Postgres/Redis cut 30 s, healed
     "memory": "bench.memory",
+    "waits": "bench.waits",  # waitpoint completed -> the agent's next line
 }
 
 
