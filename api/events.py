@@ -5,6 +5,12 @@ with a ``retry:`` hint, sends a comment line as keep-alive, resumes after ``Last
 (or ``?after=``) with no gap and no repeat, and ends after the run's terminal event. A
 stream that cannot read the log (Postgres unreachable) ends with an ``event:
 unavailable`` frame that has no ``id`` (the client resumes from the last seq it saw).
+
+With ``?tokens=1`` it also sends the streamed LLM calls' text as it is written: ``event:
+token`` ``{step, i, text}`` and ``event: token.reset`` ``{step}`` frames, which have no
+``id`` (an EventSource's Last-Event-ID stays the last event's seq). On (re)connecting, each
+call in progress comes first as one frame with ``i`` 1 and its text so far
+(``worker.base.tokens`` says how a client puts the text together).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from worker.access.grants import Grants
 from worker.access.keys import Principal
 from worker.base.errors import InvalidRequest
 from worker.base.runtime import Runtime
+from worker.base.tokens import RESET, Token
 from worker.runs import events, store
 from worker.runs.events import Event
 from worker.runs.follow import follow
@@ -52,7 +59,8 @@ def run_events(run_id: str) -> Response:
         store.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         items = [] if _wants_stream() else events.after(session, run_id=run_id, seq=after)
     if _wants_stream():
-        return stream(rt, run_id, after, caller=principal())
+        return stream(rt, run_id, after, caller=principal(),
+                      tokens=query(EventsQuery).tokens)
     return jsonify({"items": [event_view(item) for item in items]})
 
 
@@ -73,12 +81,17 @@ def resume_point() -> int:
     return int(header)
 
 
-def frame(event: Event) -> str:
-    """One SSE message: the event's data as compact JSON (one line), its seq as the id."""
+def frame(event: Event | Token) -> str:
+    """One SSE message: the event's data as compact JSON (one line), its seq as the id; a
+    token frame has no id."""
+    if isinstance(event, Token):
+        kind = "token.reset" if event.kind == RESET else "token"
+        return f"event: {kind}\ndata: {json.dumps(event.frame(), separators=(',', ':'))}\n\n"
     return f"id: {event.seq}\nevent: {event.type}\ndata: {event.data_json}\n\n"
 
 
-def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal) -> Response:
+def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal,
+           tokens: bool = False) -> Response:
     """The run's events after ``after`` as a live SSE response (the caller checked access),
     ended early if ``caller``'s credential is revoked or expires."""
     settings = rt.settings
@@ -90,7 +103,7 @@ def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal) -> Respon
             with Grants.of(rt).hold(caller, max_s=settings.stream_max_s) as grant:
                 for event in follow(rt, run_id=run_id, after=after, grant=grant,
                                     tick_s=settings.stream_keepalive_s,
-                                    max_s=settings.stream_max_s):
+                                    max_s=settings.stream_max_s, tokens=tokens):
                     if event is None:
                         yield (": keep-alive\n\n" if rt.bus.hub.live else
                                ": keep-alive (live feed unavailable: reading the log "

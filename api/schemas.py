@@ -53,11 +53,13 @@ class WaitQuery(BaseModel):
 
 
 class EventsQuery(BaseModel):
-    """``?after=SEQ`` on a run's events: only events after that seq."""
+    """``?after=SEQ`` on a run's events: only events after that seq; ``?tokens=1`` on the
+    SSE stream: the streamed LLM calls' text too, as it is written."""
 
     model_config = ConfigDict(extra="ignore")
 
     after: int = Field(default=0, ge=0, le=MAX_SEQ)
+    tokens: bool = False
 
 
 class RunError(BaseModel):

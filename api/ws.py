@@ -1,10 +1,12 @@
 """``/v1/ws``: submit runs, follow their events, and cancel them over one WebSocket.
 
-Client to server: ``{type: "run", agent, input, session_id?, ref?}``,
-``{type: "subscribe", run_id, after?, ref?}``, ``{type: "cancel", run_id, ref?}``.
+Client to server: ``{type: "run", agent, input, session_id?, tokens?, ref?}``,
+``{type: "subscribe", run_id, after?, tokens?, ref?}``, ``{type: "cancel", run_id, ref?}``.
 Server to client: ``{type: "accepted", run_id, ref?}``,
 ``{type: "event", run_id, seq, event, data}``, ``{type: "error", code, message, ref?}``,
-``{type: "notice", code, run_id, message}`` (the live feed went away or came back).
+``{type: "notice", code, run_id, message}`` (the live feed went away or came back), and
+with ``tokens``: ``{type: "token", run_id, step, i, text}``, ``{type: "token.reset",
+run_id, step}`` (as SSE's ``?tokens=1``: ``api.events``).
 A bad message gets an error frame; the socket stays open. One connection may follow many
 runs; a dropped client reconnects and subscribes with ``after`` to continue.
 """
@@ -34,6 +36,7 @@ from worker.access.keys import Principal
 from worker.base import jsonb
 from worker.base.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from worker.base.runtime import Runtime
+from worker.base.tokens import RESET, Token
 from worker.runs import store
 from worker.runs.events import Event
 from worker.runs.follow import POLL_S, follow
@@ -73,12 +76,14 @@ class RunMessage(_Message):
     input: JsonValue = Field(default_factory=dict)
     session_id: str | None = Field(default=None, min_length=1, max_length=200,
                                    pattern=SESSION_ID)
+    tokens: bool = False
 
 
 class SubscribeMessage(_Message):
     type: Literal["subscribe"]
     run_id: str = Field(min_length=1, max_length=100, description='A run id, or "*".')
     after: int = Field(default=0, ge=0, le=MAX_SEQ)
+    tokens: bool = Field(default=False, description="The streamed LLM calls' text too.")
 
 
 class CancelMessage(_Message):
@@ -175,7 +180,7 @@ class Connection:
             if isinstance(message, RunMessage):
                 self._run(message)
             elif isinstance(message, SubscribeMessage):
-                self._subscribe(message.run_id, message.after)
+                self._subscribe(message.run_id, message.after, message.tokens)
             else:
                 self._cancel(message.run_id)
         except ValidationError as error:
@@ -201,15 +206,15 @@ class Connection:
                              session_id=message.session_id, request_id=self._request_id)
         run = submit(self._rt, tenant_id=self._tenant_id, request=request)
         self._send({"type": "accepted", "run_id": run.id, "ref": message.ref})
-        self._follow(run.id, after=0)
+        self._follow(run.id, after=0, tokens=message.tokens)
 
-    def _subscribe(self, run_id: str, after: int) -> None:
+    def _subscribe(self, run_id: str, after: int, tokens: bool) -> None:
         if run_id == ALL_RUNS:
             self._follow_tenant()
             return
         with self._rt.db.transaction() as session:
             store.get(session, tenant_id=self._tenant_id, run_id=run_id)
-        self._follow(run_id, after=after)
+        self._follow(run_id, after=after, tokens=tokens)
 
     def _cancel(self, run_id: str) -> None:
         with self._rt.db.transaction() as session:
@@ -217,21 +222,22 @@ class Connection:
         if outcome.notify_worker:
             self._rt.bus.request_cancel(run_id)
 
-    def _follow(self, run_id: str, *, after: int) -> None:
+    def _follow(self, run_id: str, *, after: int, tokens: bool) -> None:
         if run_id in self._followed:
             raise Conflict(f"already following run {run_id}")
         if len(self._followed) >= MAX_FOLLOWED:
             raise Conflict(f"a connection follows at most {MAX_FOLLOWED} runs at once")
         self._followed.add(run_id)
-        threading.Thread(target=self._forward, args=(run_id, after), daemon=True,
+        threading.Thread(target=self._forward, args=(run_id, after, tokens), daemon=True,
                          name=f"ws-{run_id}").start()
 
-    def _forward(self, run_id: str, after: int) -> None:
+    def _forward(self, run_id: str, after: int, tokens: bool) -> None:
         settings, hub = self._rt.settings, self._rt.bus.hub
         polling = False  # told the client that its events come from the log, not live
         try:
             for event in follow(self._rt, run_id=run_id, after=after, grant=self._grant,
-                                tick_s=settings.stream_keepalive_s, max_s=settings.stream_max_s):
+                                tick_s=settings.stream_keepalive_s, max_s=settings.stream_max_s,
+                                tokens=tokens):
                 if self._closed.is_set():
                     return
                 if event is not None:
@@ -298,7 +304,10 @@ class Connection:
             self._ws.send(json.dumps(frame, separators=(",", ":")))
 
 
-def _event_frame(event: Event) -> dict[str, Any]:
+def _event_frame(event: Event | Token) -> dict[str, Any]:
+    if isinstance(event, Token):
+        kind = "token.reset" if event.kind == RESET else "token"
+        return {"type": kind, "run_id": event.run_id, **event.frame()}
     return {"type": "event", "run_id": event.run_id, "seq": event.seq, "event": event.type,
             "data": event.data}
 

@@ -422,3 +422,10 @@ def wait_crash(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
     """test.wait on the crash queue (its worker is killed while the run waits)."""
     data = ctx.wait_for("answer", timeout_s=120)
     return {"data": data, "attempt": ctx.attempt}
+
+
+@agent("test.stream", max_attempts=2)
+def stream(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """A streamed LLM call per prompt, from a plain ``def`` agent."""
+    return {"answers": [ctx.llm.chat([{"role": "user", "content": prompt}], stream=True)
+                        for prompt in input["prompts"]]}

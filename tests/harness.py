@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -268,14 +270,25 @@ class FakeLLM:
     ``{prompt_tokens: 10, completion_tokens: 5}``. ``script(prompt, [429, (503, headers)])``
     makes the next calls with that last message get those answers first; ``hold(prompt)``
     makes the first such call wait until ``release()`` (a call in flight when a worker dies).
+
+    A ``stream: true`` request gets the answer as OpenAI streams it: Server-Sent Events, one
+    word per chunk every ``STREAM_DELAY_S`` (``pace(prompt, seconds)`` changes it), the
+    usage in a last chunk, then ``[DONE]``. ``pause(prompt, after=n)`` stops the next such
+    stream after n chunks until ``resume(prompt)``; a scripted ``"cut"`` answer closes the
+    connection after two chunks (a stream that breaks midway).
     """
+
+    STREAM_DELAY_S = 0.02
 
     INPUT_TOKENS, OUTPUT_TOKENS = 10, 5
 
     def __init__(self) -> None:
         self.calls: list[LLMCall] = []
-        self._scripts: dict[str, list[int | tuple[int, dict[str, str]]]] = {}
+        self._scripts: dict[str, list[int | str | tuple[int, dict[str, str]]]] = {}
         self._held: dict[str, threading.Event] = {}
+        self._paces: dict[str, float] = {}
+        self._pauses: dict[str, tuple[int, threading.Event]] = {}
+        self.chunks_sent: dict[str, int] = {}
         self._gates: list[threading.Event] = []
         self._lock = threading.Lock()
         fake = self
@@ -294,7 +307,11 @@ class FakeLLM:
                     gate = fake._held.pop(prompt, None)
                 if gate is not None:
                     gate.wait(timeout=60)
+                if body.get("stream") and (answer == 200 or answer == "cut"):
+                    self._stream(body, prompt, cut=answer == "cut")
+                    return
                 status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                assert isinstance(status, int)
                 if status == 200:
                     payload = {"id": "chatcmpl-test", "object": "chat.completion",
                                "model": body.get("model"),
@@ -315,6 +332,51 @@ class FakeLLM:
                 with contextlib.suppress(OSError):  # the caller died while it was held
                     self.wfile.write(encoded)
 
+            def _stream(self, body: dict[str, Any], prompt: str, *, cut: bool) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+
+                def send(data: Any) -> None:
+                    line = "data: " + (data if isinstance(data, str) else json.dumps(data))
+                    encoded = (line + "\n\n").encode()
+                    self.wfile.write(f"{len(encoded):x}\r\n".encode() + encoded + b"\r\n")
+                    self.wfile.flush()
+
+                def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+                    return {"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                            "model": body.get("model"), "choices": [
+                                {"index": 0, "delta": delta, "finish_reason": finish}]}
+
+                with fake._lock:
+                    delay = fake._paces.get(prompt, fake.STREAM_DELAY_S)
+                    pause = fake._pauses.get(prompt)
+                words = re.findall(r"\S+\s*", f"echo: {prompt}")
+                try:
+                    send(chunk({"role": "assistant", "content": ""}))
+                    for number, word in enumerate(words, 1):
+                        if cut and number > 2:
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        if pause is not None and number == pause[0] + 1:
+                            pause[1].wait(timeout=60)
+                        time.sleep(delay)
+                        send(chunk({"content": word}))
+                        with fake._lock:
+                            fake.chunks_sent[prompt] = fake.chunks_sent.get(prompt, 0) + 1
+                    send(chunk({}, "stop"))
+                    if (body.get("stream_options") or {}).get("include_usage"):
+                        send({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                              "model": body.get("model"), "choices": [], "usage": {
+                                  "prompt_tokens": fake.INPUT_TOKENS,
+                                  "completion_tokens": fake.OUTPUT_TOKENS,
+                                  "total_tokens": fake.INPUT_TOKENS + fake.OUTPUT_TOKENS}})
+                    send("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the caller went away
+                    return
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -326,9 +388,24 @@ class FakeLLM:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def script(self, prompt: str, answers: list[int | tuple[int, dict[str, str]]]) -> None:
+    def script(self, prompt: str,
+               answers: list[int | str | tuple[int, dict[str, str]]]) -> None:
         with self._lock:
             self._scripts[prompt] = list(answers)
+
+    def pace(self, prompt: str, seconds: float) -> None:
+        with self._lock:
+            self._paces[prompt] = seconds
+
+    def pause(self, prompt: str, *, after: int) -> None:
+        with self._lock:
+            self._pauses[prompt] = (after, threading.Event())
+            self._gates.append(self._pauses[prompt][1])
+
+    def resume(self, prompt: str) -> None:
+        with self._lock:
+            _, gate = self._pauses.pop(prompt)
+        gate.set()
 
     def hold(self, prompt: str) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""Wake-ups over Redis pub/sub: committed run events, and cancel requests.
+"""Wake-ups over Redis pub/sub: committed run events, token frames, and cancel requests.
 
 Redis carries news only. Postgres holds the events themselves, so a lost message costs a
 listener a catch-up read, never data: every listener resumes from the last ``seq`` it saw.
@@ -8,6 +8,9 @@ listener a catch-up read, never data: every listener resumes from the last ``seq
   streams, that subscribes a run's channel while someone watches it and fans its events
   out to the watchers in this process.
 - A worker process keeps one ``CancelListener`` for cancel requests of its running attempts.
+- Token frames (``worker.base.tokens``) are the exception: Redis is all there is of them.
+  Each is published on its run's token channel and appended to its call's list (kept
+  ``TOKEN_TTL_S``), in the same pipeline and in the same order as the run's events.
 """
 
 from __future__ import annotations
@@ -28,16 +31,24 @@ import redis.client
 
 from worker.base import breakers
 from worker.base.event import Event
+from worker.base.tokens import Partial, Token, partial
 
 log = logging.getLogger(__name__)
 
 RUN_PREFIX = "agentq:run:"
 TENANT_PREFIX = "agentq:tenant:"  # every run's terminal event, for tenant-wide listeners
 CANCEL_PREFIX = "agentq:cancel:"
+TOKENS_PREFIX = "agentq:tokens:"  # a run's token frames, live
+CALLS_PREFIX = "agentq:calls:"  # a run's streamed calls in progress (a set of step names)
+CALL_PREFIX = "agentq:call:"  # one call's frames so far (a list), for listeners who join late
+TOKEN_TTL_S = 3600  # a call's frames outlive it this long at most
 RESYNC = "resync"  # what a watcher receives when it may have missed events
 _WATCH_BACKLOG = 1000
 _PUBLISH_BACKLOG = 100_000  # announcements waiting for the publisher thread (then dropped)
 _PUBLISH_BATCH = 500  # announcements in one pipeline at most
+
+
+_Op = tuple[str, str, str]  # (publish | append | expire | add | remove | delete, key, value)
 
 
 class _Guarded(redis.Redis):
@@ -98,7 +109,7 @@ class Bus:
         self.redis = _client(redis_url, timeout_s, guarded=True)
         self._hub: Hub | None = None
         self._hub_lock = threading.Lock()
-        self._outgoing: queue.Queue[list[tuple[str, str]]] | None = None
+        self._outgoing: queue.Queue[list[_Op]] | None = None
 
     def announce(self, committed: list[Event], tenants: dict[str, str] | None = None) -> None:
         """Publish events after their transaction committed (one round trip, or handed to
@@ -107,23 +118,67 @@ class Bus:
         tenants = tenants or {}
         # Event 1 of a run is its creation: no one can be watching a run before they know
         # its id, so there is nobody to tell (the tenant channel only carries ends).
-        messages: list[tuple[str, str]] = []
+        messages: list[_Op] = []
         for event in committed:
             if event.seq > 1:
                 encoded = encode(event)
-                messages.append((RUN_PREFIX + event.run_id, encoded))
+                messages.append(("publish", RUN_PREFIX + event.run_id, encoded))
                 if event.is_terminal and event.run_id in tenants:
-                    messages.append((TENANT_PREFIX + tenants[event.run_id], encoded))
-        if not messages:
-            return
+                    messages.append(("publish", TENANT_PREFIX + tenants[event.run_id],
+                                     encoded))
+        if messages:
+            self._send(messages)
+
+    def call_started(self, reset: Token, *, announce: bool) -> None:
+        """A streamed call's try begins: its list starts again with ``reset`` (published
+        too if ``announce``: listeners drop an earlier try's text)."""
+        call, encoded = CALL_PREFIX + f"{reset.run_id}:{reset.step}", reset.encode()
+        ops: list[_Op] = [("delete", call, ""), ("append", call, encoded),
+                          ("expire", call, ""), ("add", CALLS_PREFIX + reset.run_id, reset.step),
+                          ("expire", CALLS_PREFIX + reset.run_id, "")]
+        if announce:
+            ops.append(("publish", TOKENS_PREFIX + reset.run_id, encoded))
+        self._send(ops)
+
+    def token(self, frame: Token) -> None:
+        """Publish a chunk of a call's text and keep it in the call's list; like
+        ``announce``, in order, never raising."""
+        encoded = frame.encode()
+        self._send([("append", CALL_PREFIX + f"{frame.run_id}:{frame.step}", encoded),
+                    ("publish", TOKENS_PREFIX + frame.run_id, encoded)])
+
+    def call_ended(self, run_id: str, step: str) -> None:
+        """Forget a streamed call's frames: its whole message is about to be stored."""
+        self._send([("delete", CALL_PREFIX + f"{run_id}:{step}", ""),
+                    ("remove", CALLS_PREFIX + run_id, step)])
+
+    def calls(self, run_id: str) -> dict[str, Partial]:
+        """The run's streamed calls in progress as Redis holds them (RedisError if it is
+        unreachable)."""
+        steps = sorted(name.decode() if isinstance(name, bytes) else name
+                       for name in self.redis.smembers(CALLS_PREFIX + run_id))
+        if not steps:
+            return {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for step in steps:
+                pipe.lrange(CALL_PREFIX + f"{run_id}:{step}", 0, -1)
+            lists = pipe.execute()
+        found = {}
+        for step, entries in zip(steps, lists, strict=True):
+            call = partial([Token.decode(entry) for entry in entries])
+            if call is not None:
+                found[step] = call
+        return found
+
+    def _send(self, ops: list[_Op]) -> None:
         if self._outgoing is not None:
             try:
-                self._outgoing.put_nowait(messages)
+                self._outgoing.put_nowait(ops)
             except queue.Full:
                 log.warning("bus backlog full; listeners will catch up from Postgres",
-                            extra={"channel": messages[0][0]})
+                            extra={"channel": ops[0][1]})
             return
-        self._publish(messages)
+        self._publish(ops)
 
     def publish_in_background(self) -> None:
         """Announce from one publisher thread from now on: what writers announce while it
@@ -135,7 +190,7 @@ class Bus:
             threading.Thread(target=self._publish_forever, args=(self._outgoing,),
                              name="agentq-bus-publisher", daemon=True).start()
 
-    def _publish_forever(self, outgoing: queue.Queue[list[tuple[str, str]]]) -> None:
+    def _publish_forever(self, outgoing: queue.Queue[list[_Op]]) -> None:
         while True:
             messages = outgoing.get()
             while len(messages) < _PUBLISH_BATCH:
@@ -145,15 +200,26 @@ class Bus:
                     break
             self._publish(messages)
 
-    def _publish(self, messages: list[tuple[str, str]]) -> None:
+    def _publish(self, ops: list[_Op]) -> None:
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                for channel, encoded in messages:
-                    pipe.publish(channel, encoded)
+                for op, key, value in ops:
+                    if op == "publish":
+                        pipe.publish(key, value)
+                    elif op == "append":
+                        pipe.rpush(key, value)
+                    elif op == "expire":
+                        pipe.expire(key, TOKEN_TTL_S)
+                    elif op == "add":
+                        pipe.sadd(key, value)
+                    elif op == "remove":
+                        pipe.srem(key, value)
+                    else:
+                        pipe.delete(key)
                 pipe.execute()
         except redis.RedisError as error:
             log.warning("bus announce failed; listeners will catch up from Postgres",
-                        extra={"channel": messages[0][0], "error": str(error)})
+                        extra={"channel": ops[0][1], "error": str(error)})
 
     def request_cancel(self, run_id: str) -> None:
         """Tell the worker running ``run_id`` to stop; the database is the fallback."""
@@ -177,17 +243,18 @@ class Watch:
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
-        self._items: queue.Queue[Event | str] = queue.Queue(maxsize=_WATCH_BACKLOG)
+        self._items: queue.Queue[Event | Token | str] = queue.Queue(maxsize=_WATCH_BACKLOG)
 
-    def put(self, item: Event | str) -> None:
+    def put(self, item: Event | Token | str) -> None:
         try:
             self._items.put_nowait(item)
         except queue.Full:  # a slow reader: drop, and make it catch up from Postgres
             self._drain()
             self._items.put_nowait(RESYNC)
 
-    def next(self, timeout: float) -> Event | str | None:
-        """The next event, RESYNC (catch up from Postgres), or None after ``timeout``."""
+    def next(self, timeout: float) -> Event | Token | str | None:
+        """The next event (or token frame), RESYNC (catch up from Postgres, and from the
+        calls' lists), or None after ``timeout``."""
         try:
             return self._items.get(timeout=timeout)
         except queue.Empty:
@@ -232,22 +299,31 @@ class Hub:
         """Whether events reach this hub now: subscribed, and Redis heard from lately."""
         return self.healthy and time.monotonic() - self._heard < 2 * self._timeout_s + 1
 
-    def watch(self, run_id: str) -> AbstractContextManager[Watch]:
-        """Watch a run's events (see ``watch_channel``)."""
-        return self.watch_channel(RUN_PREFIX + run_id)
+    @contextmanager
+    def watch(self, run_id: str, *, tokens: bool = False) -> Iterator[Watch]:
+        """Watch a run's events (see ``watch_channel``), and its token frames too if asked
+        (in the same watch, in the order they were published)."""
+        with self.watch_channel(RUN_PREFIX + run_id) as watch:
+            if not tokens:
+                yield watch
+                return
+            with self.watch_channel(TOKENS_PREFIX + run_id, watch=watch):
+                yield watch
 
     def watch_tenant(self, tenant_id: str) -> AbstractContextManager[Watch]:
         """Watch the terminal events of every run of a tenant."""
         return self.watch_channel(TENANT_PREFIX + tenant_id)
 
     @contextmanager
-    def watch_channel(self, channel: str, *, ready_timeout: float = 2.0) -> Iterator[Watch]:
-        """Watch a channel; the subscription is confirmed before this yields.
+    def watch_channel(self, channel: str, *, ready_timeout: float = 2.0,
+                      watch: Watch | None = None) -> Iterator[Watch]:
+        """Watch a channel (into ``watch`` if given); the subscription is confirmed before
+        this yields.
 
         Confirmation matters: any event committed after it reaches the watcher, and any
         event committed before it is in Postgres for the watcher's catch-up read.
         """
-        watch = Watch(channel)
+        watch = watch or Watch(channel)
         with self._lock:
             watchers = self._watches.setdefault(channel, set())
             first = not watchers
@@ -342,11 +418,12 @@ class Hub:
             return
         if kind != "message":
             return
-        event = decode(message["data"])
+        item = (Token.decode(message["data"]) if channel.startswith(TOKENS_PREFIX)
+                else decode(message["data"]))
         with self._lock:
             watchers = list(self._watches.get(channel, ()))
         for watch in watchers:
-            watch.put(event)
+            watch.put(item)
 
     def _broken(self, error: BaseException) -> None:
         if self.healthy:

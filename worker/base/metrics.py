@@ -53,6 +53,9 @@ DEFINITIONS = {
                                     ("agent", "model", "kind")),
     "agentq_llm_call_seconds": Definition(
         "LLM call latency, retries within the call included.", ("agent", "model"), _SECONDS),
+    "agentq_llm_time_to_first_token_seconds": Definition(
+        "Streamed LLM calls: from the request to the first chunk of text, per try.",
+        ("agent", "model"), _SECONDS),
     "agentq_http_requests": Definition("HTTP requests.", ("route", "method", "status")),
     "agentq_http_request_duration_seconds": Definition(
         "HTTP request handling time (headers out, for streams).", ("route",), _SECONDS),

@@ -30,6 +30,7 @@ from worker.base.errors import Cancelled, LeaseLost
 from worker.base.models import AttemptOutcome, RunStatus
 from worker.base.runtime import Runtime
 from worker.llm.client import LLM, AsyncLLM
+from worker.llm.stream import TokenSink
 from worker.runs import attempts, events, sessions, steps, waits
 from worker.runs.attempts import Claim, Outcome
 
@@ -298,6 +299,10 @@ def _emitter(rt: Runtime, claim: Claim) -> Callable[[dict[str, Any]], int]:
     return emit
 
 
+def _tokens(rt: Runtime, claim: Claim) -> TokenSink:
+    return TokenSink(rt.bus, run_id=claim.run_id, attempt=claim.attempt)
+
+
 def _fields(claim: Claim) -> dict[str, Any]:
     return {"run_id": claim.run_id, "tenant_id": claim.tenant_id, "agent": claim.agent,
             "attempt": claim.attempt, "max_attempts": claim.max_attempts,
@@ -318,7 +323,7 @@ def sync_context(rt: Runtime, active: Active, session_state: dict[str, Any],
     deadline = time.monotonic() + claim.timeout_s
     llm = LLM(rt, steps=runner, loop=loop, tenant_id=claim.tenant_id, agent=claim.agent,
               log=log, time_left=lambda: deadline - time.monotonic(),
-              cancelled=lambda: active.stopping)
+              cancelled=lambda: active.stopping, tokens=_tokens(rt, claim))
     return RunContext(**_fields(claim), log=log, session=session_state,
                       _is_cancelled=lambda: active.stopping, _emit=emit, _steps=runner,
                       _llm=llm)
@@ -340,7 +345,8 @@ def async_context(rt: Runtime, active: Active, session_state: dict[str, Any], *,
     async_runner = steps.AsyncStepRunner(runner, offload=offload, in_thread=in_thread)
     deadline = time.monotonic() + claim.timeout_s
     llm = AsyncLLM(rt, steps=async_runner, offload=offload, tenant_id=claim.tenant_id,
-                   agent=claim.agent, log=log, time_left=lambda: deadline - time.monotonic())
+                   agent=claim.agent, log=log, time_left=lambda: deadline - time.monotonic(),
+                   tokens=_tokens(rt, claim))
 
     async def emit_async(data: dict[str, Any]) -> int:
         seq: int = await offload(lambda: emit(data))

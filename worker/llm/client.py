@@ -2,9 +2,12 @@
 Ollama, LiteLLM, ...), with no SDK.
 
 Each call is a durable step, so a later attempt of the run gets the answer back instead of
-paying for it again. 429 and 5xx answers and connection errors are retried within the
-attempt (``AGENTQ_LLM_MAX_RETRIES`` times, waiting what ``Retry-After`` asks, else backoff
-with full jitter), never past the attempt's timeout; then ``LLMUnavailable`` (retryable) is
+paying for it again. With ``stream=True`` the text is published as it is written (token
+frames: ``worker.llm.stream``, ``worker.base.tokens``) and the step stores the whole message
+once, as the call made without it would. 429 and 5xx answers and connection errors (a
+stream cut off midway included) are retried within the attempt
+(``AGENTQ_LLM_MAX_RETRIES`` times, waiting what ``Retry-After`` asks, else backoff with full
+jitter), never past the attempt's timeout; then ``LLMUnavailable`` (retryable) is
 raised, and the run is retried by its policy. Other 4xx answers fail the run: a retry would
 not help. Before each call the tenant's daily token budget is checked; each call's tokens
 and latency are stored with its step, summed on the run and the tenant's day, logged and
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import os
@@ -34,6 +38,8 @@ from worker.base import retry
 from worker.base.errors import ConfigurationError, LLMError, RetryableError
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
+from worker.llm import stream
+from worker.llm.stream import OnText, Streamed, TokenSink
 from worker.runs import spend
 from worker.runs.steps import AsyncStepRunner, StepRunner, Usage
 
@@ -70,9 +76,11 @@ class Endpoint:
         return self._session
 
     async def post(self, body: dict[str, Any], *, time_left: Callable[[], float],
-                   log: logging.LoggerAdapter[logging.Logger]) -> Any:
+                   log: logging.LoggerAdapter[logging.Logger],
+                   streamed: Callable[[int], OnText] | None = None) -> Streamed:
         """The endpoint's answer (parsed JSON), retrying 429, 5xx and connection errors
-        within what is left of the attempt."""
+        within what is left of the attempt. With ``streamed``, the request asks for a
+        stream and each try's text goes where ``streamed(try number)`` says as it comes."""
         settings = self._settings
         if settings.llm_base_url.rstrip("/") == OPENAI and not settings.llm_api_key:
             raise ConfigurationError("ctx.llm needs AGENTQ_LLM_API_KEY for OpenAI, or "
@@ -81,11 +89,13 @@ class Endpoint:
         for number in range(1, tries + 1):
             wait: float | None
             try:
-                status, answer, retry_after = await self._once(body, time_left())
+                on_text = streamed(number) if streamed is not None else None
+                status, answer, retry_after = await self._once(body, time_left(), on_text)
             except (aiohttp.ClientError, TimeoutError) as error:
                 problem, wait = f"{type(error).__name__}: {error}", None
             else:
                 if status < 300:
+                    assert isinstance(answer, Streamed)
                     return answer
                 if status not in _RETRIED:
                     raise LLMError(f"the LLM endpoint answered {status}: {str(answer)[:300]}")
@@ -100,20 +110,23 @@ class Endpoint:
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
-    async def _once(self, body: dict[str, Any],
-                    time_left_s: float) -> tuple[int, Any, float | None]:
+    async def _once(self, body: dict[str, Any], time_left_s: float,
+                    on_text: OnText | None) -> tuple[int, Streamed | str, float | None]:
         timeout = aiohttp.ClientTimeout(total=max(0.1, min(self._settings.llm_timeout_s,
                                                            time_left_s)), connect=10.0)
+        began = time.monotonic()
         async with self._client().post(self.url, json=body, timeout=timeout) as response:
-            text = await response.text()
-            retry_after = retry.parse_retry_after(response.headers.get("Retry-After", ""))
             if response.status >= 300:
-                return response.status, text, retry_after
+                retry_after = retry.parse_retry_after(response.headers.get("Retry-After", ""))
+                return response.status, await response.text(), retry_after
+            if on_text is not None:
+                return response.status, await stream.read(response, on_text, began=began), None
             try:
-                return response.status, await response.json(content_type=None), None
+                answer = await response.json(content_type=None)
             except ValueError:
                 raise LLMError("the LLM endpoint answered with something other than "
                                "JSON") from None
+            return response.status, Streamed(answer, None, 0), None
 
 
 class _Calls:
@@ -121,16 +134,19 @@ class _Calls:
 
     def __init__(self, rt: Runtime, *, tenant_id: str, agent: str,
                  log: logging.LoggerAdapter[logging.Logger],
-                 time_left: Callable[[], float]) -> None:
+                 time_left: Callable[[], float], tokens: TokenSink | None = None) -> None:
         self._rt = rt
         self._tenant_id = tenant_id
         self._agent = agent
         self._log = log
         self._time_left = time_left
+        self._tokens = tokens
         self._numbers = itertools.count(1)
 
     def _request(self, messages: list[dict[str, Any]], model: str | None, name: str | None,
                  params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if "stream" in params or "stream_options" in params:
+            raise TypeError("ctx.llm.chat streams with its own stream=True argument")
         step = name or f"llm:{next(self._numbers)}"
         body = {"model": model or self._rt.settings.llm_model, "messages": messages, **params}
         return step, body
@@ -140,14 +156,25 @@ class _Calls:
             spend.check_budget(session, tenant_id=self._tenant_id,
                                budget=self._rt.settings.tenant_daily_tokens)
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, body: dict[str, Any], step: str, streamed: bool) -> dict[str, Any]:
+        """The call (streamed if asked: the body then asks for it, usage included), its
+        answer accounted for."""
+        tokens = self._tokens if streamed else None
+        if tokens is not None:
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         began = time.monotonic()
-        answer = await Endpoint.of(self._rt).post(body, time_left=self._time_left,
-                                                  log=self._log)
+        try:
+            answer = await Endpoint.of(self._rt).post(
+                body, time_left=self._time_left, log=self._log,
+                streamed=functools.partial(tokens.begin, step) if tokens is not None else None)
+        finally:
+            if tokens is not None:
+                tokens.end(step)
         return self._account(answer, body, round((time.monotonic() - began) * 1000))
 
-    def _account(self, answer: Any, body: dict[str, Any], latency_ms: int) -> dict[str, Any]:
-        result = _result(answer, body["model"], latency_ms)
+    def _account(self, streamed: Streamed, body: dict[str, Any],
+                 latency_ms: int) -> dict[str, Any]:
+        result = _result(streamed.answer, body["model"], latency_ms)
         usage = result["usage"]
         labels = {"agent": self._agent, "model": result["model"]}
         metrics = self._rt.metrics
@@ -155,8 +182,14 @@ class _Calls:
         metrics.inc("agentq_llm_tokens", usage["input_tokens"], kind="input", **labels)
         metrics.inc("agentq_llm_tokens", usage["output_tokens"], kind="output", **labels)
         metrics.observe("agentq_llm_call_seconds", latency_ms / 1000, **labels)
-        self._log.info("llm call", extra={"model": result["model"], "latency_ms": latency_ms,
-                                          **usage})
+        extra: dict[str, Any] = {"model": result["model"], "latency_ms": latency_ms, **usage}
+        if body.get("stream"):
+            extra.update(streamed=True, chunks=streamed.chunks)
+            if streamed.first_text_s is not None:
+                metrics.observe("agentq_llm_time_to_first_token_seconds",
+                                streamed.first_text_s, **labels)
+                extra["first_token_ms"] = round(streamed.first_text_s * 1000)
+        self._log.info("llm call", extra=extra)
         return result
 
 
@@ -166,24 +199,29 @@ class LLM(_Calls):
 
     def __init__(self, rt: Runtime, *, steps: StepRunner, loop: asyncio.AbstractEventLoop,
                  tenant_id: str, agent: str, log: logging.LoggerAdapter[logging.Logger],
-                 time_left: Callable[[], float], cancelled: Callable[[], bool]) -> None:
-        super().__init__(rt, tenant_id=tenant_id, agent=agent, log=log, time_left=time_left)
+                 time_left: Callable[[], float], cancelled: Callable[[], bool],
+                 tokens: TokenSink | None = None) -> None:
+        super().__init__(rt, tenant_id=tenant_id, agent=agent, log=log, time_left=time_left,
+                         tokens=tokens)
         self._steps = steps
         self._loop = loop
         self._cancelled = cancelled
 
     def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
-             name: str | None = None, **params: Any) -> dict[str, Any]:
+             name: str | None = None, stream: bool = False, **params: Any) -> dict[str, Any]:
         """One chat completion, as a durable step named ``name`` (default ``llm:1``,
         ``llm:2``, ... in call order). Returns ``{content, message, model, finish_reason,
         usage: {input_tokens, output_tokens}, latency_ms}``; ``params`` (temperature,
-        max_tokens, tools, ...) go into the request as they are."""
+        max_tokens, tools, ...) go into the request as they are. With ``stream=True`` the
+        text reaches the run's token listeners as it is written; the result is the same."""
         step, body = self._request(messages, model, name, params)
-        return dict(self._steps.run(step, self._call, (body,), {}, usage_of=_usage))
+        return dict(self._steps.run(step, functools.partial(self._call, step=step,
+                                                            streamed=stream),
+                                    (body,), {}, usage_of=_usage))
 
-    def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, body: dict[str, Any], *, step: str, streamed: bool) -> dict[str, Any]:
         self._check_budget()
-        future = asyncio.run_coroutine_threadsafe(self._post(body), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._post(body, step, streamed), self._loop)
         try:
             while True:
                 try:
@@ -202,21 +240,24 @@ class AsyncLLM(_Calls):
     def __init__(self, rt: Runtime, *, steps: AsyncStepRunner,
                  offload: Callable[[Callable[[], Any]], Awaitable[Any]], tenant_id: str,
                  agent: str, log: logging.LoggerAdapter[logging.Logger],
-                 time_left: Callable[[], float]) -> None:
-        super().__init__(rt, tenant_id=tenant_id, agent=agent, log=log, time_left=time_left)
+                 time_left: Callable[[], float], tokens: TokenSink | None = None) -> None:
+        super().__init__(rt, tenant_id=tenant_id, agent=agent, log=log, time_left=time_left,
+                         tokens=tokens)
         self._steps = steps
         self._offload = offload
 
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None,
-                   name: str | None = None, **params: Any) -> dict[str, Any]:
+                   name: str | None = None, stream: bool = False,
+                   **params: Any) -> dict[str, Any]:
         """As ``LLM.chat``, awaited."""
         step, body = self._request(messages, model, name, params)
-        return dict(await self._steps.run(step, self._call, (body,), {}, usage_of=_usage))
 
-    async def _call(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self._rt.settings.tenant_daily_tokens > 0:  # else no budget: nothing to read
-            await self._offload(self._check_budget)
-        return await self._post(body)
+        async def call(body: dict[str, Any]) -> dict[str, Any]:
+            if self._rt.settings.tenant_daily_tokens > 0:  # else no budget: nothing to read
+                await self._offload(self._check_budget)
+            return await self._post(body, step, stream)
+
+        return dict(await self._steps.run(step, call, (body,), {}, usage_of=_usage))
 
 
 def _result(answer: Any, model: str, latency_ms: int) -> dict[str, Any]:

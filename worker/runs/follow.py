@@ -5,29 +5,54 @@ yielding new ones as they are committed, and stops after the terminal event. It 
 the process's hub and reads Postgres only to catch up: at the start, after a gap, when the
 hub says news may have been lost, and after each keep-alive interval of silence (each
 second, while the hub does not hear from Redis: the stream goes on from Postgres alone).
+
+With ``tokens``, the run's token frames come too, between the events, in the order they were
+published: first, for each streamed call in progress, its text so far (from Redis), then
+each chunk as it comes. A ``Tracker`` drops what was sent already and fills a gap from
+Redis, so the text a client puts together has nothing missing and nothing twice. Token
+frames live in Redis only: while it is unreachable, the events go on and the tokens stop.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
+from typing import Literal, overload
 
+import redis
 from sqlalchemy import select
 
 from worker.access.grants import Grant
 from worker.base.bus import RESYNC, Watch
 from worker.base.models import Run, RunStatus
 from worker.base.runtime import Runtime
+from worker.base.tokens import Token, Tracker
 from worker.runs import events
 from worker.runs.events import Event
+
+log = logging.getLogger(__name__)
 
 _BATCH = 500
 POLL_S = 1.0  # how often a stream reads Postgres while its hub is not live
 
 
+@overload
 def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float, max_s: float,
-           grant: Grant | None = None) -> Iterator[Event | None]:
-    """Yield events after ``after``; None after each ``tick_s`` of silence (for keep-alives).
+           grant: Grant | None = None,
+           tokens: Literal[False] = False) -> Iterator[Event | None]: ...
+
+
+@overload
+def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float, max_s: float,
+           grant: Grant | None = None, tokens: bool) -> Iterator[Event | Token | None]: ...
+
+
+def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float, max_s: float,
+           grant: Grant | None = None,
+           tokens: bool = False) -> Iterator[Event | Token | None]:
+    """Yield events after ``after`` (and token frames, if ``tokens``); None after each
+    ``tick_s`` of silence (for keep-alives).
 
     Stops after the run's terminal event, at once for a run that has already ended, after
     ``max_s`` (a client then resumes with the last seq it saw), or as soon as ``grant``
@@ -35,17 +60,19 @@ def follow(rt: Runtime, *, run_id: str, after: int, tick_s: float, max_s: float,
     """
     deadline = time.monotonic() + max_s
     last = after
-    with rt.bus.hub.watch(run_id) as watch:
+    with rt.bus.hub.watch(run_id, tokens=tokens) as watch:
         stop_waking = grant.on_end(lambda _: watch.put(RESYNC)) if grant else None
+        tracker = Tracker(run_id) if tokens else None
         try:
-            yield from _follow(rt, watch, run_id, last, tick_s, deadline, grant)
+            yield from _follow(rt, watch, run_id, last, tick_s, deadline, grant, tracker)
         finally:
             if stop_waking is not None:
                 stop_waking()
 
 
 def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
-            deadline: float, grant: Grant | None) -> Iterator[Event | None]:
+            deadline: float, grant: Grant | None,
+            tracker: Tracker | None) -> Iterator[Event | Token | None]:
     """``follow`` on a watch that is confirmed subscribed."""
     if grant is not None:
         deadline = min(deadline, grant.deadline)
@@ -60,11 +87,15 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
                 last = event.seq
                 if event.is_terminal:
                     return
+                if tracker is not None and event.data.get("phase") == "step.finished":
+                    tracker.ended(str(event.data.get("step")))
             if len(caught_up) == _BATCH:
                 continue
             if not caught_up and _has_ended(rt, run_id):
                 return
             behind = False
+            if tracker is not None:
+                yield from _tokens_caught_up(rt, tracker)
         left = deadline - time.monotonic()
         if left <= 0:
             return
@@ -76,6 +107,12 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
             # away, a pubsub connection dropped under load) then costs one keep-alive
             # interval, never the stream's whole life.
             behind = True
+        elif isinstance(item, Token):
+            if tracker is not None:
+                frames = tracker.live(item)
+                if frames is None:  # chunks were missed: the call's list has them
+                    frames = list(_tokens_caught_up(rt, tracker))
+                yield from frames
         elif item == RESYNC or not isinstance(item, Event):
             behind = True
         elif item.seq == last + 1:
@@ -83,8 +120,21 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
             last = item.seq
             if item.is_terminal:
                 return
+            if tracker is not None and item.data.get("phase") == "step.finished":
+                tracker.ended(str(item.data.get("step")))
         elif item.seq > last + 1:
             behind = True  # a gap: read what is missing from Postgres
+
+
+def _tokens_caught_up(rt: Runtime, tracker: Tracker) -> Iterator[Token]:
+    """What the run's streamed calls in progress hold beyond what was sent."""
+    try:
+        calls = rt.bus.calls(tracker.run_id)
+    except redis.RedisError as error:  # the events go on; the tokens resume with Redis
+        log.info("token frames unavailable", extra={"run_id": tracker.run_id,
+                                                    "error": type(error).__name__})
+        return
+    yield from tracker.catch_up(calls)
 
 
 def _catch_up(rt: Runtime, run_id: str, last: int) -> list[Event]:

@@ -1,0 +1,236 @@
+"""Token streaming: a streamed LLM call's text reaches SSE and WebSocket clients as it is
+written, continues exactly across a reconnect, starts again after a retry, and is stored
+once, whole."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from simple_websocket import Client
+from sqlalchemy import func, select
+
+from tests.conftest import ApiClient, Tenant
+from tests.harness import ApiServer, FakeLLM, sse_events, wait_for
+from tests.test_websocket import Socket, ws_url
+from worker.base.models import RunEvent
+from worker.base.runtime import Runtime
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+TERMINAL = {"succeeded", "failed", "cancelled", "dead_lettered"}
+
+
+@pytest.fixture
+def http(api_server: ApiServer, tenant: Tenant) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {tenant.key}"}
+    with httpx.Client(base_url=api_server.url, headers=headers, timeout=60) as client:
+        yield client
+
+
+def prompt(words: int = 12) -> str:
+    """A prompt unique to the test, of ``words`` words (the fake answers "echo: " + it)."""
+    return " ".join([uuid.uuid4().hex[:8]] + [f"w{n}" for n in range(1, words)])
+
+
+class Text:
+    """A client's view of the calls' text, kept as the contract says: a token frame with
+    i 1 sets the step's text, any other appends; token.reset clears it."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, str] = {}
+        self.frames: list[tuple[str, dict[str, Any]]] = []
+
+    def add(self, kind: str, data: dict[str, Any]) -> None:
+        self.frames.append((kind, data))
+        if kind == "token.reset":
+            self.steps[data["step"]] = ""
+        elif data["i"] == 1:
+            self.steps[data["step"]] = data["text"]
+        else:
+            self.steps[data["step"]] = self.steps.get(data["step"], "") + data["text"]
+
+
+def read_sse(http: httpx.Client, run_id: str, text: Text, *, after: int = 0,
+             stop: Any = None) -> tuple[list[dict[str, Any]], bool]:
+    """Read the run's SSE stream with tokens into ``text``; return its events, and whether
+    it ended with the run (False if ``stop(text)`` said to hang up first)."""
+    got: list[dict[str, Any]] = []
+    headers = {"Accept": "text/event-stream"}
+    if after:
+        headers["Last-Event-ID"] = str(after)
+    with http.stream("GET", f"/v1/runs/{run_id}/events?tokens=1", headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        for message in sse_events(response.iter_lines()):
+            kind = message.get("event")
+            if kind in ("token", "token.reset"):
+                assert "id" not in message, message  # token frames never take a seq
+                text.add(kind, json.loads(message["data"]))
+                if stop is not None and stop(text):
+                    return got, False
+            elif kind is not None:
+                got.append({"id": int(message["id"]), "event": kind,
+                            "data": json.loads(message["data"])})
+    return got, True
+
+
+def test_tokens_reach_the_client_before_the_run_ends_and_add_up_to_the_answer(
+    http: httpx.Client, api: ApiClient, runtime: Runtime
+) -> None:
+    ask = prompt(20)
+    run = api.submit("llm.chat", {"messages": [{"role": "user", "content": ask}],
+                                  "stream": True})
+    text = Text()
+    got, ended = read_sse(http, run["id"], text)
+    assert ended and got[-1]["data"]["status"] == "succeeded"
+    done = api.run(run["id"])
+    assert done["result"]["content"] == f"echo: {ask}"
+    assert text.steps == {"chat": f"echo: {ask}"}
+    # one frame per chunk the endpoint wrote (the client was there from the start)
+    assert len([f for f in text.frames if f[0] == "token"]) == 21
+    # the usage came in the stream's last chunk, and is stored with the step as ever
+    assert done["result"]["usage"] == {"input_tokens": 10, "output_tokens": 5}
+    # no token is a row in Postgres: the run's events are its statuses and steps
+    with runtime.db.transaction() as session:
+        rows = session.scalar(select(func.count()).select_from(RunEvent)
+                              .where(RunEvent.run_id == run["id"]))
+    assert rows == len(got)
+
+
+def test_a_plain_def_agent_streams_each_call_and_frames_arrive_before_the_end(
+    http: httpx.Client, api: ApiClient, fake_llm: FakeLLM
+) -> None:
+    first, second = prompt(6), prompt(6)
+    fake_llm.pause(second, after=3)  # the run cannot end until the client has seen text
+    run = api.submit("test.stream", {"prompts": [first, second]})
+    text = Text()
+
+    def watch() -> None:
+        read_sse(http, run["id"], text)
+
+    reader = threading.Thread(target=watch)
+    reader.start()
+    wait_for(lambda: text.steps.get("llm:2", "").count(" ") >= 3, what="text of llm:2")
+    assert api.run(run["id"])["status"] == "running"
+    fake_llm.resume(second)
+    reader.join(timeout=60)
+    assert text.steps == {"llm:1": f"echo: {first}", "llm:2": f"echo: {second}"}
+    result = api.wait(run["id"])["result"]
+    assert [a["content"] for a in result["answers"]] == [f"echo: {first}", f"echo: {second}"]
+
+
+def test_a_reconnect_mid_call_loses_and_repeats_nothing(
+    http: httpx.Client, api: ApiClient, fake_llm: FakeLLM
+) -> None:
+    ask = prompt(16)
+    fake_llm.pause(ask, after=8)
+    run = api.submit("llm.chat", {"messages": [{"role": "user", "content": ask}],
+                                  "stream": True})
+    text = Text()
+    got, ended = read_sse(http, run["id"], text,
+                          stop=lambda t: t.steps.get("chat", "").count(" ") >= 4)
+    assert not ended
+    before = len(text.frames)
+    # away while more is written: chunks 5 to 8 go by with no one listening
+    wait_for(lambda: fake_llm.chunks_sent.get(ask, 0) >= 8, what="8 chunks written")
+    threading.Timer(0.5, fake_llm.resume, args=(ask,)).start()
+    rest, ended = read_sse(http, run["id"], text, after=got[-1]["id"])
+    assert ended
+    # the reconnect began with the text so far in one frame (i 1), then went on live
+    catch_up = text.frames[before]
+    assert catch_up[0] == "token" and catch_up[1]["i"] == 1
+    assert catch_up[1]["text"].startswith("echo: ")
+    assert text.steps["chat"] == f"echo: {ask}"
+    assert [e["id"] for e in got + rest] == list(range(1, len(got) + len(rest) + 1))
+
+
+def test_a_retried_call_sends_token_reset_and_the_text_starts_again(
+    http: httpx.Client, api: ApiClient, fake_llm: FakeLLM
+) -> None:
+    ask = prompt(10)
+    fake_llm.script(ask, ["cut"])  # two chunks, then the connection breaks
+    fake_llm.pause(ask, after=0)  # held until the client listens
+    run = api.submit("llm.chat", {"messages": [{"role": "user", "content": ask}],
+                                  "stream": True})
+    text = Text()
+    wait_for(lambda: len(fake_llm.calls_for(ask)) == 1, what="the first try")
+    threading.Timer(0.5, fake_llm.resume, args=(ask,)).start()
+    got, ended = read_sse(http, run["id"], text)
+    assert ended and got[-1]["data"]["status"] == "succeeded"
+    kinds = [kind for kind, _ in text.frames]
+    assert "token.reset" in kinds
+    reset = kinds.index("token.reset")
+    assert kinds[:reset] == ["token", "token"]  # the broken try's two chunks
+    assert text.steps["chat"] == f"echo: {ask}"
+    assert len(fake_llm.calls_for(ask)) == 2
+
+
+def test_websocket_subscribers_get_the_tokens_too(
+    api_server: ApiServer, tenant: Tenant, api: ApiClient, fake_llm: FakeLLM
+) -> None:
+    ask = prompt(8)
+    fake_llm.pause(ask, after=0)
+    client = Client.connect(ws_url(api_server), headers={"Authorization": f"Bearer {tenant.key}"})
+    ws = Socket(client)
+    try:
+        run = api.submit("llm.chat", {"messages": [{"role": "user", "content": ask}],
+                                      "stream": True})
+        ws.send({"type": "subscribe", "run_id": run["id"], "tokens": True})
+        wait_for(lambda: len(fake_llm.calls_for(ask)) == 1, what="the call")
+        fake_llm.resume(ask)
+        text = Text()
+        statuses = []
+        while not TERMINAL & set(statuses):
+            frame = ws.receive(timeout=30)
+            if frame["type"] in ("token", "token.reset"):
+                assert frame["run_id"] == run["id"]
+                text.add(frame["type"], frame)
+            elif frame["type"] == "event" and frame["event"] == "status":
+                statuses.append(frame["data"]["status"])
+                if frame["data"]["status"] == "succeeded":
+                    assert text.steps["chat"] == f"echo: {ask}"  # all before the end
+        assert statuses[-1] == "succeeded"
+    finally:
+        client.close()
+
+
+def test_a_stream_without_tokens_has_none(http: httpx.Client, api: ApiClient) -> None:
+    run = api.submit("llm.chat", {"messages": [{"role": "user", "content": prompt(4)}],
+                                  "stream": True})
+    with http.stream("GET", f"/v1/runs/{run['id']}/events",
+                     headers={"Accept": "text/event-stream"}) as response:
+        kinds = [m.get("event") for m in sse_events(response.iter_lines())]
+    assert "token" not in kinds and kinds[-1] == "status"
+
+
+def test_two_hundred_clients_watch_one_runs_tokens(
+    api_server: ApiServer, tenant: Tenant, api: ApiClient, fake_llm: FakeLLM
+) -> None:
+    ask = prompt(10)
+    fake_llm.pause(ask, after=0)
+    run = api.submit("llm.chat", {"messages": [{"role": "user", "content": ask}],
+                                  "stream": True})
+    texts = [Text() for _ in range(200)]
+    connected = threading.Semaphore(0)
+
+    def watch(text: Text) -> bool:
+        connected.release()
+        return read_sse(http, run["id"], text)[1]
+
+    http = httpx.Client(base_url=api_server.url, timeout=60,
+                        headers={"Authorization": f"Bearer {tenant.key}"},
+                        limits=httpx.Limits(max_connections=250))
+    with http, ThreadPoolExecutor(max_workers=200) as pool:
+        futures = [pool.submit(watch, text) for text in texts]
+        for _ in texts:
+            assert connected.acquire(timeout=30)
+        wait_for(lambda: len(fake_llm.calls_for(ask)) == 1, what="the call")
+        threading.Timer(1.0, fake_llm.resume, args=(ask,)).start()
+        assert all(future.result(timeout=120) for future in futures)
+    assert all(text.steps == {"chat": f"echo: {ask}"} for text in texts)
