@@ -214,6 +214,12 @@ def _paths() -> dict[str, Any]:
                 _RUN_ID,
                 _param("after", "query", {"type": "integer", "minimum": 0},
                        "Only events with a greater seq."),
+                _param("tokens", "query", {"type": "boolean"},
+                       "SSE: add the streamed LLM calls' text as it is written: 'event: "
+                       "token' {step, i, text} and 'event: token.reset' {step}, frames with "
+                       "no id. A token frame's text is the call's pieces from number i on: "
+                       "i 1 sets the step's text, any other i appends; on (re)connect each "
+                       "call in progress comes first as one frame with i 1."),
                 _param("Last-Event-ID", "header", {"type": "string"},
                        "SSE: resume after this seq (wins over ?after)."),
             ],
@@ -230,8 +236,10 @@ def _paths() -> dict[str, Any]:
         **_account_paths(),
         "/v1/ws": {"get": {
             "summary": "WebSocket: submit runs ({type: run}), follow them ({type: subscribe, "
-                       "run_id, after}) and cancel them ({type: cancel}); events arrive as "
-                       "{type: event, run_id, seq, event, data}. Authenticate with the "
+                       "run_id, after, tokens}) and cancel them ({type: cancel}); events arrive "
+                       "as {type: event, run_id, seq, event, data}, and with tokens the "
+                       "streamed LLM calls' text as {type: token, run_id, step, i, text} and "
+                       "{type: token.reset, run_id, step}. Authenticate with the "
                        "Authorization header or the subprotocol 'bearer.<key>'.",
             "responses": {"101": {"description": "Switching protocols."}, **_AUTH_ERRORS},
         }},

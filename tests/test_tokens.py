@@ -13,14 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
+from flask import Flask
 from simple_websocket import Client
 from sqlalchemy import func, select
 
 from tests.conftest import ApiClient, Tenant
 from tests.harness import ApiServer, FakeLLM, sse_events, wait_for
+from tests.test_metrics import scrape
 from tests.test_websocket import Socket, ws_url
 from worker.base.models import RunEvent
 from worker.base.runtime import Runtime
+from worker.base.tokens import RESET, TOKEN, Token, Tracker, partial
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -81,7 +84,7 @@ def read_sse(http: httpx.Client, run_id: str, text: Text, *, after: int = 0,
 
 
 def test_tokens_reach_the_client_before_the_run_ends_and_add_up_to_the_answer(
-    http: httpx.Client, api: ApiClient, runtime: Runtime
+    http: httpx.Client, api: ApiClient, runtime: Runtime, app: Flask
 ) -> None:
     ask = prompt(20)
     run = api.submit("llm.chat", {"messages": [{"role": "user", "content": ask}],
@@ -101,6 +104,10 @@ def test_tokens_reach_the_client_before_the_run_ends_and_add_up_to_the_answer(
         rows = session.scalar(select(func.count()).select_from(RunEvent)
                               .where(RunEvent.run_id == run["id"]))
     assert rows == len(got)
+    # the time to the first piece of text is measured, per try
+    counted = wait_for(lambda: scrape(app).get(
+        "agentq_llm_time_to_first_token_seconds_count"), what="the metric")
+    assert sum(counted.values()) >= 1
 
 
 def test_a_plain_def_agent_streams_each_call_and_frames_arrive_before_the_end(
@@ -234,3 +241,40 @@ def test_two_hundred_clients_watch_one_runs_tokens(
         threading.Timer(1.0, fake_llm.resume, args=(ask,)).start()
         assert all(future.result(timeout=120) for future in futures)
     assert all(text.steps == {"chat": f"echo: {ask}"} for text in texts)
+
+
+def test_the_tracker_sends_each_piece_once_and_fills_gaps_from_the_calls_lists() -> None:
+    def token(i: int, text: str, g: int = 1001) -> Token:
+        return Token("run_x", "chat", TOKEN, i, text, g)
+
+    tracker, text = Tracker("run_x"), Text()
+
+    def send(frames: list[Token] | None) -> None:
+        assert frames is not None
+        for frame in frames:
+            text.add("token.reset" if frame.kind == RESET else "token", frame.frame())
+
+    # joined mid-call: the list says 3 pieces so far; the same 3rd piece then heard live
+    listed = partial([Token("run_x", "chat", RESET, g=1001), token(1, "a"), token(2, "b"),
+                      token(3, "c")])
+    assert listed is not None and listed.chunks == ["a", "b", "c"]
+    send(tracker.catch_up({"chat": listed}))
+    send(tracker.live(token(3, "c")))  # already sent: dropped
+    send(tracker.live(token(4, "d")))
+    assert text.steps == {"chat": "abcd"}
+    assert tracker.live(token(6, "f")) is None  # the 5th was missed: catch up
+    listed.chunks += ["d", "e", "f"]
+    send(tracker.catch_up({"chat": listed}))
+    assert text.steps == {"chat": "abcdef"}
+    # a new try: the reset is heard, the text starts again
+    send(tracker.live(Token("run_x", "chat", RESET, g=1002)))
+    send(tracker.live(token(1, "x", g=1002)))
+    assert text.steps == {"chat": "x"}
+    # a reset missed (a piece of a try not known): caught up from the list, from i 1
+    assert tracker.live(token(2, "y", g=2001)) is None
+    send(tracker.catch_up({"chat": partial([Token("run_x", "chat", RESET, g=2001),
+                                            token(1, "w", 2001), token(2, "y", 2001)])}))
+    assert text.steps == {"chat": "wy"}
+    # the call ended: nothing more is sent for it
+    tracker.ended("chat")
+    assert tracker.catch_up({}) == []
