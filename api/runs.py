@@ -31,7 +31,8 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
         max_attempts=body.max_attempts, session_id=body.session_id,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
         metadata=body.metadata, request_id=g.request_id, multitask=body.multitask,
-        priority=body.priority,
+        priority=body.priority, start_at=body.start_at, delay_s=body.delay_s,
+        ttl_s=body.ttl_s,
     )
     run = submit(rt, tenant_id=tenant_id, request=request)
     g.run_id = run.id

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, JsonValue
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    JsonValue,
+    model_validator,
+)
 
 from worker.base.models import AttemptOutcome, RunStatus, WaitpointStatus
 
 SESSION_ID = r"^[A-Za-z0-9._:@/-]+$"
 MAX_SEQ = 2**31 - 1  # event seqs are Postgres integers
+MAX_DELAY_S = 366 * 24 * 3600  # a delay or a ttl of at most a year
 
 
 class RunCreate(BaseModel):
@@ -30,6 +39,20 @@ class RunCreate(BaseModel):
     multitask: Literal["enqueue", "reject", "interrupt"] | None = Field(
         default=None, description="When the session has a run going: wait behind it "
         "(enqueue), refuse with 409 (reject), or cancel it first (interrupt).")
+    start_at: AwareDatetime | None = Field(
+        default=None, description="Do not start before this time (RFC 3339 with an offset); "
+        "the run is 'scheduled' until then.")
+    delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S,
+                                  description="Do not start before this many seconds from now.")
+    ttl_s: float | None = Field(
+        default=None, gt=0, le=MAX_DELAY_S, description="End 'expired' (run.expired) if not "
+        "started within this many seconds of when it could start.")
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> RunCreate:
+        if self.start_at is not None and self.delay_s is not None:
+            raise ValueError("give start_at or delay_s, not both")
+        return self
 
 
 class RunListQuery(BaseModel):
@@ -94,6 +117,10 @@ class RunOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     next_attempt_at: str | None
+    start_at: str | None
+    expires_at: str | None
+    schedule_id: str | None
+    scheduled_for: str | None
     usage: RunUsage
 
 
@@ -214,7 +241,7 @@ class ProblemOut(BaseModel):
 
 
 WebhookEventType = Literal["run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered",
-                           "run.waiting"]
+                           "run.waiting", "run.expired"]
 
 
 class EndpointCreate(BaseModel):

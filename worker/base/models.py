@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     func,
     text,
 )
@@ -49,6 +50,8 @@ def new_id(prefix: str) -> str:
 class RunStatus(enum.StrEnum):
     """Where a run stands in its lifecycle."""
 
+    # Delayed (start_at, delay_s): no worker sees it before its time (next_attempt_at).
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
@@ -59,6 +62,8 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     DEAD_LETTERED = "dead_lettered"
+    # Not started within its ttl_s: it never will be.
+    EXPIRED = "expired"
 
     @property
     def is_terminal(self) -> bool:
@@ -66,7 +71,8 @@ class RunStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD_LETTERED}
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD_LETTERED,
+     RunStatus.EXPIRED}
 )
 
 
@@ -165,6 +171,23 @@ class Run(Base):
             "next_attempt_at",
             postgresql_where=text("status = 'waiting'"),
         ),
+        Index(  # delayed runs, by when they may start
+            "ix_runs_scheduled_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'scheduled'"),
+        ),
+        Index(  # runs that expire unless started first (ttl_s)
+            "ix_runs_expiring",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL AND started_at IS NULL"),
+        ),
+        Index(  # a schedule fires once per slot, whatever the number of beats
+            "ix_runs_schedule_id_scheduled_for",
+            "schedule_id",
+            "scheduled_for",
+            unique=True,
+            postgresql_where=text("schedule_id IS NOT NULL"),
+        ),
         Index(
             "ix_runs_queued_queue",
             "queue",
@@ -220,6 +243,13 @@ class Run(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
+    # When a delayed run may start (start_at, delay_s); it ends expired if not started by
+    # expires_at (ttl_s, counted from when it may start).
+    start_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    # A schedule's firing: which schedule, and the slot it fired for.
+    schedule_id: Mapped[str | None] = mapped_column(String(40))
+    scheduled_for: Mapped[datetime | None]
     # What the run's LLM calls cost, summed as each call's step is stored.
     llm_calls: Mapped[int] = mapped_column(Integer, server_default="0")
     input_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -321,6 +351,44 @@ class Waitpoint(Base):
     completed_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     completed_at: Mapped[datetime | None]
+
+
+class Schedule(Base):
+    """An agent run by cron (in ``timezone``) or every ``every_s`` seconds, fired by beat.
+
+    ``next_fire_at`` is the next slot. Firing a slot creates one run with ``schedule_id``
+    and ``scheduled_for`` (unique together: two beats never fire a slot twice); slots
+    missed by more than ``catchup_s`` (beat was down) are skipped. ``overlap`` says what a
+    slot does while an earlier run is going (``worker.runs.schedules``).
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint("(cron IS NULL) <> (every_s IS NULL)", name="cron_or_every"),
+        CheckConstraint("overlap IN ('skip', 'buffer_one', 'allow', 'cancel_other')",
+                        name="overlap"),
+        Index("ix_schedules_tenant_id_id", "tenant_id", text("id DESC")),
+        Index("ix_schedules_due", "next_fire_at",
+              postgresql_where=text("deleted_at IS NULL AND NOT paused")),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    agent: Mapped[str] = mapped_column(String(200))
+    input: Mapped[Any]
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
+    priority: Mapped[str] = mapped_column(String(10), server_default="normal")
+    cron: Mapped[str | None] = mapped_column(String(200))
+    every_s: Mapped[float | None]
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
+    overlap: Mapped[str] = mapped_column(String(20), server_default="skip")
+    catchup_s: Mapped[float] = mapped_column(server_default="60")
+    paused: Mapped[bool] = mapped_column(server_default=false())
+    next_fire_at: Mapped[datetime | None]
+    last_fired_for: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deleted_at: Mapped[datetime | None]
 
 
 class TenantUsage(Base):

@@ -1,6 +1,6 @@
 """Per-tenant caps on submission, checked and taken in one step so no race can pass them.
 
-``AGENTQ_TENANT_MAX_QUEUED`` caps a tenant's waiting runs (queued or retrying); with
+``AGENTQ_TENANT_MAX_QUEUED`` caps a tenant's waiting runs (delayed, queued or retrying); with
 ``AGENTQ_TENANT_RUNNING_CAP_MODE=reject``, ``AGENTQ_TENANT_MAX_RUNNING`` caps its runs that
 are waiting or running, so a run is admitted only if it could start. Counting a tenant's
 runs on every submission would cost in proportion to its backlog, so each tenant's row
@@ -79,9 +79,10 @@ _LOCK = text("""
     FROM tenants WHERE id = :tenant_id FOR NO KEY UPDATE
 """)
 _COUNT = text("""
-    SELECT count(*) FILTER (WHERE status IN ('queued', 'retrying')) AS waiting,
+    SELECT count(*) FILTER (WHERE status IN ('scheduled', 'queued', 'retrying')) AS waiting,
            count(*) AS active
-    FROM runs WHERE tenant_id = :tenant_id AND status IN ('queued', 'retrying', 'running')
+    FROM runs WHERE tenant_id = :tenant_id
+      AND status IN ('scheduled', 'queued', 'retrying', 'running')
 """)
 _COUNTED = text("""
     UPDATE tenants SET admitted_waiting = :waiting, admitted_active = :active,

@@ -76,7 +76,8 @@ _CLAIM_SQL = """
             next_attempt_at = NULL, last_seq = last_seq + 1
         WHERE :targets
           AND (status = 'queued'
-               OR (status IN ('retrying', 'waiting') AND next_attempt_at <= now()))
+               OR (status IN ('retrying', 'waiting', 'scheduled') AND next_attempt_at <= now()))
+          AND (expires_at IS NULL OR started_at IS NOT NULL OR expires_at > now())
           AND (session_id IS NULL OR NOT EXISTS (
                 SELECT 1 FROM runs AS earlier
                 WHERE earlier.tenant_id = runs.tenant_id
@@ -138,11 +139,11 @@ _FINISH = text("""
     FROM finished, status_event WHERE EXISTS (SELECT 1 FROM attempt_row)
 """)
 
-_CLAIMABLE = or_(
+_CLAIMABLE = and_(or_(
     Run.status == RunStatus.QUEUED,
-    and_(Run.status.in_([RunStatus.RETRYING, RunStatus.WAITING]),
+    and_(Run.status.in_([RunStatus.RETRYING, RunStatus.WAITING, RunStatus.SCHEDULED]),
          Run.next_attempt_at <= func.now()),
-)
+), or_(Run.expires_at.is_(None), Run.started_at.is_not(None), Run.expires_at > func.now()))
 
 
 def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -> Claim | None:

@@ -33,7 +33,7 @@ from worker.runs.views import iso, run_view
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered",
-               "run.waiting")
+               "run.waiting", "run.expired")
 STANDARD, SLACK = "standard", "slack"  # delivery formats
 _SLACK_TEXT_LIMIT = 3000
 

@@ -5,7 +5,6 @@ Every function takes a session and never commits: the caller owns the transactio
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +37,15 @@ class NewRun:
     reply_url: str | None = None
     multitask: str = "enqueue"
     priority: str = "normal"
+    start_at: datetime | None = None  # delayed: it may start then (or delay_s from now)
+    delay_s: float | None = None
+    ttl_s: float | None = None  # it expires unless started this long after it may start
+    schedule_id: str | None = None  # a schedule's firing, for slot scheduled_for
+    scheduled_for: datetime | None = None
+
+    @property
+    def delayed(self) -> bool:
+        return self.start_at is not None or self.delay_s is not None
 
 
 @dataclass(frozen=True)
@@ -48,29 +56,48 @@ class RunFilter:
     since: datetime | None = None  # created at or after
 
 
-_QUEUED_EVENT = {"status": RunStatus.QUEUED.value, "attempt": 0}
-
 def _create_sql(slot: str | None) -> str:
     """The run and its first event in one statement (a hot path: every submission); led
-    by ``slot``, the run is stored only if the tenant's caps leave it a slot. In psycopg's
-    placeholders: run by a session's connection, or on its own (``Database.one_row``)."""
-    lead, source = (f"slot AS ({slot}),", "FROM slot") if slot else ("", "")
+    by ``slot``, the run is stored only if the tenant's caps leave it a slot. A delayed run
+    (``start_at`` later than now) is stored ``scheduled``, due at ``next_attempt_at``. In
+    psycopg's placeholders: run by a session's connection, or on its own
+    (``Database.one_row``)."""
+    lead, source = (f"slot AS ({slot}),", ", slot") if slot else ("", "")
     return f"""
-    WITH {lead} stored AS (
+    WITH {lead} timing AS (
+        SELECT CASE WHEN CAST(%(start_at)s AS timestamptz) IS NULL
+                     AND CAST(%(delay_s)s AS float8) IS NULL THEN NULL
+               ELSE greatest(now(), coalesce(CAST(%(start_at)s AS timestamptz),
+                     now() + make_interval(secs => CAST(%(delay_s)s AS float8)))) END
+               AS start_at
+    ), stored AS (
         INSERT INTO runs (id, tenant_id, agent, status, input, attempt, max_attempts,
                           timeout_s, session_id, metadata, webhook_url, reply_url,
-                          request_id, queue, priority, lease_epoch, last_seq)
-        SELECT %(id)s, %(tenant_id)s, %(agent)s, 'queued', CAST(%(input)s AS jsonb), 0,
+                          request_id, queue, priority, lease_epoch, last_seq, start_at,
+                          next_attempt_at, expires_at, schedule_id, scheduled_for)
+        SELECT %(id)s, %(tenant_id)s, %(agent)s,
+               CASE WHEN timing.start_at > now() THEN 'scheduled' ELSE 'queued' END,
+               CAST(%(input)s AS jsonb), 0,
                %(max_attempts)s, %(timeout_s)s, %(session_id)s, CAST(%(metadata)s AS jsonb),
-               %(webhook_url)s, %(reply_url)s, %(request_id)s, %(queue)s, %(priority)s, 0, 1
-        {source}
+               %(webhook_url)s, %(reply_url)s, %(request_id)s, %(queue)s, %(priority)s, 0, 1,
+               timing.start_at,
+               CASE WHEN timing.start_at > now() THEN timing.start_at END,
+               coalesce(timing.start_at, now())
+                   + make_interval(secs => CAST(%(ttl_s)s AS float8)),
+               %(schedule_id)s, %(scheduled_for)s
+        FROM timing {source}
         RETURNING *
     ), first AS (
         INSERT INTO run_events (run_id, seq, type, data)
-        SELECT id, 1, 'status', CAST(%(event)s AS jsonb) FROM stored
-        RETURNING at
+        SELECT id, 1, 'status', jsonb_build_object('status', status, 'attempt', 0)
+               || CASE WHEN status = 'scheduled' THEN jsonb_build_object(
+                      'start_at', to_char(start_at AT TIME ZONE 'UTC',
+                                          'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
+                  ELSE '{{}}'::jsonb END
+        FROM stored
+        RETURNING at, data
     )
-    SELECT stored.*, first.at AS event_at FROM stored, first
+    SELECT stored.*, first.at AS event_at, first.data AS event_data FROM stored, first
     """  # noqa: S608 (constants only)
 
 
@@ -83,7 +110,7 @@ def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
     transaction; the caller dispatches it after commit (and took its slot under the
     tenant's caps first: ``admission.take``). Returns the stored run (detached)."""
     row = session.connection().exec_driver_sql(_CREATE, _create_params(tenant_id, new)).one()
-    events.remember(session, events.Event(row.id, 1, events.STATUS, dict(_QUEUED_EVENT),
+    events.remember(session, events.Event(row.id, 1, events.STATUS, dict(row.event_data),
                                           row.event_at))
     return Run.from_row(row)
 
@@ -110,7 +137,8 @@ def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
         "metadata": jsonb.dumps(new.metadata, what="metadata"),
         "webhook_url": new.webhook_url, "reply_url": new.reply_url,
         "request_id": new.request_id, "queue": new.queue, "priority": new.priority,
-        "event": json.dumps(_QUEUED_EVENT),
+        "start_at": new.start_at, "delay_s": new.delay_s, "ttl_s": new.ttl_s,
+        "schedule_id": new.schedule_id, "scheduled_for": new.scheduled_for,
     }
 
 
@@ -223,7 +251,8 @@ class CancelResult:
 
 
 def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
-    """Cancel a run. Queued, retrying or waiting: it ends now (and never starts again).
+    """Cancel a run. Scheduled, queued, retrying or waiting: it ends now (and never starts
+    again).
     Running: it is asked
     to stop (the worker ends it ``cancelled``). Already cancelled: nothing to do.
 
@@ -234,7 +263,8 @@ def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
     if run is None:
         raise NotFound("run", run_id)
     status = RunStatus(run.status)
-    if status in (RunStatus.QUEUED, RunStatus.RETRYING, RunStatus.WAITING):
+    if status in (RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.RETRYING,
+                  RunStatus.WAITING):
         run.status = RunStatus.CANCELLED
         run.cancel_requested_at = run.finished_at = func.now()
         run.next_attempt_at = None
@@ -261,7 +291,8 @@ def cancel(session: Session, *, tenant_id: str, run_id: str) -> CancelResult:
     raise Conflict(f"run {run_id} already ended {status}; it cannot be cancelled")
 
 
-REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED})
+REPLAYABLE = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED,
+                        RunStatus.EXPIRED})
 
 
 def replay(session: Session, *, run: Run, caps: admission.Caps) -> Run:
@@ -275,14 +306,14 @@ def replay(session: Session, *, run: Run, caps: admission.Caps) -> Run:
     """
     session.refresh(run, with_for_update=True)
     if run.status not in REPLAYABLE:
-        raise Conflict(f"run {run.id} is {run.status}; only failed, dead_lettered or "
-                       "cancelled runs can be replayed")
+        raise Conflict(f"run {run.id} is {run.status}; only failed, dead_lettered, "
+                       "cancelled or expired runs can be replayed")
     admission.take(session, tenant_id=run.tenant_id, caps=caps)
     run.status = RunStatus.QUEUED
     run.free_attempts = run.attempt
     run.result = run.error = None
     run.finished_at = run.next_attempt_at = run.dispatched_at = None
-    run.cancel_requested_at = run.discarded_at = None
+    run.cancel_requested_at = run.discarded_at = run.expires_at = None
     run.last_seq += 1
     session.flush()
     events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,

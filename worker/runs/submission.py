@@ -6,6 +6,7 @@ Every way in (HTTP, WebSocket, inbound webhooks) goes through ``submit``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,10 +15,9 @@ from sqlalchemy.orm import Session
 from worker.base import jsonb
 from worker.base.errors import Conflict, InvalidRequest
 from worker.base.models import Run, RunStatus
-from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.base.ssrf import Guard, refuse_internal
-from worker.runs import admission, dispatch, outbox, sessions, store
+from worker.runs import admission, delays, dispatch, outbox, sessions, store
 from worker.runs.follow import follow
 
 
@@ -36,6 +36,11 @@ class RunRequest:
     reply_url: str | None = None  # a Slack response_url: the answer goes there
     multitask: str | None = None  # enqueue, reject or interrupt (default: the agent's)
     priority: str = "normal"  # high, normal or low: its queue, unless the agent names one
+    start_at: datetime | None = None
+    delay_s: float | None = None
+    ttl_s: float | None = None
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
 
 
 def plan(rt: Runtime, request: RunRequest) -> store.NewRun:
@@ -70,6 +75,11 @@ def plan(rt: Runtime, request: RunRequest) -> store.NewRun:
         request_id=request.request_id,
         reply_url=request.reply_url,
         multitask=request.multitask or spec.multitask,
+        start_at=request.start_at,
+        delay_s=request.delay_s,
+        ttl_s=request.ttl_s,
+        schedule_id=request.schedule_id,
+        scheduled_for=request.scheduled_for,
     )
 
 
@@ -144,8 +154,9 @@ def launch(rt: Runtime, stored: Stored) -> None:
     for run_id in stored.interrupted:
         rt.bus.request_cancel(run_id)
     if stored.ready:
-        run = stored.run
-        dispatch.dispatch(rt, Dispatch.of(run))
+        job = delays.dispatch_of(stored.run)
+        if job is not None:
+            dispatch.dispatch(rt, job)
 
 
 def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from worker.base.runtime import Runtime
-from worker.runs import attempts, dispatch, idempotency, store, waits
+from worker.runs import attempts, delays, dispatch, idempotency, store, waits
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ def sweep(rt: Runtime, *, also: Sequence[Repair] = ()) -> None:
     each on its own: a failing repair is logged and does not stop the others."""
     repairs: tuple[Repair, ...] = (
         recover_stale_attempts,
+        expire_unstarted,
+        start_due_delayed,
         dispatch_due_retries,
         wake_due_waits,
         redispatch_unpublished,
@@ -54,6 +56,25 @@ def recover_stale_attempts(rt: Runtime) -> int:
         log.warning("stale attempt recovered", extra={
             "run_id": item.run_id, "status": item.status.value, "outcome": item.outcome.value})
     return len(recovered)
+
+
+def expire_unstarted(rt: Runtime) -> int:
+    """End ``expired`` the runs not started within their ttl_s."""
+    with rt.db.transaction() as session:
+        expired = delays.expire_due(session, limit=dispatch.SWEEP_BATCH)
+    for run in expired:
+        log.info("run expired", extra={"run_id": run.id, "agent": run.agent})
+    return len(expired)
+
+
+def start_due_delayed(rt: Runtime) -> int:
+    """Queue the delayed runs that are due (start_at, delay_s)."""
+    with rt.db.transaction() as session:
+        due = delays.start_due(session, grace_s=rt.settings.dispatch_grace_s,
+                               limit=dispatch.SWEEP_BATCH)
+        sent = dispatch.publish_all(rt, due, reason="delayed run due")
+        dispatch.mark_dispatched(session, run_ids=sent)
+    return len(sent)
 
 
 def dispatch_due_retries(rt: Runtime) -> int:

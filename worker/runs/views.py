@@ -42,6 +42,10 @@ def run_view(run: Run) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "next_attempt_at": iso(run.next_attempt_at),
+        "start_at": iso(run.start_at),
+        "expires_at": iso(run.expires_at),
+        "schedule_id": run.schedule_id,
+        "scheduled_for": iso(run.scheduled_for),
         "usage": {"llm_calls": run.llm_calls, "input_tokens": run.input_tokens,
                   "output_tokens": run.output_tokens},
     }
