@@ -40,6 +40,7 @@ BENCHMARKS = {  # name -> module with figures(quick) -> list[Figure]
     "partition": "bench.partition",  # each link to Postgres/Redis cut 30 s, healed
     "memory": "bench.memory",
     "waits": "bench.waits",  # waitpoint completed -> the agent's next line
+    "tokens": "bench.tokens",  # LLM chunk written -> SSE client, 100 streams
 }
 
 
