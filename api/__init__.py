@@ -18,6 +18,7 @@ from api import (
     openapi,
     requestlog,
     runs,
+    schedules,
     sessions,
     usage,
     waitpoints,
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
                       hook_sources.bp, hooks.bp, sessions.bp, usage.bp, api_keys.bp, metrics.bp,
-                      openapi.bp, waitpoints.bp, waitpoints.links):
+                      openapi.bp, waitpoints.bp, waitpoints.links, schedules.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
     dashboard.init_app(app, runtime)

@@ -313,6 +313,96 @@ class DeliveryPage(BaseModel):
     next_cursor: str | None
 
 
+Overlap = Literal["skip", "buffer_one", "allow", "cancel_other"]
+_OVERLAP_HELP = ("While an earlier run of the schedule is going: pass the slot over (skip), "
+                 "let one run wait behind it (buffer_one), start anyway (allow), or cancel "
+                 "it first (cancel_other).")
+
+
+class ScheduleCreate(BaseModel):
+    """Body of ``POST /v1/schedules``: ``cron`` or ``every_s``, not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(min_length=1, max_length=200)
+    input: JsonValue = Field(default_factory=dict)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict, max_length=64)
+    priority: Literal["high", "normal", "low"] = "normal"
+    cron: str | None = Field(default=None, min_length=1, max_length=200,
+                             description="Five fields, e.g. '0 9 * * 1-5' (9:00 on weekdays), "
+                             "in timezone.")
+    every_s: float | None = Field(default=None, ge=1, le=MAX_DELAY_S)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64,
+                          description="An IANA zone: cron follows its clock, DST included.")
+    overlap: Overlap = Field(default="skip", description=_OVERLAP_HELP)
+    catchup_s: float = Field(default=60, ge=1, le=MAX_DELAY_S, description="Slots missed by "
+                             "up to this much (beat was down) still fire; older ones do not.")
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleCreate:
+        if (self.cron is None) == (self.every_s is None):
+            raise ValueError("give cron or every_s (one of them)")
+        return self
+
+
+class ScheduleUpdate(BaseModel):
+    """Body of ``PATCH /v1/schedules/{id}``: the fields to change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(default=None, min_length=1, max_length=200)
+    input: JsonValue = None
+    metadata: dict[str, JsonValue] | None = Field(default=None, max_length=64)
+    priority: Literal["high", "normal", "low"] | None = None
+    cron: str | None = Field(default=None, min_length=1, max_length=200)
+    every_s: float | None = Field(default=None, ge=1, le=MAX_DELAY_S)
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    overlap: Overlap | None = None
+    catchup_s: float | None = Field(default=None, ge=1, le=MAX_DELAY_S)
+    paused: bool | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> ScheduleUpdate:
+        for name in self.model_fields_set - {"input", "cron", "every_s", "metadata"}:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        if "cron" in self.model_fields_set and "every_s" in self.model_fields_set and (
+                (self.cron is None) == (self.every_s is None)):
+            raise ValueError("give cron or every_s (one of them)")
+        return self
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    agent: str
+    input: JsonValue
+    metadata: dict[str, JsonValue]
+    priority: Literal["high", "normal", "low"]
+    cron: str | None
+    every_s: float | None
+    timezone: str
+    overlap: Overlap
+    catchup_s: float
+    paused: bool
+    next_fire_at: str | None
+    last_fired_for: str | None
+    created_at: str
+    updated_at: str
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleOut]
+    next_cursor: str | None
+
+
+class ScheduleListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
 class HookSourceCreate(BaseModel):
     """Body of ``POST /v1/hook-sources``."""
 

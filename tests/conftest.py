@@ -39,6 +39,7 @@ LLM_KEY = "sk-test-not-a-secret"
 # Short intervals so the sweeper's repairs show up within a test's patience.
 FAST = {
     "AGENTQ_SWEEP_INTERVAL_S": "0.5",
+    "AGENTQ_SCHEDULE_TICK_S": "0.25",
     "AGENTQ_DISPATCH_GRACE_S": "0.5",
     "AGENTQ_REDISPATCH_AFTER_S": "2",
     "AGENTQ_HEARTBEAT_INTERVAL_S": "0.5",
@@ -180,6 +181,14 @@ class ApiClient:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.client.post(path, headers={**self.headers, **kwargs.pop("headers", {})},
                                 **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self.client.patch(path, headers={**self.headers, **kwargs.pop("headers", {})},
+                                 **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.client.delete(path, headers={**self.headers, **kwargs.pop("headers", {})},
+                                  **kwargs)
 
     def submit(self, agent: str, input: Any = None, **fields: Any) -> dict[str, Any]:
         body = {"agent": agent, "input": {} if input is None else input, **fields}

@@ -17,12 +17,12 @@ from celery.exceptions import Reject
 
 from worker.agents import load_agents
 from worker.base.bus import Bus
-from worker.base.queues import DELIVER_TASK, RUN_TASK, SWEEP_TASK, make_celery
+from worker.base.queues import DELIVER_TASK, RUN_TASK, SCHEDULES_TASK, SWEEP_TASK, make_celery
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.delivery import notifier
 from worker.execution.engine import Engine, handing_off
-from worker.runs import lifecycle, sweeper
+from worker.runs import lifecycle, schedules, sweeper
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -64,3 +64,8 @@ def register_tasks(rt: Runtime) -> None:
     def sweep() -> None:
         """Repair what was lost: runs' dispatches, stale attempts, deliveries."""
         sweeper.sweep(rt, also=(notifier.redispatch_due,))
+
+    @rt.celery.task(name=SCHEDULES_TASK, send_events=False)
+    def fire_schedules() -> None:
+        """Make the runs of the schedules' due slots (each slot once, whatever the beats)."""
+        schedules.fire_due(rt)

@@ -20,6 +20,7 @@ from worker.base.settings import Settings
 
 RUN_TASK = "agentq.run"
 SWEEP_TASK = "agentq.sweep"
+SCHEDULES_TASK = "agentq.schedules"
 DELIVER_TASK = "agentq.deliver"
 PRIORITIES = ("high", "normal", "low")
 RUNS_QUEUE = "runs.normal"
@@ -105,6 +106,7 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=tuple(_queue(name) for name in (*RUN_QUEUES, MAINTENANCE_QUEUE,
                                                      NOTIFY_QUEUE, CPU_QUEUE)),
         task_routes={SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+                     SCHEDULES_TASK: {"queue": MAINTENANCE_QUEUE},
                      DELIVER_TASK: {"queue": NOTIFY_QUEUE}},
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_hijack_root_logger=False,
@@ -118,6 +120,12 @@ def make_celery(settings: Settings) -> Celery:
                 "task": SWEEP_TASK,
                 "schedule": settings.sweep_interval_s,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.sweep_interval_s * 3},
+            },
+            "schedules": {  # each due slot of each schedule becomes a run (worker.runs)
+                "task": SCHEDULES_TASK,
+                "schedule": settings.schedule_tick_s,
+                "options": {"queue": MAINTENANCE_QUEUE,
+                            "expires": max(settings.schedule_tick_s * 3, 3.0)},
             },
         },
     )

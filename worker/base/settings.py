@@ -76,6 +76,7 @@ class Settings(DatabaseSettings):
     max_timeout_s: int = Field(default=3600, ge=1)
     default_max_attempts: int = Field(default=3, ge=1, le=100)
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    schedule_tick_s: float = Field(default=1.0, gt=0, le=60)  # how often beat fires schedules
     dispatch_grace_s: float = Field(default=5.0, ge=0)
     # Queued runs published longer ago than this, and missing from the broker's queue, are
     # published again (a broker that lost its data, a message dropped by a failing task).
