@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from tests.conftest import ApiClient, Tenant, make_tenant
-from tests.harness import ROOT, ApiServer, Receiver, wait_for
+from tests.harness import ROOT, ApiServer, FakeLLM, Receiver, wait_for
 from worker.access import keys
 from worker.app import build_runtime
 from worker.base.errors import ConfigurationError
@@ -357,12 +358,54 @@ def test_another_tenants_run_is_not_found(dashboard: Dashboard, runtime: Runtime
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     with httpx.Client(base_url=api_server.url, cookies=cookies) as client:
         assert client.get(f"/runs/{theirs['id']}/events").status_code == 404
+        assert client.get(f"/runs/{theirs['id']}/events?tokens=1",
+                          headers={"Accept": "text/event-stream"}).status_code == 404
         assert client.get(f"/runs/{theirs['id']}/panel").status_code == 404
         assert client.post(f"/runs/{theirs['id']}/cancel", data={"csrf": csrf}).status_code \
             == 404
     with dashboard.api() as client:  # and it is untouched
         assert client.get(f"/v1/runs/{theirs['id']}").status_code == 404
     assert page.locator("#run-rows").count() == 0
+
+
+def test_a_streamed_calls_text_grows_on_the_run_page_before_the_run_ends(
+        dashboard: Dashboard, fake_llm: FakeLLM) -> None:
+    from playwright.sync_api import expect
+
+    # Given a streamed llm.chat run whose answer is held after 4 chunks ("echo: " and 3
+    # words); one word is markup, which the page must show as text
+    tag = uuid.uuid4().hex[:8]
+    ask = f"{tag} <b>bold</b> " + " ".join(f"w{n}" for n in range(2, 10))
+    fake_llm.pause(ask, after=4)
+    with dashboard.api() as client:
+        run = client.post("/v1/runs", json={"agent": "llm.chat", "input": {
+            "messages": [{"role": "user", "content": ask}], "stream": True}}).json()
+    page = dashboard.page
+    page.goto(f"/runs/{run['id']}")
+    # Then the page shows the text so far, in a block for its step, while the run goes on
+    block = page.locator("#token-steps .token-step[data-step='chat']")
+    text = block.locator("pre.token-text")
+    expect(text).to_have_text(f"echo: {tag} <b>bold</b> w2")
+    expect(block).to_have_attribute("data-state", "writing")
+    assert page.locator("#live-text").is_visible()
+    assert text.locator("b").count() == 0  # the model's text is never markup
+    assert run_status(dashboard, run["id"]) == "running"
+    dashboard.shot("run-streaming")
+    # A reload mid-call gets the text so far at once (one frame), not from nothing
+    page.reload()
+    expect(text).to_have_text(f"echo: {tag} <b>bold</b> w2")
+    assert run_status(dashboard, run["id"]) == "running"
+    # When the rest is written, it grows to the whole answer, and stays once the step ends
+    fake_llm.resume(ask)
+    expect(block).to_have_attribute("data-state", "finished", timeout=30_000)
+    page.wait_for_selector("#run-status:text('succeeded')", timeout=30_000)
+    page.wait_for_selector("#stream-state:text('finished')")
+    assert text.evaluate("pre => pre.textContent") == f"echo: {ask}"
+    assert page.locator("#token-steps .token-step").count() == 1
+    # A finished run's page has no text to grow: its answer is in the result
+    page.reload()
+    page.wait_for_selector("#stream-state:text('finished')")
+    assert page.locator("#live-text").is_hidden()
 
 
 def test_events_resume_after_the_last_event_id(dashboard: Dashboard) -> None:

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api import events as event_stream
+from api.bodies import query
 from api.dashboard.access import bp, describe, form, local, needs
 from api.deps import principal, runtime
-from api.schemas import RunCreate, WaitpointComplete
+from api.schemas import EventsQuery, RunCreate, WaitpointComplete
 from worker.access import keys
 from worker.base.errors import AgentqError, Conflict, InvalidRequest, LimitExceeded, NotFound
 from worker.base.models import Run, RunStatus, Waitpoint
@@ -159,11 +160,13 @@ def run_panel(run_id: str) -> str:
 @needs(keys.READ)
 def run_events(run_id: str) -> Response:
     """The run's events, live (SSE, resuming after Last-Event-ID), for this page's
-    EventSource: the JSON API's stream, behind the session cookie."""
+    EventSource: the JSON API's stream, behind the session cookie; with ``?tokens=1`` the
+    streamed LLM calls' text too, as it is written (``token`` / ``token.reset`` frames)."""
     rt = runtime()
+    after, tokens = event_stream.resume_point(), query(EventsQuery).tokens
     with rt.db.autocommit() as db:
         store.get(db, tenant_id=principal().tenant_id, run_id=run_id)
-    return event_stream.stream(rt, run_id, event_stream.resume_point(), caller=principal())
+    return event_stream.stream(rt, run_id, after, caller=principal(), tokens=tokens)
 
 
 @bp.post("/runs/<run_id>/cancel")

@@ -94,8 +94,66 @@ function followRun() {
       refreshPoints();
     }, 150);
   };
+  // Streamed LLM calls (the stream's ?tokens=1): a block per step with its text so far,
+  // kept as worker/base/tokens.py says: a frame with i 1 sets it, any other i appends to
+  // it, token.reset clears it. Once the step's step.finished arrives its text is final.
+  // The text is the model's, so untrusted: it only ever goes in as a text node.
+  const live = document.getElementById("live-text");
+  const blocks = document.getElementById("token-steps");
+  const calls = new Map();  // step -> {block, text (a Text node), pre, note}
+  const call = (step) => {
+    let found = calls.get(step);
+    if (found) return found;
+    const block = document.createElement("div");
+    block.className = "token-step";
+    block.dataset.step = step;
+    const head = document.createElement("h3");
+    const name = document.createElement("code");
+    name.textContent = step;
+    const note = document.createElement("span");
+    note.className = "muted token-state";
+    head.append(name, " ", note);
+    const pre = document.createElement("pre");
+    pre.className = "token-text";
+    const text = document.createTextNode("");
+    pre.append(text);
+    block.append(head, pre);
+    blocks.append(block);
+    live.hidden = false;
+    found = { block, text, pre, note };
+    calls.set(step, found);
+    return found;
+  };
+  const mark = (found, state) => {
+    found.block.dataset.state = state;
+    found.note.textContent = { writing: "writing…", finished: "finished",
+                               stopped: "stopped" }[state];
+  };
+  const write = (step, change) => {
+    const found = call(step);
+    // Follow the end of the text unless the reader scrolled up in it.
+    const atEnd = found.pre.scrollHeight - found.pre.scrollTop - found.pre.clientHeight < 8;
+    change(found.text);
+    mark(found, "writing");
+    if (atEnd) found.pre.scrollTop = found.pre.scrollHeight;
+  };
+  const token = (message) => {
+    const data = JSON.parse(message.data);
+    if (typeof data.step !== "string" || typeof data.text !== "string") return;
+    write(data.step, (text) => {
+      if (data.i === 1) text.data = data.text;
+      else text.appendData(data.text);
+    });
+  };
+  const reset = (message) => {
+    const data = JSON.parse(message.data);
+    if (typeof data.step === "string") write(data.step, (text) => { text.data = ""; });
+  };
   const add = (type, message) => {
     const data = JSON.parse(message.data);
+    if (type === "progress" && data.phase === "step.finished" && calls.has(data.step)) {
+      mark(calls.get(data.step), "finished");
+    }
     const item = document.createElement("li");
     item.dataset.seq = message.lastEventId;
     item.className = "event-" + type;
@@ -121,12 +179,19 @@ function followRun() {
     state.textContent = source.readyState === EventSource.CLOSED
       ? "disconnected: reload the page" : "reconnecting…";
   };
+  if (live && blocks) {
+    source.addEventListener("token", token);
+    source.addEventListener("token.reset", reset);
+  }
   source.addEventListener("progress", (message) => add("progress", message));
   source.addEventListener("status", (message) => {
     const data = add("status", message);
     refreshPanel();
     if (["succeeded", "failed", "cancelled", "dead_lettered"].includes(data.status)) {
       source.close();  // the stream ends after the terminal event; do not reconnect
+      for (const found of calls.values()) {
+        if (found.block.dataset.state === "writing") mark(found, "stopped");
+      }
       if (state) state.textContent = "finished";
     }
   });
