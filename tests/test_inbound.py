@@ -427,6 +427,9 @@ def test_a_slack_button_refuses_what_it_cannot_answer_with_a_line_never_an_error
     assert "run_id" in refused({"run_id": ["x"], "waitpoint": "approval"})
     assert "waitpoint" in refused({"run_id": mine["id"], "waitpoint": 7})
     assert "not JSON" in refused('{"waitpoint": ')
+    start = '{"run_id": "' + mine["id"] + '", "waitpoint": "approval", "data": '
+    assert "NaN" in refused(start + "NaN}")
+    assert "U+0000" in refused(start + '"\\u0000"}')
     # a press signed with another secret changes nothing either
     forged = press(hooks, hook, {"run_id": mine["id"], "waitpoint": "approval",
                                  "data": {"approved": True}}, secret="x" * 32)

@@ -143,8 +143,8 @@ class Bus:
     def token(self, frame: Token) -> None:
         """Publish a chunk of a call's text and keep it in the call's list; like
         ``announce``, in order, never raising."""
-        encoded = frame.encode()
-        self._send([("append", CALL_PREFIX + f"{frame.run_id}:{frame.step}", encoded),
+        encoded, call = frame.encode(), CALL_PREFIX + f"{frame.run_id}:{frame.step}"
+        self._send([("append", call, encoded), ("expire", call, ""),
                     ("publish", TOKENS_PREFIX + frame.run_id, encoded)])
 
     def call_ended(self, run_id: str, step: str) -> None:
@@ -418,8 +418,12 @@ class Hub:
             return
         if kind != "message":
             return
-        item = (Token.decode(message["data"]) if channel.startswith(TOKENS_PREFIX)
-                else decode(message["data"]))
+        try:
+            item = (Token.decode(message["data"]) if channel.startswith(TOKENS_PREFIX)
+                    else decode(message["data"]))
+        except (ValueError, KeyError, TypeError):  # not ours, or another version's
+            log.warning("hub dropped a message it cannot read", extra={"channel": channel})
+            return
         with self._lock:
             watchers = list(self._watches.get(channel, ()))
         for watch in watchers:

@@ -238,9 +238,9 @@ def _waitpoint_value(payload: dict[str, Any]) -> Resume | str | None:
     if not isinstance(raw, str) or '"waitpoint"' not in raw:
         return None
     try:
-        value = json.loads(raw)
-    except ValueError:
-        return "This button's value is not JSON: it cannot answer a waitpoint."
+        value = _json(raw.encode())  # NaN, U+0000 and deep nesting refused too
+    except Unreadable as unreadable:
+        return f"This button's value cannot answer a waitpoint: {unreadable}."
     if not isinstance(value, dict) or "waitpoint" not in value:
         return None
     run_id, name = value.get("run_id"), value.get("waitpoint")

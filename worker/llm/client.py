@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import functools
 import itertools
+import json
 import logging
 import os
 import time
@@ -176,6 +177,10 @@ class _Calls:
                  latency_ms: int) -> dict[str, Any]:
         result = _result(streamed.answer, body["model"], latency_ms)
         usage = result["usage"]
+        estimated = bool(body.get("stream")) and not streamed.answer.get("usage")
+        if estimated:  # an endpoint that ignored include_usage: the budget still counts
+            usage.update(input_tokens=_estimate(json.dumps(body["messages"])),
+                         output_tokens=_estimate(json.dumps(result["message"])))
         labels = {"agent": self._agent, "model": result["model"]}
         metrics = self._rt.metrics
         metrics.inc("agentq_llm_calls", **labels)
@@ -184,7 +189,7 @@ class _Calls:
         metrics.observe("agentq_llm_call_seconds", latency_ms / 1000, **labels)
         extra: dict[str, Any] = {"model": result["model"], "latency_ms": latency_ms, **usage}
         if body.get("stream"):
-            extra.update(streamed=True, chunks=streamed.chunks)
+            extra.update(streamed=True, chunks=streamed.chunks, usage_estimated=estimated)
             if streamed.first_text_s is not None:
                 metrics.observe("agentq_llm_time_to_first_token_seconds",
                                 streamed.first_text_s, **labels)
@@ -276,6 +281,11 @@ def _result(answer: Any, model: str, latency_ms: int) -> dict[str, Any]:
                   "output_tokens": int(usage.get("completion_tokens") or 0)},
         "latency_ms": latency_ms,
     }
+
+
+def _estimate(text: str) -> int:
+    """Tokens in ``text`` as a rule of thumb has it (four characters each, rounded up)."""
+    return -(-len(text) // 4)
 
 
 def _usage(result: Any) -> Usage:

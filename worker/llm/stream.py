@@ -31,22 +31,31 @@ OnText = Callable[[str], None]
 class TokenSink:
     """Where one attempt's streamed calls publish their text: the run's token frames."""
 
+    MAX_TEXT = 1_000_000  # characters of one try published at most (the result has all)
+
     def __init__(self, bus: Bus, *, run_id: str, attempt: int) -> None:
         self._bus = bus
         self._run_id = run_id
         self._attempt = attempt
+        self._tries = itertools.count(1)  # every try of every call: each its own g
+        self._begun: set[str] = set()
 
     def begin(self, step: str, number: int) -> OnText:
-        """A try of the call ``step`` begins (``number`` from 1 within this attempt): a
-        later try of the run's first starts with a ``token.reset``. Returns where its text
-        goes."""
-        g = self._attempt * 1000 + number
-        self._bus.call_started(Token(self._run_id, step, RESET, g=g),
-                               announce=(self._attempt, number) != (1, 1))
-        numbers = itertools.count(1)
+        """A try of the call ``step`` begins (``number`` from 1 within this call): anything
+        but the first try of the run's first call of that name starts with a
+        ``token.reset`` (a retry, a new attempt, a call made again after a failure).
+        Returns where its text goes."""
+        g = self._attempt * 1_000_000 + next(self._tries)
+        again = self._attempt > 1 or step in self._begun or number > 1
+        self._begun.add(step)
+        self._bus.call_started(Token(self._run_id, step, RESET, g=g), announce=again)
+        numbers, size = itertools.count(1), 0
 
         def on_text(text: str) -> None:
-            self._bus.token(Token(self._run_id, step, TOKEN, next(numbers), text, g))
+            nonlocal size
+            size += len(text)
+            if size <= self.MAX_TEXT:
+                self._bus.token(Token(self._run_id, step, TOKEN, next(numbers), text, g))
 
         return on_text
 
@@ -63,12 +72,19 @@ class Streamed:
     chunks: int
 
 
+MAX_STREAM_BYTES = 32 * 1024 * 1024  # a streamed answer longer than this is refused
+
+
 class _Body(httpx.AsyncByteStream):
     def __init__(self, content: aiohttp.StreamReader) -> None:
         self._content = content
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
         async for data in self._content.iter_any():
+            size += len(data)
+            if size > MAX_STREAM_BYTES:  # an endpoint gone wrong must not fill the worker
+                raise LLMError(f"the LLM endpoint's stream passed {MAX_STREAM_BYTES} bytes")
             yield data
 
 
@@ -99,6 +115,10 @@ async def read(response: aiohttp.ClientResponse, on_text: OnText, *,
                 merged.add(_chunk(event.data), on_text, began)
     except SSEError as error:
         raise LLMError(f"the LLM endpoint's event stream is malformed: {error}") from None
+    except (aiohttp.ClientError, TimeoutError):
+        if merged.finish_reason is None:
+            raise  # cut off before the answer ended: tried again, as a lost answer
+        done = True  # the answer was whole; only the stream's end went missing
     if not done and merged.finish_reason is None:  # cut off: tried again, as a lost answer
         raise aiohttp.ClientPayloadError("the LLM endpoint's stream ended before its answer")
     return Streamed(merged.answer(), merged.first_text_s, merged.chunks)
@@ -130,6 +150,13 @@ class _Merged:
         self.chunks = 0
 
     def add(self, chunk: dict[str, Any], on_text: OnText, began: float) -> None:
+        try:
+            self._add(chunk, on_text, began)
+        except (TypeError, ValueError, AttributeError, KeyError):
+            raise LLMError("the LLM endpoint sent a chunk that is not a chat completion "
+                           f"chunk: {json.dumps(chunk)[:300]}") from None
+
+    def _add(self, chunk: dict[str, Any], on_text: OnText, began: float) -> None:
         self.model = chunk.get("model") or self.model
         if isinstance(chunk.get("usage"), dict):  # the last chunk, with include_usage
             self.usage = chunk["usage"]

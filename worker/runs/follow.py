@@ -76,19 +76,20 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
     """``follow`` on a watch that is confirmed subscribed."""
     if grant is not None:
         deadline = min(deadline, grant.deadline)
-    behind = True
+    behind, read_at = True, time.monotonic()
     while True:
         if grant is not None and grant.ended:
             return
         if behind:
+            read_at = time.monotonic()
             caught_up = _catch_up(rt, run_id, last)
             for event in caught_up:
                 yield event
                 last = event.seq
                 if event.is_terminal:
                     return
-                if tracker is not None and event.data.get("phase") == "step.finished":
-                    tracker.ended(str(event.data.get("step")))
+                if tracker is not None:
+                    _step_ended(tracker, event)
             if len(caught_up) == _BATCH:
                 continue
             if not caught_up and _has_ended(rt, run_id):
@@ -111,8 +112,13 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
             if tracker is not None:
                 frames = tracker.live(item)
                 if frames is None:  # chunks were missed: the call's list has them
-                    frames = list(_tokens_caught_up(rt, tracker))
+                    frames = [*_tokens_caught_up(rt, tracker),
+                              *(tracker.live(item, caught_up=True) or [])]
                 yield from frames
+            # A steady flow of tokens is no quiet spell: read the log now and then anyway,
+            # so an announcement lost on the way costs a tick here too.
+            if time.monotonic() - read_at > tick_s:
+                behind = True
         elif item == RESYNC or not isinstance(item, Event):
             behind = True
         elif item.seq == last + 1:
@@ -120,10 +126,16 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
             last = item.seq
             if item.is_terminal:
                 return
-            if tracker is not None and item.data.get("phase") == "step.finished":
-                tracker.ended(str(item.data.get("step")))
+            if tracker is not None:
+                _step_ended(tracker, item)
         elif item.seq > last + 1:
             behind = True  # a gap: read what is missing from Postgres
+
+
+def _step_ended(tracker: Tracker, event: Event) -> None:
+    phase = event.data.get("phase")
+    if phase in ("step.finished", "step.failed"):
+        tracker.ended(str(event.data.get("step")), finished=phase == "step.finished")
 
 
 def _tokens_caught_up(rt: Runtime, tracker: Tracker) -> Iterator[Token]:
