@@ -213,8 +213,10 @@ def dlq_purge(run_ids: tuple[str, ...], everything: bool, tenant: str | None) ->
 
 def _register() -> None:
     from agentq.runs_cli import runs_group
+    from agentq.schedules_cli import schedules_group
 
     main.add_command(runs_group)
+    main.add_command(schedules_group)
 
 
 _register()

@@ -16,7 +16,8 @@ bp = Blueprint("openapi", __name__)
 
 _INPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunCreate, schemas.EndpointCreate, schemas.HookSourceCreate, schemas.HookSourceRotate,
-    schemas.ApiKeyCreate, schemas.WaitpointComplete,
+    schemas.ApiKeyCreate, schemas.WaitpointComplete, schemas.ScheduleCreate,
+    schemas.ScheduleUpdate,
 )
 _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunOut, schemas.RunPage, schemas.AttemptList, schemas.EventList,
@@ -24,6 +25,7 @@ _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage, schemas.HookSourceOut,
     schemas.HookSourceList, schemas.ApiKeyOut, schemas.ApiKeyList, schemas.SessionOut,
     schemas.StepList, schemas.UsageOut, schemas.WaitpointOut, schemas.WaitpointList,
+    schemas.ScheduleOut, schemas.ScheduleList,
 )
 
 
@@ -133,11 +135,13 @@ def _paths() -> dict[str, Any]:
                           "409": _problem("The run already ended otherwise.")},
         }},
         "/v1/runs/{run_id}/replay": {"post": {
-            "summary": "Queue a failed, dead-lettered or cancelled run again (attempts kept).",
+            "summary": "Queue a failed, dead-lettered, cancelled or expired run again "
+                       "(attempts kept).",
             "parameters": [_RUN_ID],
             "responses": {"202": _json(schemas.RunOut, "The run, queued again."),
                           **_AUTH_ERRORS, **_NOT_FOUND,
-                          "409": _problem("The run is not failed, dead-lettered or cancelled.")},
+                          "409": _problem("The run is not failed, dead-lettered, cancelled or "
+                                          "expired.")},
         }},
         "/v1/runs/{run_id}/attempts": {"get": {
             "summary": "Every attempt of a run, oldest first.",
@@ -232,6 +236,7 @@ def _paths() -> dict[str, Any]:
             }, **_AUTH_ERRORS, **_NOT_FOUND},
         }},
         **_webhook_paths(),
+        **_schedule_paths(),
         **_inbound_paths(),
         **_account_paths(),
         "/v1/ws": {"get": {
@@ -357,6 +362,57 @@ def _account_paths() -> dict[str, Any]:
             "parameters": [key_id],
             "responses": {"204": {"description": "Revoked."}, **_AUTH_ERRORS, **_FORBIDDEN,
                           "404": _problem("No such key for this tenant.")},
+        }},
+    }
+
+
+def _schedule_paths() -> dict[str, Any]:
+    schedule = _json(schemas.ScheduleOut, "The schedule.")
+    schedule_id = _param("schedule_id", "path", {"type": "string"}, "The schedule's id.",
+                         required=True)
+    missing = {"404": _problem("No such schedule for this tenant.")}
+    body = {"required": True, "content": {"application/json": {
+        "schema": _ref(schemas.ScheduleCreate)}}}
+    return {
+        "/v1/schedules": {
+            "get": {"summary": "The tenant's schedules, newest first (paged by next_cursor).",
+                    "parameters": [_param("limit", "query", {"type": "integer"}, "At most "
+                                          "100."),
+                                   _param("cursor", "query", {"type": "string"},
+                                          "next_cursor of the previous page.")],
+                    "responses": {"200": _json(schemas.ScheduleList, "The schedules."),
+                                  **_AUTH_ERRORS}},
+            "post": {"summary": "An agent run by cron (in timezone) or every_s seconds, fired "
+                                "by beat: each slot makes one run (schedule_id, "
+                                "scheduled_for), whatever the number of beats; slots missed "
+                                "by more than catchup_s are skipped; overlap says what a slot "
+                                "does while an earlier run is going.",
+                     "parameters": [_IDEMPOTENCY_KEY], "requestBody": body,
+                     "responses": {"201": schedule, **_AUTH_ERRORS,
+                                   "422": _problem("A bad cron, time zone, agent or input; "
+                                                   "errors lists each.")}},
+        },
+        "/v1/schedules/{schedule_id}": {
+            "get": {"summary": "One schedule.", "parameters": [schedule_id],
+                    "responses": {"200": schedule, **_AUTH_ERRORS, **missing}},
+            "patch": {"summary": "Change what is given (pause: paused true); a new timing or "
+                                 "a resume counts from now.",
+                      "parameters": [schedule_id],
+                      "requestBody": {"required": True, "content": {"application/json": {
+                          "schema": _ref(schemas.ScheduleUpdate)}}},
+                      "responses": {"200": schedule, **_AUTH_ERRORS, **missing,
+                                    "422": _problem("A bad field; errors lists each.")}},
+            "delete": {"summary": "Delete the schedule (its runs stay).",
+                       "parameters": [schedule_id],
+                       "responses": {"204": {"description": "Deleted."}, **_AUTH_ERRORS,
+                                     **missing}},
+        },
+        "/v1/schedules/{schedule_id}/trigger": {"post": {
+            "summary": "Fire now, outside the timing (overlap still holds).",
+            "parameters": [schedule_id, _IDEMPOTENCY_KEY],
+            "responses": {"202": _json(schemas.RunOut, "The run made."), **_AUTH_ERRORS,
+                          **missing,
+                          "409": _problem("overlap skip (or buffer_one) and a run is going.")},
         }},
     }
 

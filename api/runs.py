@@ -32,7 +32,7 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
         metadata=body.metadata, request_id=g.request_id, multitask=body.multitask,
         priority=body.priority, start_at=body.start_at, delay_s=body.delay_s,
-        ttl_s=body.ttl_s,
+        ttl_s=body.ttl_s, concurrency_key=body.concurrency_key,
     )
     run = submit(rt, tenant_id=tenant_id, request=request)
     g.run_id = run.id
@@ -46,10 +46,15 @@ def create_run() -> tuple[Response, int, dict[str, str]]:
 @bp.get("/<run_id>")
 def get_run(run_id: str) -> tuple[Response, dict[str, str]]:
     g.run_id = run_id
-    with runtime().db.autocommit() as session:
+    rt = runtime()
+    with rt.db.autocommit() as session:
         run = store.get(session, tenant_id=principal().tenant_id, run_id=run_id)
+        view = run_view(run)
+        if run.status == RunStatus.QUEUED:
+            view["waiting_for"] = store.waiting_for(
+                session, run=run, running_cap=rt.settings.tenant_max_running)
     headers = {} if RunStatus(run.status).is_terminal else {"Retry-After": "2"}
-    return jsonify(run_view(run)), headers
+    return jsonify(view), headers
 
 
 @bp.get("")

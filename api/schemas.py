@@ -47,6 +47,10 @@ class RunCreate(BaseModel):
     ttl_s: float | None = Field(
         default=None, gt=0, le=MAX_DELAY_S, description="End 'expired' (run.expired) if not "
         "started within this many seconds of when it could start.")
+    concurrency_key: str | None = Field(
+        default=None, min_length=1, max_length=300, description="At most the agent's Limit "
+        "max (else 1) of the tenant's runs with this key run at once; the others wait "
+        "queued, holding no worker.")
 
     @model_validator(mode="after")
     def _one_delay(self) -> RunCreate:
@@ -121,6 +125,10 @@ class RunOut(BaseModel):
     expires_at: str | None
     schedule_id: str | None
     scheduled_for: str | None
+    concurrency_key: str | None
+    waiting_for: str | None = Field(default=None, description="GET /v1/runs/{id}: why a "
+                                    "queued run has not started (its concurrency key, its "
+                                    "session, its tenant's running cap).")
     usage: RunUsage
 
 

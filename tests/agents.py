@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.agents import agent
+from worker.agents import Limit, agent
 from worker.agents.context import AsyncRunContext, RunContext
 from worker.base.errors import RetryableError, WaitTimeout
 from worker.base.queues import CPU_QUEUE
@@ -429,3 +429,31 @@ def stream(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
     """A streamed LLM call per prompt, from a plain ``def`` agent."""
     return {"answers": [ctx.llm.chat([{"role": "user", "content": prompt}], stream=True)
                         for prompt in input["prompts"]]}
+
+
+@agent("test.limited", queue=CRASH_QUEUE, max_attempts=1,
+       concurrency=Limit(key="input.customer", max=2))
+async def limited(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """At most two at once per customer; says when it ran."""
+    started = time.time()
+    await asyncio.sleep(input.get("pause_s", 0.3))
+    return {"customer": input.get("customer"), "start": started, "end": time.time()}
+
+
+@agent("test.latest", queue=CRASH_QUEUE, max_attempts=1,
+       concurrency=Limit(key="input.customer", max=1, strategy="keep_latest"))
+async def latest(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """One at a time per customer; a newer submission replaces those not started."""
+    await asyncio.sleep(input.get("pause_s", 0.5))
+    return {"n": input.get("n")}
+
+
+@agent("test.newest", queue=CRASH_QUEUE, max_attempts=1,
+       concurrency=Limit(key="input.customer", max=1, strategy="cancel_in_progress"))
+async def newest(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """One at a time per customer; a newer submission cancels the one going."""
+    for _ in range(100):
+        if ctx.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    return {"n": input.get("n")}

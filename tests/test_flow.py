@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import TERMINAL_STATUSES, ApiClient
+from tests.conftest import TERMINAL_STATUSES, ApiClient, StartWorker
 from tests.harness import Receiver, wait_for
 from worker.base.models import Run
 from worker.base.runtime import Runtime
@@ -111,3 +111,56 @@ def test_bad_timing_is_refused_saying_what_to_fix(api: ApiClient, fields: dict[s
 
 def test_terminal_statuses_include_expired() -> None:
     assert "expired" in TERMINAL_STATUSES
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans],
+                   key=lambda edge: (edge[0], edge[1]))
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_a_concurrency_key_runs_at_most_its_max_while_other_keys_flow(
+        api: ApiClient, crash_worker: StartWorker) -> None:
+    crash_worker(concurrency=10)
+    crash_worker(concurrency=10)  # two workers claiming at once: the limit is Postgres's
+    hot = [api.submit("test.limited", {"customer": "acme", "pause_s": 0.3})
+           for _ in range(20)]
+    others = [api.submit("test.limited", {"customer": f"c{n}", "pause_s": 0.3})
+              for n in range(10)]
+    waiting = api.run(hot[-1]["id"])
+    if waiting["status"] == "queued":
+        assert "concurrency key 'input.customer=acme'" in (waiting["waiting_for"] or "")
+    assert waiting["concurrency_key"] == "input.customer=acme"
+    done = [api.wait(run["id"], timeout=60) for run in hot + others]
+    assert all(run["status"] == "succeeded" for run in done)
+    spans = [(run["result"]["start"], run["result"]["end"]) for run in done[:20]]
+    assert most_at_once(spans) <= 2
+    assert most_at_once(spans) == 2  # and it did use both
+    # the other customers' runs did not wait for acme's: they all ended before acme's last
+    assert max(run["result"]["end"] for run in done[20:]) < max(end for _, end in spans)
+
+
+def test_keep_latest_and_cancel_in_progress(api: ApiClient, crash_worker: StartWorker) -> None:
+    crash_worker(concurrency=10)
+    first = api.submit("test.latest", {"customer": "k", "n": 1, "pause_s": 1.0})
+    api.wait(first["id"], statuses={"running"})
+    middle = [api.submit("test.latest", {"customer": "k", "n": n}) for n in (2, 3)]
+    last = api.submit("test.latest", {"customer": "k", "n": 4})
+    assert api.wait(first["id"])["status"] == "succeeded"  # the one going went on
+    assert [api.wait(run["id"])["status"] for run in middle] == ["cancelled", "cancelled"]
+    assert api.wait(last["id"])["result"] == {"n": 4}
+
+    going = api.submit("test.newest", {"customer": "k", "n": 1})
+    api.wait(going["id"], statuses={"running"})
+    newer = api.submit("test.newest", {"customer": "k", "n": 2})
+    assert api.wait(going["id"])["status"] == "cancelled"
+    assert api.wait(newer["id"])["status"] == "succeeded"
+
+
+def test_a_requests_concurrency_key_is_refused_when_too_long(api: ApiClient) -> None:
+    response = api.post("/v1/runs", json={"agent": "echo", "concurrency_key": "k" * 301})
+    assert response.status_code == 422

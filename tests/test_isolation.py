@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 BODIES: dict[str, dict[str, Any]] = {
     "/v1/hook-sources/<source_id>/rotate-secret": {"secret": "another-secret-long-enough"},
     "/v1/runs/<run_id>/waitpoints/<name>": {"data": {}},
+    "/v1/schedules/<schedule_id>": {"paused": True},
 }
 
 
@@ -31,9 +32,10 @@ def theirs(api: ApiClient, receiver: Receiver) -> dict[str, str]:
                                                 "secret": "0123456789abcdef0123",
                                                 "agent": "echo"}).get_json()
     key = api.post("/v1/api-keys", json={"name": "x"}).get_json()
+    schedule = api.post("/v1/schedules", json={"agent": "echo", "every_s": 3600}).get_json()
     return {"run_id": run["id"], "session_id": "s-1", "endpoint_id": endpoint["id"],
             "delivery_id": delivery["id"], "source_id": source["id"], "key_id": key["id"],
-            "name": "answer"}
+            "name": "answer", "schedule_id": schedule["id"]}
 
 
 def test_every_route_refuses_another_tenants_ids(app: Flask, theirs: dict[str, str],

@@ -4,6 +4,8 @@ policies, pause and resume, catch-up, trigger, and what is refused."""
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import ApiClient, Services
-from tests.harness import BIN, Process, wait_for
+from tests.harness import BIN, ROOT, Process, wait_for
 from worker.base.models import Run, Schedule
 from worker.base.runtime import Runtime
 
@@ -215,3 +217,27 @@ def test_another_tenants_schedule_is_not_found(api: ApiClient, other_api: ApiCli
     assert patched.status_code == 404
     assert schedule["id"] not in [s["id"] for s in other_api.get("/v1/schedules")
                                   .get_json()["items"]]
+
+
+def test_agentq_schedules_from_a_shell(api: ApiClient, env: dict[str, str]) -> None:
+    def agentq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "agentq"), "schedules", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    bad = agentq("create", "--tenant", api.tenant.name, "--agent", "echo", "--cron", "soon")
+    assert bad.returncode != 0 and "cron" in bad.stderr and "Traceback" not in bad.stderr
+    made = agentq("create", "--tenant", api.tenant.name, "--agent", "echo", "--every", "3600",
+                  "--input", '{"from": "cli"}', "--paused")
+    assert made.returncode == 0, made.stderr
+    schedule_id = made.stdout.strip()
+    listed = agentq("list", "--tenant", api.tenant.name, "--json")
+    assert [item["id"] for item in json.loads(listed.stdout)] == [schedule_id]
+    assert agentq("resume", schedule_id).returncode == 0
+    assert api.get(f"/v1/schedules/{schedule_id}").get_json()["paused"] is False
+    assert "paused" in agentq("pause", schedule_id).stdout
+    fired = agentq("trigger", schedule_id)
+    assert fired.returncode == 0, fired.stderr
+    assert api.wait(fired.stdout.strip())["input"] == {"from": "cli"}
+    assert agentq("delete", schedule_id).returncode == 0
+    gone = agentq("pause", schedule_id)
+    assert gone.returncode != 0 and "no such schedule" in gone.stderr

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -25,6 +26,46 @@ AgentFn = Callable[[Any, Any], Any]
 
 BUILTIN_MODULES = ("worker.agents.builtin", "worker.agents.research",
                    "worker.agents.llm_chat")
+
+
+Strategy = Literal["queue", "cancel_in_progress", "keep_latest"]
+STRATEGIES = ("queue", "cancel_in_progress", "keep_latest")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``max`` of the agent's runs with the same value at ``key`` (a path into the
+    run: ``"input.customer_id"``) running at once, per tenant. A run over the limit waits
+    queued, holding no worker slot (``queue``); or, when it is submitted, the runs going
+    with its key are cancelled (``cancel_in_progress``), or those not started yet are
+    (``keep_latest``). A request's ``concurrency_key`` stands in for the value."""
+
+    key: str
+    max: int = 1
+    strategy: Strategy = "queue"
+
+    def __post_init__(self) -> None:
+        if not self.key.startswith("input.") or len(self.key) > 200:
+            raise ConfigurationError(f"Limit key {self.key!r} is a path into the input, such "
+                                     "as 'input.customer_id'")
+        if not isinstance(self.max, int) or self.max < 1:
+            raise ConfigurationError(f"Limit max must be a whole number of at least 1, not "
+                                     f"{self.max!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigurationError(f"Limit strategy {self.strategy!r} is one of "
+                                     f"{', '.join(STRATEGIES)}")
+
+    def value(self, input: Any) -> str | None:
+        """The run's key for this limit (``None``: the input has no such field, no limit)."""
+        found = input
+        for part in self.key.split(".")[1:]:
+            if not isinstance(found, dict) or part not in found:
+                return None
+            found = found[part]
+        if found is None:
+            return None
+        text = found if isinstance(found, str) else json.dumps(found, sort_keys=True)
+        return f"{self.key}={text}"[:300]
 
 
 @dataclass(frozen=True)
@@ -42,6 +83,7 @@ class AgentSpec:
     queue: str | None = None
     input_model: type[BaseModel] | None = None
     multitask: str = "enqueue"  # per run: multitask (enqueue, reject, interrupt)
+    concurrency: Limit | None = None  # per run: concurrency_key
 
     @property
     def is_async(self) -> bool:
@@ -64,9 +106,19 @@ class Registry:
     def agent(self, name: str, **policy: Any) -> Callable[[AgentFn], AgentFn]:
         """Register the decorated function as agent ``name`` with the given policy."""
 
+        limits = policy.pop("concurrency", None)
+        if isinstance(limits, list | tuple):
+            if len(limits) > 1:
+                raise ConfigurationError(f"agent {name!r}: one concurrency Limit per agent")
+            limits = limits[0] if limits else None
+        if limits is not None and not isinstance(limits, Limit):
+            raise ConfigurationError(f"agent {name!r}: concurrency takes a Limit(key=..., "
+                                     "max=...)")
+
         def register(fn: AgentFn) -> AgentFn:
             description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self.add(AgentSpec(name=name, fn=fn, description=description, **policy))
+            self.add(AgentSpec(name=name, fn=fn, description=description, concurrency=limits,
+                               **policy))
             return fn
 
         return register

@@ -42,13 +42,15 @@ TOKENS_PREFIX = "agentq:tokens:"  # a run's token frames, live
 CALLS_PREFIX = "agentq:calls:"  # a run's streamed calls in progress (a set of step names)
 CALL_PREFIX = "agentq:call:"  # one call's frames so far (a list), for listeners who join late
 TOKEN_TTL_S = 3600  # a call's frames outlive it this long at most
+ENDED_TTL_S = 120  # ... and once it has ended, this long
 RESYNC = "resync"  # what a watcher receives when it may have missed events
 _WATCH_BACKLOG = 1000
 _PUBLISH_BACKLOG = 100_000  # announcements waiting for the publisher thread (then dropped)
 _PUBLISH_BATCH = 500  # announcements in one pipeline at most
 
 
-_Op = tuple[str, str, str]  # (publish | append | expire | add | remove | delete, key, value)
+# (publish | append | expire | add | remove | delete | barrier, key, value)
+_Op = tuple[str, str, str]
 
 
 class _Guarded(redis.Redis):
@@ -110,6 +112,7 @@ class Bus:
         self._hub: Hub | None = None
         self._hub_lock = threading.Lock()
         self._outgoing: queue.Queue[list[_Op]] | None = None
+        self._barriers: dict[str, threading.Event] = {}
 
     def announce(self, committed: list[Event], tenants: dict[str, str] | None = None) -> None:
         """Publish events after their transaction committed (one round trip, or handed to
@@ -148,9 +151,16 @@ class Bus:
                     ("publish", TOKENS_PREFIX + frame.run_id, encoded)])
 
     def call_ended(self, run_id: str, step: str) -> None:
-        """Forget a streamed call's frames: its whole message is about to be stored."""
-        self._send([("delete", CALL_PREFIX + f"{run_id}:{step}", ""),
-                    ("remove", CALLS_PREFIX + run_id, step)])
+        """A streamed call ended: no longer in progress (a listener joining now gets its
+        text from its result), its frames kept a little longer for the listeners whose live
+        feed is behind (``call``)."""
+        self._send([("remove", CALLS_PREFIX + run_id, step),
+                    ("expire", CALL_PREFIX + f"{run_id}:{step}", str(ENDED_TTL_S))])
+
+    def call(self, run_id: str, step: str) -> Partial | None:
+        """One streamed call's frames as Redis holds them (RedisError if unreachable)."""
+        entries = self.redis.lrange(CALL_PREFIX + f"{run_id}:{step}", 0, -1)
+        return partial([Token.decode(entry) for entry in entries])
 
     def calls(self, run_id: str) -> dict[str, Partial]:
         """The run's streamed calls in progress as Redis holds them (RedisError if it is
@@ -169,6 +179,20 @@ class Bus:
             if call is not None:
                 found[step] = call
         return found
+
+    def sync(self, timeout_s: float) -> bool:
+        """Wait until what was announced before has been sent to Redis (at most
+        ``timeout_s``): a streamed call's last pieces reach Redis before its step is stored."""
+        if self._outgoing is None:
+            return True
+        done = threading.Event()
+        key = f"{id(done)}:{time.monotonic()}"
+        self._barriers[key] = done
+        try:
+            self._send([("barrier", key, "")])
+            return done.wait(timeout_s)
+        finally:
+            self._barriers.pop(key, None)
 
     def _send(self, ops: list[_Op]) -> None:
         if self._outgoing is not None:
@@ -204,12 +228,14 @@ class Bus:
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for op, key, value in ops:
+                    if op == "barrier":
+                        continue
                     if op == "publish":
                         pipe.publish(key, value)
                     elif op == "append":
                         pipe.rpush(key, value)
                     elif op == "expire":
-                        pipe.expire(key, TOKEN_TTL_S)
+                        pipe.expire(key, int(value) if value else TOKEN_TTL_S)
                     elif op == "add":
                         pipe.sadd(key, value)
                     elif op == "remove":
@@ -220,6 +246,10 @@ class Bus:
         except redis.RedisError as error:
             log.warning("bus announce failed; listeners will catch up from Postgres",
                         extra={"channel": ops[0][1], "error": str(error)})
+        finally:
+            for op, key, _ in ops:
+                if op == "barrier" and key in self._barriers:
+                    self._barriers[key].set()
 
     def request_cancel(self, run_id: str) -> None:
         """Tell the worker running ``run_id`` to stop; the database is the fallback."""

@@ -181,6 +181,19 @@ class Run(Base):
             "expires_at",
             postgresql_where=text("expires_at IS NOT NULL AND started_at IS NULL"),
         ),
+        Index(  # a claim counts its key's runs running
+            "ix_runs_concurrency_running",
+            "tenant_id",
+            "concurrency_key",
+            postgresql_where=text("status = 'running' AND concurrency_key IS NOT NULL"),
+        ),
+        Index(  # an end picks its key's next runs
+            "ix_runs_concurrency_queued",
+            "tenant_id",
+            "concurrency_key",
+            "id",
+            postgresql_where=text("status = 'queued' AND concurrency_key IS NOT NULL"),
+        ),
         Index(  # a schedule fires once per slot, whatever the number of beats
             "ix_runs_schedule_id_scheduled_for",
             "schedule_id",
@@ -250,6 +263,9 @@ class Run(Base):
     # A schedule's firing: which schedule, and the slot it fired for.
     schedule_id: Mapped[str | None] = mapped_column(String(40))
     scheduled_for: Mapped[datetime | None]
+    # At most concurrency_max of the tenant's runs with this key run at once.
+    concurrency_key: Mapped[str | None] = mapped_column(String(300))
+    concurrency_max: Mapped[int | None]
     # What the run's LLM calls cost, summed as each call's step is stored.
     llm_calls: Mapped[int] = mapped_column(Integer, server_default="0")
     input_tokens: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -132,6 +132,10 @@ class Tracker:
             self._sent[step] = (call.g, max(sent, call.count))
         return frames
 
+    def open_steps(self) -> list[str]:
+        """The steps this connection has sent text of and not seen end."""
+        return list(self._sent)
+
     def ended(self, step: str, *, finished: bool) -> None:
         """The step's call ended: its text is in its result (``finished``), or it failed
         (a later call of that name starts anew)."""

@@ -61,22 +61,30 @@ class Active:
 
 
 def claim(rt: Runtime, *, run_id: str, worker: str) -> Claim | None:
-    """Take the run's next attempt if this worker can; None if it is not claimable."""
+    """Take the run's next attempt if this worker can; None if it is not claimable. In a
+    transaction: a running cap or a concurrency key holds its lock for it."""
     cap = rt.settings.tenant_max_running
-    # One atomic statement, unless a running cap needs its lock held for a transaction.
-    with (rt.db.transaction() if cap else rt.db.autocommit()) as session:
+    with rt.db.transaction() as session:
         claimed = attempts.claim(session, run_id=run_id, worker=worker, running_cap=cap)
     _claimed(rt, run_id, claimed)
     return claimed
 
 
 def claim_many(rt: Runtime, *, run_ids: list[str], worker: str) -> dict[str, Claim]:
-    """``claim`` for many runs, in one statement (no running cap configured)."""
+    """``claim`` for many runs, in one statement (no running cap configured); the runs
+    with a concurrency key, which that statement leaves, one at a time after it."""
     assert not rt.settings.tenant_max_running
     with rt.db.autocommit() as session:
         claims = attempts.claim_many(session, run_ids=run_ids, worker=worker)
+        left = [run_id for run_id in run_ids if run_id not in claims]
+        keyed = attempts.keyed(session, run_ids=left) if left else []
+    for run_id in keyed:
+        found = claim(rt, run_id=run_id, worker=worker)
+        if found is not None:
+            claims[run_id] = found
     for run_id in run_ids:
-        _claimed(rt, run_id, claims.get(run_id))
+        if run_id not in keyed:
+            _claimed(rt, run_id, claims.get(run_id))
     return claims
 
 

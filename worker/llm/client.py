@@ -170,7 +170,7 @@ class _Calls:
                 streamed=functools.partial(tokens.begin, step) if tokens is not None else None)
         finally:
             if tokens is not None:
-                tokens.end(step)
+                await asyncio.to_thread(tokens.end, step)
         return self._account(answer, body, round((time.monotonic() - began) * 1000))
 
     def _account(self, streamed: Streamed, body: dict[str, Any],

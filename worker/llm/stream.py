@@ -60,7 +60,10 @@ class TokenSink:
         return on_text
 
     def end(self, step: str) -> None:
+        """The call ended: once this returns, its pieces are in Redis (a listener that
+        reads the step's end from Postgres finds them all), within a second at most."""
         self._bus.call_ended(self._run_id, step)
+        self._bus.sync(timeout_s=1.0)
 
 
 @dataclass

@@ -86,6 +86,10 @@ _CLAIM_SQL = """
           AND (:cap = 0 OR (SELECT count(*) FROM runs AS busy
                             WHERE busy.tenant_id = runs.tenant_id
                               AND busy.status = 'running') < :cap)
+          AND (concurrency_key IS NULL OR (SELECT count(*) FROM runs AS busy
+                WHERE busy.tenant_id = runs.tenant_id
+                  AND busy.concurrency_key = runs.concurrency_key
+                  AND busy.status = 'running') < concurrency_max)
         RETURNING id, tenant_id, agent, input, attempt, max_attempts, free_attempts,
                   lease_epoch, timeout_s, queue, session_id, request_id, last_seq,
                   extract(epoch FROM now() - created_at) AS waited_s
@@ -106,7 +110,9 @@ _CLAIM_SQL = """
     JOIN attempt_row ON attempt_row.run_id = claimed.id
 """.replace(":ended_statuses", _ENDED)  # constants only
 _CLAIM = text(_CLAIM_SQL.replace(":targets", "id = :run_id"))
-_CLAIM_MANY = text(_CLAIM_SQL.replace(":targets", "id = ANY(:run_ids)"))
+# Many at once counts no caps: a run with a concurrency key is claimed alone (``claim``).
+_CLAIM_MANY = text(_CLAIM_SQL.replace(":targets",
+                                      "id = ANY(:run_ids) AND concurrency_key IS NULL"))
 
 # The outcome: the run, its attempt and its status event in one statement, returning the
 # run as it now stands and, if it ended, the tenant's endpoints that want to hear of it.
@@ -157,6 +163,10 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
     if running_cap > 0:  # count and claim one at a time per tenant, so the cap holds
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext(
             select(Run.tenant_id).where(Run.id == run_id).scalar_subquery()))))
+    # Count and claim one at a time per key, so the limit holds (no key: no lock taken).
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(
+        select(Run.tenant_id + "/" + Run.concurrency_key).where(Run.id == run_id)
+        .scalar_subquery()))))
     row = session.execute(_CLAIM, {"run_id": run_id, "worker": worker,
                                    "cap": running_cap}).one_or_none()
     if row is None:
@@ -165,9 +175,16 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
     return _claimed(session, row, worker)
 
 
+def keyed(session: Session, *, run_ids: list[str]) -> list[str]:
+    """Those of the runs that have a concurrency key (claimed one at a time)."""
+    return list(session.scalars(select(Run.id).where(Run.id.in_(run_ids),
+                                                     Run.concurrency_key.is_not(None))))
+
+
 def claim_many(session: Session, *, run_ids: list[str], worker: str) -> dict[str, Claim]:
     """``claim`` for many runs in one statement (with no running cap: a cap counts the
-    tenant's running runs one claim at a time); the runs claimed, by id."""
+    tenant's running runs one claim at a time; so does a concurrency key, whose runs are
+    left out here); the runs claimed, by id."""
     rows = session.execute(_CLAIM_MANY, {"run_ids": run_ids, "worker": worker,
                                          "cap": 0}).all()
     claims = {row.id: _claimed(session, row, worker) for row in rows}

@@ -84,6 +84,8 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
             read_at = time.monotonic()
             caught_up = _catch_up(rt, run_id, last)
             for event in caught_up:
+                if tracker is not None:
+                    yield from _rest_before(rt, tracker, event)
                 yield event
                 last = event.seq
                 if event.is_terminal:
@@ -122,6 +124,8 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
         elif item == RESYNC or not isinstance(item, Event):
             behind = True
         elif item.seq == last + 1:
+            if tracker is not None:
+                yield from _rest_before(rt, tracker, item)
             yield item
             last = item.seq
             if item.is_terminal:
@@ -130,6 +134,28 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
                 _step_ended(tracker, item)
         elif item.seq > last + 1:
             behind = True  # a gap: read what is missing from Postgres
+
+
+def _rest_before(rt: Runtime, tracker: Tracker, event: Event) -> Iterator[Token]:
+    """Before an event that ends a streamed call (its step's end, the run's), the rest of
+    the text this connection has begun: the event can be read from Postgres ahead of the
+    last pieces still on their way through Redis."""
+    phase = event.data.get("phase")
+    if phase in ("step.finished", "step.failed"):
+        steps = [str(event.data.get("step"))]
+    elif event.is_terminal:
+        steps = tracker.open_steps()
+    else:
+        return
+    for step in steps:
+        if step not in tracker.open_steps():
+            continue
+        try:
+            call = rt.bus.call(tracker.run_id, step)
+        except redis.RedisError:
+            return  # the text stops where it was; the result has all of it
+        if call is not None:
+            yield from tracker.catch_up({step: call})
 
 
 def _step_ended(tracker: Tracker, event: Event) -> None:

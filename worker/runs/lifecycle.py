@@ -23,13 +23,15 @@ from worker.base.models import Run, RunStatus
 from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.runs import dispatch, events, outbox
-from worker.runs.readiness import session_free, under_running_cap
+from worker.runs.readiness import session_free, under_concurrency_limit, under_running_cap
 
 _DELIVERIES = "agentq.deliveries"  # ids of the deliveries made
 _TENANTS = "agentq.tenants"  # run id -> tenant, for the tenant channels' terminal events
 _ENDED = "agentq.ended"  # (agent, status, seconds it ran) for the metrics
 _FREED = "agentq.freed"  # runs whose place freed up: run id -> it had a session
 _SUCCESSORS = "agentq.successors"  # runs picked to start now
+_KEYS = "agentq.keys"  # (tenant, concurrency key) of the runs whose place freed up
+_MAX_PICKED = 10  # a key's runs published when one ends, at most (their claims decide)
 
 
 def ended(session: Session, *, run: Run, event: Event,
@@ -54,15 +56,21 @@ def waiting(session: Session, *, run: Run, event: Event, extra: dict[str, Any]) 
 def freed(session: Session, *, run: Run) -> None:
     """``run`` gives up its place in this transaction (it ended, or waits to retry)."""
     session.info.setdefault(_FREED, {})[run.id] = run.session_id is not None
+    if run.concurrency_key is not None:
+        session.info.setdefault(_KEYS, set()).add((run.tenant_id, run.concurrency_key))
 
 
 def before_commit(rt: Runtime, session: Session) -> None:
     """Pick the runs the freed ones held back, to be dispatched once this commits."""
     held_back = session.info.get(_FREED, {})
     cap = rt.settings.tenant_max_running
+    picked: list[Dispatch] = []
     if cap > 0 or any(held_back.values()):  # only a session or a cap holds runs back
-        session.info[_SUCCESSORS] = next_to_start(session, run_ids=list(held_back),
-                                                  running_cap=cap)
+        picked = next_to_start(session, run_ids=list(held_back), running_cap=cap)
+    for tenant_id, key in session.info.pop(_KEYS, ()):  # ... or a concurrency key
+        picked += next_with_key(session, tenant_id=tenant_id, key=key)
+    if picked:
+        session.info[_SUCCESSORS] = picked
 
 
 def after_commit(rt: Runtime, info: dict[str, Any]) -> None:
@@ -109,5 +117,19 @@ def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
                session_free(), under_running_cap(running_cap))
         .order_by(Run.id)
         .limit(limit)
+    )
+    return [Dispatch.of(row) for row in session.execute(query)]
+
+
+def next_with_key(session: Session, *, tenant_id: str, key: str) -> list[Dispatch]:
+    """The oldest held-back runs of the tenant's concurrency key that its limit lets start
+    now (their claims count again, under the key's lock)."""
+    query = (
+        select(Run.id, Run.queue, Run.timeout_s, Run.agent)
+        .where(Run.tenant_id == tenant_id, Run.concurrency_key == key,
+               Run.status == RunStatus.QUEUED, Run.dispatched_at.is_(None),
+               session_free(), under_concurrency_limit())
+        .order_by(Run.id)
+        .limit(_MAX_PICKED)
     )
     return [Dispatch.of(row) for row in session.execute(query)]

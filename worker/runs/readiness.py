@@ -1,7 +1,8 @@
 """When a queued run may start: the conditions a claim and a dispatch both check.
 
 Runs of one session execute one at a time, in submission order; a tenant with a running cap
-has at most that many runs running. A run that may not start yet is held back (queued, not
+has at most that many runs running; at most ``concurrency_max`` of a tenant's runs with one
+``concurrency_key`` run at once. A run that may not start yet is held back (queued, not
 dispatched) and dispatched when an earlier run ends.
 """
 
@@ -35,3 +36,15 @@ def under_running_cap(cap: int) -> ColumnElement[bool]:
                                           busy.status == RunStatus.RUNNING)
                .scalar_subquery())
     return running < cap
+
+
+@functools.cache
+def under_concurrency_limit() -> ColumnElement[bool]:
+    """The run has no concurrency key, or fewer than its ``concurrency_max`` of its tenant's
+    runs with that key are running."""
+    busy = aliased(Run)
+    running = (select(func.count()).where(busy.tenant_id == Run.tenant_id,
+                                          busy.concurrency_key == Run.concurrency_key,
+                                          busy.status == RunStatus.RUNNING)
+               .scalar_subquery())
+    return or_(Run.concurrency_key.is_(None), running < Run.concurrency_max)

@@ -18,7 +18,7 @@ from worker.base.errors import Conflict, NotFound
 from worker.base.models import TERMINAL_STATUSES, Run, RunStatus, new_id
 from worker.base.queues import Dispatch
 from worker.runs import admission, events, lifecycle, waits
-from worker.runs.readiness import session_free, under_running_cap
+from worker.runs.readiness import session_free, under_concurrency_limit, under_running_cap
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class NewRun:
     ttl_s: float | None = None  # it expires unless started this long after it may start
     schedule_id: str | None = None  # a schedule's firing, for slot scheduled_for
     scheduled_for: datetime | None = None
+    concurrency_key: str | None = None  # at most concurrency_max running with this key
+    concurrency_max: int | None = None
+    concurrency_strategy: str = "queue"
 
     @property
     def delayed(self) -> bool:
@@ -74,7 +77,8 @@ def _create_sql(slot: str | None) -> str:
         INSERT INTO runs (id, tenant_id, agent, status, input, attempt, max_attempts,
                           timeout_s, session_id, metadata, webhook_url, reply_url,
                           request_id, queue, priority, lease_epoch, last_seq, start_at,
-                          next_attempt_at, expires_at, schedule_id, scheduled_for)
+                          next_attempt_at, expires_at, schedule_id, scheduled_for,
+                          concurrency_key, concurrency_max)
         SELECT %(id)s, %(tenant_id)s, %(agent)s,
                CASE WHEN timing.start_at > now() THEN 'scheduled' ELSE 'queued' END,
                CAST(%(input)s AS jsonb), 0,
@@ -84,7 +88,7 @@ def _create_sql(slot: str | None) -> str:
                CASE WHEN timing.start_at > now() THEN timing.start_at END,
                coalesce(timing.start_at, now())
                    + make_interval(secs => CAST(%(ttl_s)s AS float8)),
-               %(schedule_id)s, %(scheduled_for)s
+               %(schedule_id)s, %(scheduled_for)s, %(concurrency_key)s, %(concurrency_max)s
         FROM timing {source}
         RETURNING *
     ), first AS (
@@ -139,6 +143,7 @@ def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
         "request_id": new.request_id, "queue": new.queue, "priority": new.priority,
         "start_at": new.start_at, "delay_s": new.delay_s, "ttl_s": new.ttl_s,
         "schedule_id": new.schedule_id, "scheduled_for": new.scheduled_for,
+        "concurrency_key": new.concurrency_key, "concurrency_max": new.concurrency_max,
     }
 
 
@@ -178,6 +183,26 @@ def may_start(session: Session, *, run_id: str, running_cap: int) -> bool:
     return found is not None
 
 
+def waiting_for(session: Session, *, run: Run, running_cap: int) -> str | None:
+    """Why a queued run has not started, if something holds it back."""
+    if run.concurrency_key is not None:
+        running = session.scalar(select(func.count()).select_from(Run).where(
+            Run.tenant_id == run.tenant_id, Run.concurrency_key == run.concurrency_key,
+            Run.status == RunStatus.RUNNING)) or 0
+        if running >= (run.concurrency_max or 1):
+            return (f"concurrency key {run.concurrency_key!r}: {running} of at most "
+                    f"{run.concurrency_max} running")
+    if run.session_id is not None:
+        earlier = session.scalar(select(Run.id).where(
+            Run.tenant_id == run.tenant_id, Run.session_id == run.session_id,
+            Run.id < run.id, Run.status.not_in(list(TERMINAL_STATUSES))).order_by(Run.id))
+        if earlier is not None:
+            return f"session {run.session_id!r}: run {earlier} goes first"
+    if running_cap > 0 and running_count(session, tenant_id=run.tenant_id) >= running_cap:
+        return f"the tenant's running cap: {running_cap} running (AGENTQ_TENANT_MAX_RUNNING)"
+    return None
+
+
 def active_in_session(session: Session, *, tenant_id: str, session_id: str) -> list[Run]:
     """The session's runs that have not ended, oldest first."""
     query = (select(Run)
@@ -212,6 +237,7 @@ def due_for_dispatch(session: Session, *, grace_s: float, limit: int,
             Run.created_at < func.now() - timedelta(seconds=grace_s),
             session_free(),
             under_running_cap(running_cap),
+            under_concurrency_limit(),
         )
         .order_by(Run.created_at)
         .limit(limit)

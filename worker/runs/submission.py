@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from worker.base import jsonb
@@ -41,6 +42,7 @@ class RunRequest:
     ttl_s: float | None = None
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
+    concurrency_key: str | None = None  # stands in for the value at the agent's Limit key
 
 
 def plan(rt: Runtime, request: RunRequest) -> store.NewRun:
@@ -62,7 +64,13 @@ def plan(rt: Runtime, request: RunRequest) -> store.NewRun:
             [{"field": "timeout_s",
               "message": f"must be at most {settings.max_timeout_s} (AGENTQ_MAX_TIMEOUT_S)"}],
         )
+    limit = spec.concurrency
+    key = request.concurrency_key if request.concurrency_key is not None else (
+        limit.value(request.input) if limit is not None else None)
     return store.NewRun(
+        concurrency_key=key,
+        concurrency_max=(limit.max if limit is not None else 1) if key is not None else None,
+        concurrency_strategy=limit.strategy if limit is not None else "queue",
         agent=spec.name,
         input=request.input,
         timeout_s=timeout_s,
@@ -135,11 +143,31 @@ def store_run(rt: Runtime, session: Session, *, tenant_id: str, new: store.NewRu
             for earlier in active:
                 if store.cancel(session, tenant_id=tenant_id, run_id=earlier.id).notify_worker:
                     interrupted.append(earlier.id)
+    if new.concurrency_key is not None and new.concurrency_strategy != "queue":
+        interrupted += _make_room(session, tenant_id=tenant_id, new=new)
     run = store.create(session, tenant_id=tenant_id, new=new)
-    held_back = new.session_id is not None or settings.tenant_max_running > 0
+    held_back = (new.session_id is not None or settings.tenant_max_running > 0
+                 or new.concurrency_key is not None)
     ready = not held_back or store.may_start(session, run_id=run.id,
                                             running_cap=settings.tenant_max_running)
     return Stored(run, ready, interrupted)
+
+
+def _make_room(session: Session, *, tenant_id: str, new: store.NewRun) -> list[str]:
+    """The key's strategy, under the key's lock: cancel its runs going
+    (``cancel_in_progress``), or those not started yet (``keep_latest``); the running ones
+    to tell to stop."""
+    assert new.concurrency_key is not None
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(
+        literal(tenant_id) + "/" + new.concurrency_key))))
+    statuses = [RunStatus.SCHEDULED, RunStatus.QUEUED, RunStatus.RETRYING]
+    if new.concurrency_strategy == "cancel_in_progress":
+        statuses += [RunStatus.RUNNING, RunStatus.WAITING]
+    going = session.scalars(select(Run.id).where(
+        Run.tenant_id == tenant_id, Run.concurrency_key == new.concurrency_key,
+        Run.status.in_(statuses)).order_by(Run.id))
+    return [run_id for run_id in list(going)
+            if store.cancel(session, tenant_id=tenant_id, run_id=run_id).notify_worker]
 
 
 def _require_secret(session: Session, tenant_id: str, new: store.NewRun) -> None:
@@ -163,7 +191,8 @@ def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
     """Store the run (committed before anything else) and dispatch it if it may start."""
     new = plan(rt, request)
     caps = admission.Caps.of(rt.settings)
-    if new.session_id is None and rt.settings.tenant_max_running == 0:
+    if (new.session_id is None and rt.settings.tenant_max_running == 0
+            and new.concurrency_strategy == "queue"):
         # Most runs: the run, its first event and its slot under the caps in one statement
         # that needs no transaction around it (no BEGIN or COMMIT round trips, no session).
         if new.webhook_url:

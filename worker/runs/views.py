@@ -46,6 +46,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "expires_at": iso(run.expires_at),
         "schedule_id": run.schedule_id,
         "scheduled_for": iso(run.scheduled_for),
+        "concurrency_key": run.concurrency_key,
         "usage": {"llm_calls": run.llm_calls, "input_tokens": run.input_tokens,
                   "output_tokens": run.output_tokens},
     }
