@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.runs import attempts, delays, dispatch, idempotency, store, waits
 
@@ -67,35 +68,29 @@ def expire_unstarted(rt: Runtime) -> int:
     return len(expired)
 
 
-def start_due_delayed(rt: Runtime) -> int:
-    """Queue the delayed runs that are due (start_at, delay_s)."""
+def _publish_due(rt: Runtime, find: Callable[..., list[Dispatch]], reason: str) -> int:
+    """Lock the runs ``find`` says are due, publish them and mark them, in one transaction."""
     with rt.db.transaction() as session:
-        due = delays.start_due(session, grace_s=rt.settings.dispatch_grace_s,
-                               limit=dispatch.SWEEP_BATCH)
-        sent = dispatch.publish_all(rt, due, reason="delayed run due")
+        due = find(session, grace_s=rt.settings.dispatch_grace_s, limit=dispatch.SWEEP_BATCH)
+        sent = dispatch.publish_all(rt, due, reason=reason)
         dispatch.mark_dispatched(session, run_ids=sent)
     return len(sent)
+
+
+def start_due_delayed(rt: Runtime) -> int:
+    """Queue the delayed runs that are due (start_at, delay_s)."""
+    return _publish_due(rt, delays.start_due, "delayed run due")
 
 
 def dispatch_due_retries(rt: Runtime) -> int:
     """Queue retrying runs whose time has come but which no worker picked up."""
-    with rt.db.transaction() as session:
-        due = attempts.due_retries(session, grace_s=rt.settings.dispatch_grace_s,
-                                   limit=dispatch.SWEEP_BATCH)
-        sent = dispatch.publish_all(rt, due, reason="retry due")
-        dispatch.mark_dispatched(session, run_ids=sent)
-    return len(sent)
+    return _publish_due(rt, attempts.due_retries, "retry due")
 
 
 def wake_due_waits(rt: Runtime) -> int:
     """Queue waiting runs whose waitpoint is due (those waiting too long for a message of
     their own, and those whose message was lost)."""
-    with rt.db.transaction() as session:
-        due = waits.wake_due(session, grace_s=rt.settings.dispatch_grace_s,
-                             limit=dispatch.SWEEP_BATCH)
-        sent = dispatch.publish_all(rt, due, reason="waitpoint due")
-        dispatch.mark_dispatched(session, run_ids=sent)
-    return len(sent)
+    return _publish_due(rt, waits.wake_due, "waitpoint due")
 
 
 def redispatch_unpublished(rt: Runtime) -> int:
