@@ -457,3 +457,12 @@ async def newest(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
             break
         await asyncio.sleep(0.05)
     return {"n": input.get("n")}
+
+
+@agent("test.llm.rated", queue=CRASH_QUEUE, timeout_s=4, max_attempts=1)
+async def rated(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """One LLM call of ``input.model`` (whose AGENTQ_LLM_LIMITS a test sets): one attempt
+    only, so a deferred attempt that counted would dead-letter the run."""
+    answer = await ctx.llm.chat([{"role": "user", "content": input["ask"]}],
+                                model=input["model"])
+    return {"content": answer["content"]}

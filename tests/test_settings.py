@@ -62,3 +62,14 @@ def test_processes_refuse_to_start_without_their_settings(command: list[str]) ->
                             env={"PATH": str(BIN)}, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "DATABASE_URL is required but not set" in result.stderr + result.stdout
+
+
+def test_llm_limits_are_read_per_model_and_a_bad_one_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTQ_LLM_LIMITS", "gpt-4o=500rpm:30000tpm, *=5rps")
+    limits = load_settings(database_url="postgres://x/y", redis_url=REDIS).llm_limits
+    assert (limits["gpt-4o"].requests, limits["gpt-4o"].tokens) == (500, 30000)
+    assert (limits["*"].requests, limits["*"].request_window_s) == (5, 1.0)
+    monkeypatch.setenv("AGENTQ_LLM_LIMITS", "gpt-4o=500 a minute")
+    with pytest.raises(ConfigurationError, match=r"AGENTQ_LLM_LIMITS.*rpm, rps, tpm or tps"):
+        load_settings(database_url="postgres://x/y", redis_url=REDIS)

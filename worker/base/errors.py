@@ -108,6 +108,12 @@ class RetryableError(AgentError):
         self.delay_s = delay_s
 
 
+class Deferred(RetryableError):
+    """The attempt stopped before doing its work, for want of room (a rate limit): the run
+    is tried again after ``delay_s``, and the attempt does not count against its
+    ``max_attempts`` (for its first 100 attempts: a bound, like every retry's)."""
+
+
 class FatalError(AgentError):
     """The attempt failed in a way no retry will fix."""
 

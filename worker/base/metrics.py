@@ -56,6 +56,9 @@ DEFINITIONS = {
     "agentq_llm_time_to_first_token_seconds": Definition(
         "Streamed LLM calls: from the request to the first chunk of text, per try.",
         ("agent", "model"), _SECONDS),
+    "agentq_llm_rate_limited": Definition(
+        "LLM calls held by AGENTQ_LLM_LIMITS: waited within the attempt, or deferred to a "
+        "later one.", ("model", "outcome")),
     "agentq_http_requests": Definition("HTTP requests.", ("route", "method", "status")),
     "agentq_http_request_duration_seconds": Definition(
         "HTTP request handling time (headers out, for streams).", ("route",), _SECONDS),

@@ -7,6 +7,7 @@ Nothing else in agentq reads ``os.environ``: processes build a ``Settings`` with
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -37,6 +38,47 @@ def _check_redis_url(url: str) -> str:
     if scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("must be a Redis URL such as redis://localhost:6379/0")
     return url
+
+
+@dataclass(frozen=True)
+class LLMRate:
+    """One model's limits from ``AGENTQ_LLM_LIMITS``: at most ``requests`` calls in any
+    ``request_window_s``, and ``tokens`` (input + output) per ``token_window_s``; 0: none."""
+
+    requests: int = 0
+    request_window_s: float = 60.0
+    tokens: int = 0
+    token_window_s: float = 60.0
+
+
+_RATE_UNITS = {"rpm": ("requests", 60.0), "rps": ("requests", 1.0),
+               "tpm": ("tokens", 60.0), "tps": ("tokens", 1.0)}
+
+
+def parse_llm_limits(value: str) -> dict[str, LLMRate]:
+    """``gpt-4o=500rpm:300000tpm, *=60rpm`` as each model's ``LLMRate`` (``*``: any model
+    not named, each with limits of its own)."""
+    limits: dict[str, LLMRate] = {}
+    for part in _split_csv(value):
+        model, sep, rates = part.rpartition("=")
+        model = model.strip()
+        if not sep or not model:
+            raise ValueError(f"{part!r} should be MODEL=RATE[:RATE], e.g. gpt-4o=500rpm:30000tpm")
+        fields: dict[str, Any] = {}
+        for rate in rates.split(":"):
+            rate = rate.strip().lower()
+            amount, unit = rate[:-3], rate[-3:]
+            if unit not in _RATE_UNITS or not amount.isdigit() or int(amount) < 1:
+                raise ValueError(f"{rate!r} (for {model}) should be a whole number followed "
+                                 "by rpm, rps, tpm or tps, e.g. 500rpm")
+            kind, window_s = _RATE_UNITS[unit]
+            if kind in fields:
+                raise ValueError(f"{model} has two {kind} limits")
+            fields[kind], fields[f"{kind[:-1]}_window_s"] = int(amount), window_s
+        if model in limits:
+            raise ValueError(f"{model} is named twice")
+        limits[model] = LLMRate(**fields)
+    return limits
 
 
 def _split_csv(value: Any) -> Any:
@@ -143,6 +185,9 @@ class Settings(DatabaseSettings):
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = Field(default=120.0, gt=0)  # a call's read timeout
     llm_max_retries: int = Field(default=4, ge=0, le=20)  # 429, 5xx, connection errors
+    # Each model's requests and tokens a minute (or second), across every worker:
+    # "gpt-4o=500rpm:30000tpm,*=60rpm" (worker.llm.limits). Empty: no limits.
+    llm_limits: Annotated[dict[str, LLMRate], NoDecode] = Field(default_factory=dict)
     # Each tenant's LLM tokens (input + output) per UTC day; 0: no budget.
     tenant_daily_tokens: int = Field(default=0, ge=0)
     # Test-only: make a worker die right after committing a terminal transition.
@@ -161,6 +206,11 @@ class Settings(DatabaseSettings):
     @classmethod
     def _agents(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("llm_limits", mode="before")
+    @classmethod
+    def _llm_limits(cls, value: Any) -> Any:
+        return parse_llm_limits(value) if isinstance(value, str) else value
 
     @field_validator("webhook_retry_schedule", "webhook_allowed_cidrs", mode="before")
     @classmethod

@@ -26,7 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from worker.agents import AgentSpec
 from worker.agents.context import AsyncRunContext, RunContext
 from worker.base import jsonb, retry
-from worker.base.errors import Cancelled, LeaseLost
+from worker.base.errors import Cancelled, Deferred, LeaseLost
 from worker.base.models import AttemptOutcome, RunStatus
 from worker.base.runtime import Runtime
 from worker.llm.client import LLM, AsyncLLM
@@ -36,6 +36,7 @@ from worker.runs.attempts import Claim, Outcome
 
 log = logging.getLogger("agentq.run")
 
+MAX_DEFERRED_ATTEMPTS = 100  # a Deferred attempt is free up to this attempt number
 _RECORD_PATIENCE_S = 60.0  # how long to keep trying to record an outcome through a DB outage
 _UNSTORABLE = "UnstorableOutcome"
 
@@ -203,6 +204,9 @@ def failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
         described = {"type": "Timeout", "message": f"attempt {claim.attempt} did not finish "
                                                    f"within timeout_s={claim.timeout_s}"}
     trace = "".join(traceback.format_exception(error))
+    if isinstance(error, Deferred) and claim.attempt <= MAX_DEFERRED_ATTEMPTS:
+        return Outcome(RunStatus.RETRYING, kind, error=described, traceback=trace,
+                       retry_in_s=error.delay_s or 1.0, free=True)
     if spec is None or not retry.is_retryable(error, spec.retry_on):
         return Outcome(RunStatus.FAILED, kind, error=described, traceback=trace)
     if claim.attempts_left <= 0:

@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,9 +38,11 @@ import aiohttp
 
 from worker.base import retry
 from worker.base.errors import ConfigurationError, LLMError, RetryableError
+from worker.base.metrics import Metrics
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.llm import stream
+from worker.llm.limits import Limits, LLMRateLimited, cost_of, estimate_tokens
 from worker.llm.stream import OnText, Streamed, TokenSink
 from worker.runs import spend
 from worker.runs.steps import AsyncStepRunner, StepRunner, Usage
@@ -59,11 +62,16 @@ class Endpoint:
 
     @classmethod
     def of(cls, rt: Runtime) -> Endpoint:
-        return rt.own("llm_endpoint", lambda: cls(rt.settings))
+        return rt.own("llm_endpoint", lambda: cls(
+            rt.settings, metrics=rt.metrics,
+            limits=Limits(rt.settings.llm_limits, rt.bus) if rt.settings.llm_limits else None))
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics,
+                 limits: Limits | None = None) -> None:
         self.pid = os.getpid()
         self._settings = settings
+        self._metrics = metrics
+        self._limits = limits
         self._session: aiohttp.ClientSession | None = None
         self.url = settings.llm_base_url.rstrip("/") + "/chat/completions"
 
@@ -81,7 +89,8 @@ class Endpoint:
                    streamed: Callable[[int], OnText] | None = None) -> Streamed:
         """The endpoint's answer (parsed JSON), retrying 429, 5xx and connection errors
         within what is left of the attempt. With ``streamed``, the request asks for a
-        stream and each try's text goes where ``streamed(try number)`` says as it comes."""
+        stream and each try's text goes where ``streamed(try number)`` says as it comes.
+        Each try first takes its share of the model's rate limit, if it has one."""
         settings = self._settings
         if settings.llm_base_url.rstrip("/") == OPENAI and not settings.llm_api_key:
             raise ConfigurationError("ctx.llm needs AGENTQ_LLM_API_KEY for OpenAI, or "
@@ -89,6 +98,7 @@ class Endpoint:
         tries = settings.llm_max_retries + 1
         for number in range(1, tries + 1):
             wait: float | None
+            taken = await self._room(body, time_left, log)
             try:
                 on_text = streamed(number) if streamed is not None else None
                 status, answer, retry_after = await self._once(body, time_left(), on_text)
@@ -97,6 +107,7 @@ class Endpoint:
             else:
                 if status < 300:
                     assert isinstance(answer, Streamed)
+                    await self._settle(body, answer, taken)
                     return answer
                 if status not in _RETRIED:
                     raise LLMError(f"the LLM endpoint answered {status}: {str(answer)[:300]}")
@@ -110,6 +121,35 @@ class Endpoint:
                         extra={"error": problem, "retry_in_s": round(wait, 2)})
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
+
+    async def _room(self, body: dict[str, Any], time_left: Callable[[], float],
+                    log: logging.LoggerAdapter[logging.Logger]) -> int:
+        """Wait for room under the model's rate limit (``worker.llm.limits``) while the
+        attempt has time for it, else raise ``LLMRateLimited``; the tokens taken."""
+        if self._limits is None:
+            return 0
+        model, cost = str(body["model"]), cost_of(body)
+        waited = False
+        while wait := await self._limits.acquire(model, cost):
+            if wait >= time_left() - 1:
+                self._metrics.inc("agentq_llm_rate_limited", model=model, outcome="deferred")
+                raise LLMRateLimited(f"{model} is at its rate limit (AGENTQ_LLM_LIMITS); "
+                                     f"room again in {wait:.1f} s, after this attempt's "
+                                     "time", delay_s=wait)
+            if not waited:
+                self._metrics.inc("agentq_llm_rate_limited", model=model, outcome="waited")
+                log.info("llm call waits for its rate limit",
+                         extra={"model": model, "wait_s": round(wait, 3)})
+            waited = True
+            await asyncio.sleep(wait + random.uniform(0, 0.05))  # the woken do not all collide
+        return cost
+
+    async def _settle(self, body: dict[str, Any], answer: Streamed, taken: int) -> None:
+        usage = answer.answer.get("usage") if isinstance(answer.answer, dict) else None
+        if self._limits is not None and isinstance(usage, dict):
+            used = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens")
+                                                              or 0)
+            await self._limits.settle(str(body["model"]), taken=taken, used=used)
 
     async def _once(self, body: dict[str, Any], time_left_s: float,
                     on_text: OnText | None) -> tuple[int, Streamed | str, float | None]:
@@ -179,8 +219,8 @@ class _Calls:
         usage = result["usage"]
         estimated = bool(body.get("stream")) and not streamed.answer.get("usage")
         if estimated:  # an endpoint that ignored include_usage: the budget still counts
-            usage.update(input_tokens=_estimate(json.dumps(body["messages"])),
-                         output_tokens=_estimate(json.dumps(result["message"])))
+            usage.update(input_tokens=estimate_tokens(json.dumps(body["messages"])),
+                         output_tokens=estimate_tokens(json.dumps(result["message"])))
         labels = {"agent": self._agent, "model": result["model"]}
         metrics = self._rt.metrics
         metrics.inc("agentq_llm_calls", **labels)
@@ -281,11 +321,6 @@ def _result(answer: Any, model: str, latency_ms: int) -> dict[str, Any]:
                   "output_tokens": int(usage.get("completion_tokens") or 0)},
         "latency_ms": latency_ms,
     }
-
-
-def _estimate(text: str) -> int:
-    """Tokens in ``text`` as a rule of thumb has it (four characters each, rounded up)."""
-    return -(-len(text) // 4)
 
 
 def _usage(result: Any) -> Usage:

@@ -60,6 +60,7 @@ class Outcome:
     traceback: str | None = None
     retry_in_s: float | None = None  # with status RETRYING (WAITING: when it is woken)
     waits: tuple[str, ...] = ()  # with status WAITING: the waitpoints it stopped at
+    free: bool = False  # with status RETRYING: the attempt does not count (a Deferred)
 
 
 _ENDED = ", ".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
@@ -123,6 +124,7 @@ _FINISH = text("""
             finished_at = CASE WHEN :terminal THEN now() END,
             next_attempt_at = :next_attempt_at,
             dispatched_at = CASE WHEN :retrying THEN NULL ELSE dispatched_at END,
+            free_attempts = free_attempts + CASE WHEN :free THEN 1 ELSE 0 END,
             last_seq = last_seq + 1
         WHERE id = :run_id AND lease_epoch = :epoch AND status = 'running'
         RETURNING *
@@ -267,6 +269,7 @@ def finish(session: Session, *, claim: Claim, outcome: Outcome) -> events.Event:
     row = session.execute(_FINISH, {
         "run_id": claim.run_id, "epoch": claim.epoch, "attempt": claim.attempt,
         "status": outcome.status.value, "terminal": terminal, "retrying": retrying,
+        "free": retrying and outcome.free,
         "result": None if outcome.result is None else json.dumps(outcome.result),
         "error": None if outcome.error is None else json.dumps(outcome.error),
         "next_attempt_at": next_attempt_at, "outcome": outcome.attempt_outcome.value,
