@@ -26,6 +26,7 @@ from api import (
     ws,
 )
 from worker.app import build_runtime
+from worker.base import tracing
 from worker.base.logs import configure_logging
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings, load_settings
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["agentq"] = runtime
     configure_logging(runtime.settings.log_level, service="api")
+    if tracing.setup(runtime.settings, service="agentq-api"):
+        tracing.instrument_flask(app)
     requestlog.init_app(app)
     app.before_request(bodies.refuse_nul)
     errors.init_app(app)

@@ -98,7 +98,8 @@ def fake_llm() -> Iterator[FakeLLM]:
 def env(services: Services, fake_llm: FakeLLM) -> dict[str, str]:
     """The environment of every process the tests start."""
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AGENTQ_", "CELERY"))},
+        **{k: v for k, v in os.environ.items()
+           if not k.startswith(("AGENTQ_", "CELERY", "OTEL_"))},
         "DATABASE_URL": services.database_url,
         "REDIS_URL": services.redis_url,
         "AGENTQ_AGENTS": TEST_AGENTS,

@@ -13,6 +13,7 @@ from celery import signals
 from celery.concurrency.thread import TaskPool as ThreadsPool
 
 from worker.app import build_runtime
+from worker.base import tracing
 from worker.base.errors import ConfigurationError
 from worker.base.logs import configure_logging
 from worker.base.settings import load_settings
@@ -25,6 +26,8 @@ except ConfigurationError as error:
     sys.exit(f"agentq: {error}")
 
 app = runtime.celery
+if tracing.setup(runtime.settings, service="agentq-worker"):
+    tracing.instrument_clients()
 shutdown = GracefulShutdown(runtime)
 
 

@@ -218,6 +218,16 @@ class Run(Base):
             "created_at",
             postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
         ),
+        Index(  # retention: the ended runs, oldest first (worker.runs.retention)
+            "ix_runs_ended_finished_at",
+            "finished_at",
+            postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled', 'expired')"),
+        ),
+        Index(  # retention: the dismissed dead letters, oldest first
+            "ix_runs_discarded_at",
+            "discarded_at",
+            postgresql_where=text("discarded_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -266,6 +276,9 @@ class Run(Base):
     # At most concurrency_max of the tenant's runs with this key run at once.
     concurrency_key: Mapped[str | None] = mapped_column(String(300))
     concurrency_max: Mapped[int | None]
+    # The submit span's W3C traceparent (OpenTelemetry configured): attempts and deliveries
+    # join its trace (worker.base.tracing).
+    traceparent: Mapped[str | None] = mapped_column(String(55))
     # What the run's LLM calls cost, summed as each call's step is stored.
     llm_calls: Mapped[int] = mapped_column(Integer, server_default="0")
     input_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -596,6 +609,12 @@ class InboundEvent(Base):
     """A delivery a hook source received, once per delivery id (the deduplication key)."""
 
     __tablename__ = "inbound_events"
+    __table_args__ = (
+        # A run's delete sets its inbound events' run_id to NULL: found by this index, not
+        # by reading the table; retention deletes them oldest first (worker.runs.retention).
+        Index("ix_inbound_events_run_id", "run_id", postgresql_where=text("run_id IS NOT NULL")),
+        Index("ix_inbound_events_received_at", "received_at"),
+    )
 
     source_id: Mapped[str] = mapped_column(
         ForeignKey("hook_sources.id", ondelete="CASCADE"), primary_key=True

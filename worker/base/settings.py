@@ -123,6 +123,9 @@ class Settings(DatabaseSettings):
     # Queued runs published longer ago than this, and missing from the broker's queue, are
     # published again (a broker that lost its data, a message dropped by a failing task).
     redispatch_after_s: float = Field(default=30.0, ge=0)
+    # Runs that ended (not dead letters until dismissed) this many days ago are deleted
+    # with all that is theirs by the sweeper (worker.runs.retention); 0: kept forever.
+    retention_days: int = Field(default=30, ge=0)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     lease_timeout_s: float = Field(default=30.0, gt=0)
     hard_timeout_grace_s: float = Field(default=30.0, ge=0)
@@ -194,6 +197,19 @@ class Settings(DatabaseSettings):
     fault: str | None = None
     backoff_base_s: float = Field(default=2.0, ge=0)
     backoff_max_s: float = Field(default=300.0, ge=0)
+    # OpenTelemetry (worker.base.tracing): on if an exporter or an OTLP endpoint is named;
+    # the exporter reads its other OTEL_* variables itself.
+    otel_traces_exporter: str | None = Field(default=None, validation_alias=AliasChoices(
+        "OTEL_TRACES_EXPORTER", "otel_traces_exporter"))
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "otel_exporter_otlp_endpoint"))
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                                                    "otel_exporter_otlp_traces_endpoint"))
+    otel_service_name: str | None = Field(default=None, validation_alias=AliasChoices(
+        "OTEL_SERVICE_NAME", "otel_service_name"))
+    otel_sdk_disabled: bool = Field(default=False, validation_alias=AliasChoices(
+        "OTEL_SDK_DISABLED", "otel_sdk_disabled"))
     log_level: str = "INFO"
     beat_schedule_file: str = "celerybeat-schedule"
 
@@ -288,20 +304,24 @@ class DevSettings(BaseSettings):
         return None if value is None else normalize_database_url(value)
 
 
-_ENV_NAMES = {
-    "database_url": "DATABASE_URL",
-    "redis_url": "REDIS_URL",
-    "broker_url": "BROKER_URL",
-    "port": "PORT",
-    "flower_port": "FLOWER_PORT",
-}
+def _env_name(kind: type[BaseSettings], field: str) -> str:
+    """The variable a field is read from: its alias (``DATABASE_URL``), else prefixed."""
+    info = kind.model_fields.get(field)
+    if info is None:  # pydantic names a field read through its alias by that alias
+        return field
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        alias = alias.choices[0]
+    if isinstance(alias, str):
+        return alias
+    return f"{kind.model_config.get('env_prefix', '')}{field}".upper()
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, kind: type[BaseSettings]) -> str:
     problems = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else ""
-        name = _ENV_NAMES.get(field, f"AGENTQ_{field.upper()}") if field else "settings"
+        name = _env_name(kind, field) if field else "settings"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
             message = "is required but not set"
@@ -316,7 +336,7 @@ def _load(kind: type[S], overrides: dict[str, Any]) -> S:
     try:
         return kind(**overrides)
     except ValidationError as error:
-        raise ConfigurationError(f"invalid configuration: {_describe(error)}") from None
+        raise ConfigurationError(f"invalid configuration: {_describe(error, kind)}") from None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from worker.base import deadlines, retry, signing
+from worker.base import deadlines, retry, signing, tracing
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.base.ssrf import Guard, Refused
@@ -116,7 +117,18 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
             "webhook-signature": signing.signature_header(sending.secrets, sending.delivery_id,
                                                           timestamp, body),
         })
-    response = Sender.of(rt).post(sending.url, headers, body)
+    with tracing.span("agentq.deliver", within=sending.traceparent, kind=SpanKind.CLIENT,
+                      attributes={"agentq.delivery_id": delivery_id,
+                                  "agentq.run_id": sending.run_id or "",
+                                  "agentq.attempt": sending.attempt}) as span:
+        traceparent = tracing.traceparent()
+        if traceparent:  # the receiver's spans join the run's trace
+            headers["traceparent"] = traceparent
+        response = Sender.of(rt).post(sending.url, headers, body)
+        if response.status_code is not None:
+            span.set_attribute("http.response.status_code", response.status_code)
+        if not response.ok:
+            span.set_status(Status(StatusCode.ERROR, response.error or "not delivered"))
     # A success is one atomic statement; a failure may disable the endpoint (a transaction).
     with rt.db.autocommit() if response.ok else rt.db.transaction() as session:
         recorded = webhooks.record(session, sending=sending, response=response,

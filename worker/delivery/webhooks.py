@@ -162,6 +162,7 @@ class Sending:
     endpoint_id: str | None
     secrets: list[str]
     tenant_id: str
+    traceparent: str | None = None  # its run's trace (worker.base.tracing)
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,12 @@ _HOLD = text(f"""
            CASE WHEN held.endpoint_id IS NULL THEN t.webhook_previous_secret
                 ELSE e.previous_secret END AS previous_secret,
            CASE WHEN held.endpoint_id IS NULL THEN t.webhook_previous_expires_at
-                ELSE e.previous_expires_at END AS previous_expires_at
+                ELSE e.previous_expires_at END AS previous_expires_at,
+           r.traceparent
     FROM held
     JOIN tenants t ON t.id = held.tenant_id
     LEFT JOIN webhook_endpoints e ON e.id = held.endpoint_id
+    LEFT JOIN runs r ON r.id = held.run_id
 """)  # noqa: S608 (constants only)
 
 
@@ -221,7 +224,8 @@ def hold(session: Session, *, delivery_id: str, hold_s: float,
         return None
     secrets = live_secrets(row.secret, row.previous_secret, row.previous_expires_at)
     return Sending(delivery_id, row.run_id, row.attempts, row.schedule_base, row.format,
-                   row.url, row.payload, row.endpoint_id, secrets, row.tenant_id)
+                   row.url, row.payload, row.endpoint_id, secrets, row.tenant_id,
+                   row.traceparent)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import ctypes
 import dataclasses
 import functools
@@ -231,8 +232,10 @@ class Engine:
         return await self.loop.run_in_executor(self._db, work)
 
     async def _in_thread(self, work: Callable[[], T]) -> T:
-        """Run ``work`` (an agent's plain step function) in an agent thread."""
-        return await self.loop.run_in_executor(self._agents, work)
+        """Run ``work`` (an agent's plain step function) in an agent thread, in the
+        caller's context (its step's span is its parent)."""
+        return await self.loop.run_in_executor(self._agents, contextvars.copy_context().run,
+                                               work)
 
     async def _attempt(self, run_id: str, worker: str, *, linger: bool = False,
                        sync: bool = False) -> None:
@@ -267,16 +270,18 @@ class Engine:
         with self._lock:
             self._active[claim.run_id] = active
         try:
-            state: SessionState | None = None
-            try:
-                if claim.session_id is not None:  # else no state: no thread hop for it
-                    state = await self._offload(lambda: execute.session_state(rt, claim))
-                outcome = await self._call(active, state)
-            except Exception as error:  # the engine's own failure: the attempt still ends
-                log.exception("attempt failed in the engine", extra={"run_id": run_id})
-                outcome = execute.failed(rt, claim, error)
-            outcome, recorded = await self._offload(
-                lambda: execute.record(rt, claim, outcome, state))
+            with execute.attempt_span(claim) as span:
+                state: SessionState | None = None
+                try:
+                    if claim.session_id is not None:  # else no state: no thread hop for it
+                        state = await self._offload(lambda: execute.session_state(rt, claim))
+                    outcome = await self._call(active, state)
+                except Exception as error:  # the engine's own failure: the attempt still ends
+                    log.exception("attempt failed in the engine", extra={"run_id": run_id})
+                    outcome = execute.failed(rt, claim, error)
+                outcome, recorded = await self._offload(
+                    lambda: execute.record(rt, claim, outcome, state))
+                execute.ended_span(span, outcome)
         finally:
             with self._lock:
                 if self._active.get(claim.run_id) is active:
@@ -445,7 +450,8 @@ class Engine:
                     active.thread = None
 
         try:
-            active.work = loop.run_in_executor(self._agents, body)
+            active.work = loop.run_in_executor(self._agents, contextvars.copy_context().run,
+                                               body)  # the attempt's span is its parent
             if active.thread_hold is not None:  # the agent thread it waited for is its own
                 active.thread_hold.running(active.work)
             return await asyncio.shield(active.work)

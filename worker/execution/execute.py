@@ -9,23 +9,25 @@ database threads, or the sync agent's thread), never on its event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from opentelemetry.trace import Span, SpanKind
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from worker.agents import AgentSpec
 from worker.agents.context import AsyncRunContext, RunContext
-from worker.base import jsonb, retry
+from worker.base import jsonb, retry, tracing
 from worker.base.errors import Cancelled, Deferred, LeaseLost
 from worker.base.models import AttemptOutcome, RunStatus
 from worker.base.runtime import Runtime
@@ -163,6 +165,27 @@ async def call_async(rt: Runtime, spec: AgentSpec, ctx: AsyncRunContext, active:
     except Exception as error:
         return ended_by(rt, active, error, ctx.log)
     return succeeded(active, result)
+
+
+@contextlib.contextmanager
+def attempt_span(claim: Claim) -> Iterator[Span]:
+    """The attempt's span, in the trace its run's submission began (its first attempt's
+    time in the queue before it, as a span of its own)."""
+    attributes = {"agentq.run_id": claim.run_id, "agentq.agent": claim.agent,
+                  "agentq.attempt": claim.attempt, "agentq.tenant": claim.tenant_id}
+    if claim.attempt == 1:
+        tracing.waited("agentq.queue", seconds=claim.waited_s, within=claim.traceparent,
+                       attributes=attributes)
+    with tracing.span("agentq.attempt", within=claim.traceparent, kind=SpanKind.CONSUMER,
+                      attributes=attributes) as span:
+        yield span
+
+
+def ended_span(span: Span, outcome: Outcome) -> None:
+    span.set_attributes({"agentq.status": outcome.status.value,
+                         "agentq.outcome": outcome.attempt_outcome.value})
+    if outcome.status not in (RunStatus.SUCCEEDED, RunStatus.WAITING):
+        tracing.failed(span, outcome.error)
 
 
 def suspended(active: Active, suspend: waits.Suspend) -> Outcome:

@@ -33,10 +33,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry.trace import SpanKind
 
-from worker.base import retry
+from worker.base import retry, tracing
 from worker.base.errors import ConfigurationError, LLMError, RetryableError
 from worker.base.metrics import Metrics
 from worker.base.runtime import Runtime
@@ -197,21 +199,30 @@ class _Calls:
             spend.check_budget(session, tenant_id=self._tenant_id,
                                budget=self._rt.settings.tenant_daily_tokens)
 
-    async def _post(self, body: dict[str, Any], step: str, streamed: bool) -> dict[str, Any]:
+    async def _post(self, body: dict[str, Any], step: str, streamed: bool,
+                    within: str | None = None) -> dict[str, Any]:
         """The call (streamed if asked: the body then asks for it, usage included), its
-        answer accounted for."""
+        answer accounted for; its span a child of the current one, or of ``within``."""
         tokens = self._tokens if streamed else None
         if tokens is not None:
             body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        began = time.monotonic()
-        try:
-            answer = await Endpoint.of(self._rt).post(
-                body, time_left=self._time_left, log=self._log,
-                streamed=functools.partial(tokens.begin, step) if tokens is not None else None)
-        finally:
-            if tokens is not None:
-                await asyncio.to_thread(tokens.end, step)
-        return self._account(answer, body, round((time.monotonic() - began) * 1000))
+        with tracing.span(f"chat {body['model']}", within=within, kind=SpanKind.CLIENT,
+                          attributes=_request_attributes(body, self._rt.settings)) as span:
+            began = time.monotonic()
+            try:
+                answer = await Endpoint.of(self._rt).post(
+                    body, time_left=self._time_left, log=self._log,
+                    streamed=functools.partial(tokens.begin, step) if tokens else None)
+            finally:
+                if tokens is not None:
+                    await asyncio.to_thread(tokens.end, step)
+            result = self._account(answer, body, round((time.monotonic() - began) * 1000))
+            span.set_attributes({
+                "gen_ai.response.model": result["model"],
+                "gen_ai.response.finish_reasons": [str(result["finish_reason"])],
+                "gen_ai.usage.input_tokens": result["usage"]["input_tokens"],
+                "gen_ai.usage.output_tokens": result["usage"]["output_tokens"]})
+            return result
 
     def _account(self, streamed: Streamed, body: dict[str, Any],
                  latency_ms: int) -> dict[str, Any]:
@@ -266,7 +277,8 @@ class LLM(_Calls):
 
     def _call(self, body: dict[str, Any], *, step: str, streamed: bool) -> dict[str, Any]:
         self._check_budget()
-        future = asyncio.run_coroutine_threadsafe(self._post(body, step, streamed), self._loop)
+        future = asyncio.run_coroutine_threadsafe(  # on the loop: the step's span named
+            self._post(body, step, streamed, within=tracing.traceparent()), self._loop)
         try:
             while True:
                 try:
@@ -303,6 +315,20 @@ class AsyncLLM(_Calls):
             return await self._post(body, step, stream)
 
         return dict(await self._steps.run(step, call, (body,), {}, usage_of=_usage))
+
+
+def _request_attributes(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The GenAI semantic conventions' attributes of a chat request (no content)."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": body["model"],
+        "server.address": urlsplit(settings.llm_base_url).hostname or ""}
+    for field, name in (("max_tokens", "gen_ai.request.max_tokens"),
+                        ("temperature", "gen_ai.request.temperature"),
+                        ("top_p", "gen_ai.request.top_p")):
+        if isinstance(body.get(field), int | float):
+            attributes[name] = body[field]
+    return attributes
 
 
 def _result(answer: Any, model: str, latency_ms: int) -> dict[str, Any]:

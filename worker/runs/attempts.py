@@ -43,6 +43,7 @@ class Claim:
     worker: str
     waited_s: float = 0.0  # from submission to this claim
     has_steps: bool = True  # False: no step to load (the steps' first read is skipped)
+    traceparent: str | None = None  # the trace its submission began (worker.base.tracing)
 
     @property
     def attempts_left(self) -> int:
@@ -93,7 +94,7 @@ _CLAIM_SQL = """
                   AND busy.status = 'running') < concurrency_max)
         RETURNING id, tenant_id, agent, input, attempt, max_attempts, free_attempts,
                   lease_epoch, timeout_s, queue, session_id, request_id, last_seq,
-                  extract(epoch FROM now() - created_at) AS waited_s
+                  traceparent, extract(epoch FROM now() - created_at) AS waited_s
     ), attempt_row AS (
         INSERT INTO run_attempts (run_id, attempt, lease_epoch, worker)
         SELECT id, attempt, lease_epoch, :worker FROM claimed
@@ -214,6 +215,7 @@ def _claimed(session: Session, row: Any, worker: str) -> Claim:
         epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
         session_id=row.session_id, request_id=row.request_id, worker=worker,
         waited_s=float(row.waited_s), has_steps=bool(row.has_steps),
+        traceparent=row.traceparent,
     )
 
 

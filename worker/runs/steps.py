@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.base import jsonb
+from worker.base import jsonb, tracing
 from worker.base.db import Database
 from worker.base.errors import Cancelled, LeaseLost, StepMismatch, WaitTimeout
 from worker.base.event import Event
@@ -170,12 +170,13 @@ class StepRunner:
         if stored is not None:
             return stored.result
         began = time.monotonic()
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as error:
-            self.failed(name, error)
-            raise
-        return self.keep(name, signature, result, began, usage_of)
+        with tracing.span(f"agentq.step {name}", attributes={"agentq.step": name}):
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as error:
+                self.failed(name, error)
+                raise
+            return self.keep(name, signature, result, began, usage_of)
 
     def lookup(self, name: str, args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> tuple[str, Stored | None]:
@@ -264,19 +265,20 @@ class AsyncStepRunner:
         if stored is not None:
             return stored.result
         began = time.monotonic()
-        try:
-            if inspect.iscoroutinefunction(fn):
-                value = await fn(*args, **kwargs)
-            else:
-                value = await self._in_thread(lambda: fn(*args, **kwargs))
-                if inspect.isawaitable(value):
-                    value = await value
-        except Exception as error:
-            failure = error
-            await self._offload(lambda: self._steps.failed(name, failure))
-            raise
-        return await self._offload(lambda: self._steps.keep(name, signature, value, began,
-                                                             usage_of))
+        with tracing.span(f"agentq.step {name}", attributes={"agentq.step": name}):
+            try:
+                if inspect.iscoroutinefunction(fn):
+                    value = await fn(*args, **kwargs)
+                else:
+                    value = await self._in_thread(lambda: fn(*args, **kwargs))
+                    if inspect.isawaitable(value):
+                        value = await value
+            except Exception as error:
+                failure = error
+                await self._offload(lambda: self._steps.failed(name, failure))
+                raise
+            return await self._offload(lambda: self._steps.keep(name, signature, value,
+                                                                 began, usage_of))
 
     async def wait(self, name: str, *, kind: str, timeout_s: float, prompt: str | None = None,
                    schema: Any = None) -> Any:

@@ -45,6 +45,7 @@ class NewRun:
     concurrency_key: str | None = None  # at most concurrency_max running with this key
     concurrency_max: int | None = None
     concurrency_strategy: str = "queue"
+    traceparent: str | None = None  # the submit span's (worker.base.tracing)
 
     @property
     def delayed(self) -> bool:
@@ -78,7 +79,7 @@ def _create_sql(slot: str | None) -> str:
                           timeout_s, session_id, metadata, webhook_url, reply_url,
                           request_id, queue, priority, lease_epoch, last_seq, start_at,
                           next_attempt_at, expires_at, schedule_id, scheduled_for,
-                          concurrency_key, concurrency_max)
+                          concurrency_key, concurrency_max, traceparent)
         SELECT %(id)s, %(tenant_id)s, %(agent)s,
                CASE WHEN timing.start_at > now() THEN 'scheduled' ELSE 'queued' END,
                CAST(%(input)s AS jsonb), 0,
@@ -88,7 +89,8 @@ def _create_sql(slot: str | None) -> str:
                CASE WHEN timing.start_at > now() THEN timing.start_at END,
                coalesce(timing.start_at, now())
                    + make_interval(secs => CAST(%(ttl_s)s AS float8)),
-               %(schedule_id)s, %(scheduled_for)s, %(concurrency_key)s, %(concurrency_max)s
+               %(schedule_id)s, %(scheduled_for)s, %(concurrency_key)s, %(concurrency_max)s,
+               %(traceparent)s
         FROM timing {source}
         RETURNING *
     ), first AS (
@@ -144,6 +146,7 @@ def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
         "start_at": new.start_at, "delay_s": new.delay_s, "ttl_s": new.ttl_s,
         "schedule_id": new.schedule_id, "scheduled_for": new.scheduled_for,
         "concurrency_key": new.concurrency_key, "concurrency_max": new.concurrency_max,
+        "traceparent": new.traceparent,
     }
 
 

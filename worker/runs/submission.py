@@ -5,6 +5,7 @@ Every way in (HTTP, WebSocket, inbound webhooks) goes through ``submit``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
-from worker.base import jsonb
+from worker.base import jsonb, tracing
 from worker.base.errors import Conflict, InvalidRequest
 from worker.base.models import Run, RunStatus
 from worker.base.runtime import Runtime
@@ -189,7 +190,14 @@ def launch(rt: Runtime, stored: Stored) -> None:
 
 def submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
     """Store the run (committed before anything else) and dispatch it if it may start."""
-    new = plan(rt, request)
+    with tracing.span("agentq.submit", attributes={"agentq.agent": request.agent}) as span:
+        run = _submit(rt, tenant_id=tenant_id, request=request)
+        span.set_attributes({"agentq.run_id": run.id, "agentq.tenant": tenant_id})
+        return run
+
+
+def _submit(rt: Runtime, *, tenant_id: str, request: RunRequest) -> Run:
+    new = dataclasses.replace(plan(rt, request), traceparent=tracing.traceparent())
     caps = admission.Caps.of(rt.settings)
     if (new.session_id is None and rt.settings.tenant_max_running == 0
             and new.concurrency_strategy == "queue"):
