@@ -23,7 +23,7 @@ bp.before_request(require_key)
 def create_schedule() -> tuple[Response, int, dict[str, str]]:
     body = json_body(ScheduleCreate)
     rt = runtime()
-    spec = Spec(**body.model_dump(), given=frozenset(body.model_fields_set))
+    spec = Spec.of(body)
     with rt.db.transaction() as session:
         schedule = schedules.create(session, rt=rt, tenant_id=principal().tenant_id,
                                     spec=spec)
@@ -54,7 +54,7 @@ def get_schedule(schedule_id: str) -> Response:
 def update_schedule(schedule_id: str) -> Response:
     body = json_body(ScheduleUpdate)
     rt = runtime()
-    spec = Spec(**body.model_dump(), given=frozenset(body.model_fields_set))
+    spec = Spec.of(body)
     with rt.db.transaction() as session:
         schedule = schedules.update(session, rt=rt, tenant_id=principal().tenant_id,
                                     schedule_id=schedule_id, spec=spec)

@@ -206,6 +206,53 @@ def test_replay_a_dead_lettered_run(dashboard: Dashboard) -> None:
              what="every replayed run to succeed")
 
 
+def test_a_schedule_is_made_fired_paused_and_deleted_from_its_page(
+        dashboard: Dashboard) -> None:
+    from playwright.sync_api import expect
+
+    # Given a schedule made with the form, every hour from now
+    page = dashboard.page
+    page.get_by_role("link", name="Schedules").click()
+    page.get_by_text("Create a schedule").click()
+    page.get_by_label("Agent", exact=True).select_option("echo")
+    page.get_by_label("Input (JSON)").fill('{"from": "a schedule"}')
+    page.get_by_label("Or every (seconds)").fill("3600")
+    page.get_by_label("Overlap").select_option("allow")
+    page.get_by_role("button", name="Create schedule").click()
+    page.wait_for_selector(".flash.ok:text('created.')")
+    [made] = dashboard.api().get("/v1/schedules").json()["items"]
+    row = page.locator("tr", has_text=made["id"])
+    expect(row).to_contain_text("every 3600 s")
+    expect(row.locator(f"time[datetime='{made['next_fire_at']}']")).to_have_count(1)
+    # When "Run now" is pressed, the notice links to the run it started
+    page.get_by_role("button", name=f"Run {made['id']} now").click()
+    page.locator(".flash.ok a").click()
+    page.wait_for_url(re.compile(r".*/runs/run_\w+$"))
+    run_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#run-status:text('succeeded')", timeout=30_000)
+    with dashboard.api() as client:
+        run = client.get(f"/v1/runs/{run_id}").json()
+    assert run["schedule_id"] == made["id"] and run["input"] == {"from": "a schedule"}
+    # Then its row shows that run as its last; paused, it shows no next fire
+    page.go_back()
+    page.reload()
+    expect(row.get_by_role("link", name=run_id)).to_have_count(1)
+    page.get_by_text("Create a schedule").click()
+    dashboard.shot("schedules")
+    page.get_by_role("button", name=f"Pause {made['id']}").click()
+    page.wait_for_selector(".flash.ok:text('paused.')")
+    expect(row.locator(".status.paused")).to_have_text("paused")
+    expect(row.locator("time")).to_have_count(0)
+    assert dashboard.api().get(f"/v1/schedules/{made['id']}").json()["paused"] is True
+    page.get_by_role("button", name=f"Resume {made['id']}").click()
+    page.wait_for_selector(".flash.ok:text('resumed')")
+    assert dashboard.api().get(f"/v1/schedules/{made['id']}").json()["paused"] is False
+    page.get_by_role("button", name=f"Delete {made['id']}").click()
+    page.wait_for_selector(".flash.ok:text('deleted')")
+    expect(page.get_by_text("No schedules yet.")).to_be_visible()
+    assert dashboard.api().get("/v1/schedules").json()["items"] == []
+
+
 def test_webhook_endpoints_show_their_secret_once(dashboard: Dashboard) -> None:
     page = dashboard.page
     page.get_by_role("link", name="Webhooks").click()
@@ -443,7 +490,8 @@ def test_usable_on_a_phone(browser: Any, api_server: ApiServer, tenant: Tenant) 
     board.sign_in()
     with board.api() as client:
         run = client.post("/v1/runs?wait=10", json={"agent": "echo", "input": {"a": 1}}).json()
-    for path in ("/runs", f"/runs/{run['id']}", "/dead-letters", "/webhooks", "/keys"):
+    for path in ("/runs", f"/runs/{run['id']}", "/dead-letters", "/schedules", "/webhooks",
+                 "/keys"):
         board.page.goto(path)
         overflow = board.page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth")

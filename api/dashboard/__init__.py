@@ -1,4 +1,5 @@
-"""The dashboard: runs, dead letters and webhooks in a browser, served by the API at ``/``.
+"""The dashboard: runs, dead letters, schedules and webhooks in a browser, served by the API
+at ``/``.
 
 Server-rendered pages with a little plain JavaScript: no build step, nothing fetched from
 anywhere else. Signing in with an API key sets a session cookie (signed with
@@ -16,7 +17,7 @@ from datetime import timedelta
 from flask import Flask, Request, request
 from flask.sessions import SecureCookieSessionInterface
 
-from api.dashboard import api_keys, hooks, runs  # noqa: F401 - their routes hang on bp
+from api.dashboard import api_keys, hooks, runs, schedules  # noqa: F401 - their routes hang on bp
 from api.dashboard.access import bp
 from worker.base.errors import ConfigurationError
 from worker.base.runtime import Runtime

@@ -120,6 +120,11 @@ class Spec:
     paused: bool | None = None
     given: frozenset[str] = field(default_factory=frozenset)  # the fields the client sent
 
+    @classmethod
+    def of(cls, body: Any) -> Spec:
+        """The spec a validated request body (a pydantic model) gives: what it sent."""
+        return cls(**body.model_dump(), given=frozenset(body.model_fields_set))
+
 
 def _now(session: Session) -> datetime:
     now = session.scalar(select(func.now()))
