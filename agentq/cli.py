@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from agentq import devenv
 from worker.base.errors import ConfigurationError
 from worker.base.runtime import Runtime
 
 T = TypeVar("T")
+_MISSING = "is required but not set"  # worker.base.settings' words for a missing variable
 
 
 class ConfigProblem(click.ClickException):
@@ -25,12 +29,36 @@ def _configured(load: Callable[[], T]) -> T:
     try:
         return load()
     except ConfigurationError as error:
-        raise ConfigProblem(str(error)) from None
+        raise ConfigProblem(_with_hint(str(error))) from None
+
+
+def _with_hint(message: str) -> str:
+    """Add how to provide a missing variable: by hand, or through make dev's .agentq/env."""
+    missing = message.count(_MISSING)
+    if not missing or devenv.find(Path.cwd()) is not None:
+        return message
+    return (f"{message}; set {'them' if missing > 1 else 'it'}, or start `make dev` here first "
+            f"(agentq then reads the {devenv.ENV_FILE} it writes)")
+
+
+def _use_dev_env() -> None:
+    """Fill in the environment from make dev's .agentq/env in this checkout, saying so."""
+    path = devenv.find(Path.cwd())
+    if path is None:
+        return
+    taken = devenv.load(path)
+    if taken:
+        click.echo(f"agentq: using {os.path.relpath(path)} (make dev's servers) for "
+                   f"{', '.join(taken)}", err=True)
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """agentq: run slow LLM agents behind an HTTP API, reliably."""
+    # Not for `agentq dev`: it would take the servers it started last time for given ones.
+    if ctx.invoked_subcommand != "dev":
+        _use_dev_env()
 
 
 @main.command()
@@ -50,7 +78,6 @@ def worker(ctx: click.Context) -> None:
 
     Without --pool it is the Procfile's worker (--pool threads --concurrency 2: its engine
     holds AGENTQ_WORKER_SLOTS runs); --pool prefork is the cpu process's kind."""
-    import os
     import shutil
 
     args = list(ctx.args)

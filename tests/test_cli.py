@@ -1,23 +1,46 @@
-"""``agentq keys create`` prints the key alone; only its hash is stored."""
+"""``agentq keys create`` prints the key alone; only its hash is stored. In a checkout where
+``make dev`` wrote ``.agentq/env``, commands use its servers with no variables set."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import subprocess
+from pathlib import Path
 
 import httpx
 from sqlalchemy import select
 
+from agentq import dev
 from tests.conftest import ApiClient, Services
 from tests.harness import BIN, ROOT, ApiServer
 from worker.base.models import ApiKey, Tenant
 from worker.base.runtime import Runtime
 
 
-def agentq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "agentq"), *args], cwd=ROOT, env=env,
+def agentq(*args: str, env: dict[str, str],
+           cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "agentq"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
+
+
+def checkout(root: Path, **variables: str) -> Path:
+    """A checkout at ``root`` whose ``.agentq/env`` holds ``variables``, written as
+    ``make dev`` writes it; returns a directory inside it to run commands from."""
+    (root / ".git").mkdir(parents=True)
+    (root / ".agentq").mkdir()
+    dev._write_env(root / ".agentq" / "env", **variables)
+    (root / "docs").mkdir()
+    return root / "docs"
+
+
+def without_servers(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in {"DATABASE_URL", "REDIS_URL", "BROKER_URL"}}
+
+
+def tenant_exists(runtime: Runtime, name: str) -> bool:
+    with runtime.db.transaction() as session:
+        return session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None
 
 
 def test_keys_create_prints_only_the_key_and_stores_its_hash(
@@ -83,3 +106,62 @@ def test_dlq_replay_all_and_bad_usage(env: dict[str, str], api: ApiClient,
     assert usage.returncode == 2 and "pass --all" in usage.stderr
     unknown = agentq("dlq", "replay", "run_nope", env=env)
     assert unknown.returncode == 1 and "no such run: run_nope" in unknown.stderr
+
+
+def test_a_checkout_where_make_dev_ran_needs_no_variables(
+    tmp_path: Path, env: dict[str, str], services: Services, runtime: Runtime
+) -> None:
+    # Given make dev's .agentq/env in the checkout, and a shell with no DATABASE_URL
+    inside = checkout(tmp_path, DATABASE_URL=services.database_url,
+                      REDIS_URL=services.redis_url, AGENTQ_SECRET_KEY="x" * 40)
+    # When a key is made from a directory inside the checkout
+    result = agentq("keys", "create", "--tenant", "acme-devenv", env=without_servers(env),
+                    cwd=inside)
+    # Then it is made in make dev's database, and stderr says where the URLs came from
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("aq_") and tenant_exists(runtime, "acme-devenv")
+    # (AGENTQ_SECRET_KEY is set in the tests' environment, so the file's is not used)
+    assert result.stderr == ("agentq: using ../.agentq/env (make dev's servers) for "
+                             "DATABASE_URL, REDIS_URL\n")
+
+
+def test_variables_already_set_win_over_make_devs_env(
+    tmp_path: Path, env: dict[str, str], services: Services, runtime: Runtime
+) -> None:
+    # Given a file naming a database nobody listens on, and DATABASE_URL set in the shell
+    inside = checkout(tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:9/none",
+                      REDIS_URL=services.redis_url)
+    shell = {**without_servers(env), "DATABASE_URL": services.database_url}
+    # When a key is made
+    result = agentq("keys", "create", "--tenant", "acme-shell", env=shell, cwd=inside)
+    # Then the shell's database is used, and the file only fills in what the shell lacks
+    assert result.returncode == 0, result.stderr
+    assert tenant_exists(runtime, "acme-shell")
+    assert result.stderr == "agentq: using ../.agentq/env (make dev's servers) for REDIS_URL\n"
+
+
+def test_with_neither_file_nor_variable_the_error_names_database_url(tmp_path: Path) -> None:
+    # Given a checkout without .agentq/env, below a directory that has one
+    (tmp_path / ".agentq").mkdir()
+    dev._write_env(tmp_path / ".agentq" / "env", DATABASE_URL="postgresql://x@127.0.0.1:9/y")
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    # When a key is made there with nothing set
+    result = agentq("keys", "create", "--tenant", "t", env={"PATH": str(BIN)}, cwd=project)
+    # Then the other checkout's file is not read, and one line names DATABASE_URL and the fix
+    assert result.returncode == 2
+    assert result.stderr == ("Error: invalid configuration: DATABASE_URL is required but not "
+                             "set; set it, or start `make dev` here first (agentq then reads "
+                             "the .agentq/env it writes)\n")
+
+
+def test_agentq_dev_does_not_read_the_env_it_wrote(tmp_path: Path) -> None:
+    # Given the file a stopped make dev left, naming its embedded servers
+    inside = checkout(tmp_path, DATABASE_URL="postgresql://x@127.0.0.1:9/y",
+                      REDIS_URL="redis://127.0.0.1:9/0")
+    # When agentq dev starts again (stopped at once by a bad PORT)
+    result = agentq("dev", env={"PATH": str(BIN), "PORT": "0"}, cwd=inside)
+    # Then it did not take those servers for ones it was given to use
+    assert result.returncode == 2
+    assert result.stderr == ("Error: invalid configuration: PORT Input should be greater "
+                             "than 0\n")

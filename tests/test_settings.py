@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.harness import BIN, ROOT
+from tests.harness import BIN
 from worker.base.errors import ConfigurationError
-from worker.base.settings import load_settings
+from worker.base.settings import load_dev_settings, load_settings
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -39,6 +41,21 @@ def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "AGENTQ_MAX_BODY_BYTES" in message
 
 
+def test_variables_read_under_their_own_names_are_named_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given aliased variables missing or wrong in the environment itself (not overrides)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "http://nope")
+    monkeypatch.setenv("PORT", "0")
+    # Then each is named as it is set: DATABASE_URL, not AGENTQ_DATABASE_URL
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert re.search(r"(: |; )DATABASE_URL is required but not set", str(raised.value))
+    assert re.search(r"(: |; )REDIS_URL must be a Redis URL", str(raised.value))
+    with pytest.raises(ConfigurationError, match=r"(: |; )PORT Input should be greater"):
+        load_dev_settings()
+
+
 def test_agents_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTQ_AGENTS", "mypkg.agents, other.agents")
     settings = load_settings(database_url="postgres://x/y", redis_url=REDIS)
@@ -57,8 +74,10 @@ def test_broker_defaults_to_redis_and_can_be_rabbitmq() -> None:
     ["gunicorn", "--check-config", "api:create_app()"],
     ["agentq", "keys", "create", "--tenant", "t"],
 ])
-def test_processes_refuse_to_start_without_their_settings(command: list[str]) -> None:
-    result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=ROOT,
+def test_processes_refuse_to_start_without_their_settings(command: list[str],
+                                                          tmp_path: Path) -> None:
+    # Not in the checkout: agentq would read the .agentq/env a `make dev` there left.
+    result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=tmp_path,
                             env={"PATH": str(BIN)}, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "DATABASE_URL is required but not set" in result.stderr + result.stdout
