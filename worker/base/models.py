@@ -201,6 +201,17 @@ class Run(Base):
             unique=True,
             postgresql_where=text("schedule_id IS NOT NULL"),
         ),
+        Index(  # a child is made once per parent and name (worker.runs.children)
+            "ix_runs_parent_id_child_name",
+            "parent_id",
+            "child_name",
+            unique=True,
+            postgresql_where=text("parent_id IS NOT NULL"),
+        ),
+        Index("ix_runs_parent_id_id", "parent_id", "id",
+              postgresql_where=text("parent_id IS NOT NULL")),
+        Index("ix_runs_batch_id_id", "batch_id", "id",
+              postgresql_where=text("batch_id IS NOT NULL")),
         Index(
             "ix_runs_queued_queue",
             "queue",
@@ -279,6 +290,17 @@ class Run(Base):
     # The submit span's W3C traceparent (OpenTelemetry configured): attempts and deliveries
     # join its trace (worker.base.tracing).
     traceparent: Mapped[str | None] = mapped_column(String(55))
+    # The tree (worker.runs.children): the run that started it (with ctx.start) and the
+    # tree's first run; its name under its parent; how deep, how many it started; whether
+    # it outlives its parent's cancel. And the batch it came in, the run it was forked from.
+    parent_id: Mapped[str | None] = mapped_column(String(40))
+    root_id: Mapped[str | None] = mapped_column(String(40))
+    child_name: Mapped[str | None] = mapped_column(String(200))
+    depth: Mapped[int] = mapped_column(Integer, server_default="0")
+    children: Mapped[int] = mapped_column(Integer, server_default="0")
+    detached: Mapped[bool] = mapped_column(server_default=false())
+    batch_id: Mapped[str | None] = mapped_column(String(40))
+    forked_from: Mapped[dict[str, Any] | None]
     # What the run's LLM calls cost, summed as each call's step is stored.
     llm_calls: Mapped[int] = mapped_column(Integer, server_default="0")
     input_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -359,7 +381,7 @@ class Waitpoint(Base):
     __tablename__ = "waitpoints"
     __table_args__ = (
         CheckConstraint(f"status IN ({_values(WaitpointStatus)})", name="status"),
-        CheckConstraint("kind IN ('wait', 'sleep')", name="kind"),
+        CheckConstraint("kind IN ('wait', 'sleep', 'child')", name="kind"),
         Index("ix_waitpoints_run_id_name", "run_id", "name", unique=True),
     )
 
@@ -380,6 +402,19 @@ class Waitpoint(Base):
     completed_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     completed_at: Mapped[datetime | None]
+
+
+class Batch(Base):
+    """Runs submitted together (``POST /v1/runs/batch``)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_tenant_id_id", "tenant_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    completed_at: Mapped[datetime | None]  # its last run ended (batch.completed sent)
 
 
 class Schedule(Base):

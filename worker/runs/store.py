@@ -46,6 +46,14 @@ class NewRun:
     concurrency_max: int | None = None
     concurrency_strategy: str = "queue"
     traceparent: str | None = None  # the submit span's (worker.base.tracing)
+    # The tree (worker.runs.children), the batch, the fork: as the columns of the same names.
+    parent_id: str | None = None
+    root_id: str | None = None
+    child_name: str | None = None
+    depth: int = 0
+    detached: bool = False
+    batch_id: str | None = None
+    forked_from: dict[str, Any] | None = None
 
     @property
     def delayed(self) -> bool:
@@ -79,7 +87,8 @@ def _create_sql(slot: str | None) -> str:
                           timeout_s, session_id, metadata, webhook_url, reply_url,
                           request_id, queue, priority, lease_epoch, last_seq, start_at,
                           next_attempt_at, expires_at, schedule_id, scheduled_for,
-                          concurrency_key, concurrency_max, traceparent)
+                          concurrency_key, concurrency_max, traceparent, parent_id,
+                          root_id, child_name, depth, detached, batch_id, forked_from)
         SELECT %(id)s, %(tenant_id)s, %(agent)s,
                CASE WHEN timing.start_at > now() THEN 'scheduled' ELSE 'queued' END,
                CAST(%(input)s AS jsonb), 0,
@@ -90,7 +99,8 @@ def _create_sql(slot: str | None) -> str:
                coalesce(timing.start_at, now())
                    + make_interval(secs => CAST(%(ttl_s)s AS float8)),
                %(schedule_id)s, %(scheduled_for)s, %(concurrency_key)s, %(concurrency_max)s,
-               %(traceparent)s
+               %(traceparent)s, %(parent_id)s, %(root_id)s, %(child_name)s, %(depth)s,
+               %(detached)s, %(batch_id)s, CAST(%(forked_from)s AS jsonb)
         FROM timing {source}
         RETURNING *
     ), first AS (
@@ -146,7 +156,11 @@ def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
         "start_at": new.start_at, "delay_s": new.delay_s, "ttl_s": new.ttl_s,
         "schedule_id": new.schedule_id, "scheduled_for": new.scheduled_for,
         "concurrency_key": new.concurrency_key, "concurrency_max": new.concurrency_max,
-        "traceparent": new.traceparent,
+        "traceparent": new.traceparent, "parent_id": new.parent_id, "root_id": new.root_id,
+        "child_name": new.child_name, "depth": new.depth, "detached": new.detached,
+        "batch_id": new.batch_id,
+        "forked_from": None if new.forked_from is None else jsonb.dumps(new.forked_from,
+                                                                        what="forked_from"),
     }
 
 
