@@ -101,6 +101,9 @@ def test_a_run_is_one_trace_from_its_request_to_its_webhook(
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]
         [delivered] = wait_for(lambda: receiver.at("/traced"), timeout=30, what="the webhook")
+        # Neither a query string nor a waitpoint link's token reaches the trace backend.
+        httpx.get(f"{server.url}/v1/runs?api_key=sk_leak_in_query", headers=auth, timeout=10)
+        httpx.post(f"{server.url}/waitpoints/wp_leak.in_the_path", json={}, timeout=10)
     finally:
         server.stop()
 
@@ -136,6 +139,17 @@ def test_a_run_is_one_trace_from_its_request_to_its_webhook(
     # The receiver's own spans would join the trace: its request said where it belongs.
     assert delivered.headers["traceparent"].split("-")[1] == trace_id
     assert "content" not in str(chat.attributes)  # no prompt or answer in the spans
+    assert deliver.attributes["server.address"] == "127.0.0.1"
+
+    def scrubbed() -> list[Exported] | None:
+        spans = spans_in(collector)
+        seen = [s for s in spans if s.name in ("GET /v1/runs", "POST /waitpoints/<token>")]
+        return spans if len(seen) == 2 else None
+
+    everything = wait_for(scrubbed, timeout=20, what="the two requests' spans")
+    leaked = [s for s in everything if "leak" in repr(s.attributes)]
+    assert not leaked, leaked
+    assert "/traced" not in repr([s.attributes for s in everything])  # the webhook's URL
 
 
 def test_without_opentelemetry_configured_a_run_has_no_trace(api: Any,

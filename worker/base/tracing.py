@@ -14,9 +14,10 @@ carries its own ``traceparent`` header to the receiver.
 
 Spans: ``POST /v1/runs`` (Flask's instrumentation) > ``agentq.submit``; then, in the
 worker, ``agentq.queue`` (submission to first claim) and ``agentq.attempt`` per attempt >
-``agentq.step`` per durable step > ``chat {model}`` per LLM try, with the GenAI semantic
+``agentq.step`` per durable step > ``chat {model}`` per LLM call, with the GenAI semantic
 conventions' attributes (``gen_ai.*``) > the HTTP call (aiohttp's instrumentation); and
-``agentq.deliver`` per delivery attempt > the HTTP call (httpx's).
+``agentq.deliver`` per delivery attempt (its receiver's host, never its URL). No span holds
+a query string, a waitpoint link's token, a prompt or an answer.
 """
 
 from __future__ import annotations
@@ -112,21 +113,36 @@ def waited(name: str, *, seconds: float, within: str | None,
                       start_time=end - int(max(0.0, seconds) * 1e9)).end(end_time=end)
 
 
+# Attributes that may carry a URL's path or query: a waitpoint's link is a credential in
+# its path, and a query string may hold anything a client put there.
+_URL_ATTRIBUTES = ("http.target", "http.url", "url.full", "url.path", "url.query")
+
+
+def scrub(span: Span, status: str, headers: Any) -> None:
+    """The server span's URL attributes, as its response starts: its route (``/waitpoints/
+    <token>``), never its path or query."""
+    attributes = getattr(span, "attributes", None) or {}
+    route = str(attributes.get("http.route") or "unmatched")
+    for name in _URL_ATTRIBUTES:
+        if name in attributes:
+            span.set_attribute(name, route if name != "url.query" else "")
+
+
 def instrument_flask(app: Any) -> None:
     """HTTP server spans for the API, if tracing is on (the health and metrics routes
-    left out: scrapes and probes would drown the traces)."""
+    left out: scrapes and probes would drown the traces; URLs scrubbed: ``scrub``)."""
     if not _configured:
         return
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
     FlaskInstrumentor.instrument_app(  # type: ignore[no-untyped-call]
-        app, excluded_urls="health,metrics,static")
+        app, excluded_urls="health,metrics,static", response_hook=scrub)
 
 
 def instrument_clients() -> None:
-    """HTTP client spans for LLM calls (aiohttp) and webhook deliveries (httpx)."""
+    """HTTP client spans for LLM calls (aiohttp: the configured endpoint's URL, never its
+    key). Webhook deliveries are not instrumented: a receiver's URL may hold its secret
+    (a Slack hook's path, a token in the query); ``agentq.deliver`` says what matters."""
     if not _configured:
         return
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     AioHttpClientInstrumentor().instrument()
-    HTTPXClientInstrumentor().instrument()

@@ -119,6 +119,7 @@ def deliver(rt: Runtime, *, delivery_id: str) -> None:
         })
     with tracing.span("agentq.deliver", within=sending.traceparent, kind=SpanKind.CLIENT,
                       attributes={"agentq.delivery_id": delivery_id,
+                                  "server.address": httpx.URL(sending.url).host,
                                   "agentq.run_id": sending.run_id or "",
                                   "agentq.attempt": sending.attempt}) as span:
         traceparent = tracing.traceparent()
