@@ -709,3 +709,149 @@ def test_another_tenants_waitpoint_is_not_found_and_a_reader_cannot_answer(
     assert api.post(action.replace("/runs/", "/v1/runs/"),
                     json={"data": {"approved": False}}).status_code == 202  # free it
     assert api.wait(run["id"])["status"] == "succeeded"
+
+
+# Pictures: a run's timeline, the runs ended per minute --------------------------------------
+
+def test_a_retried_runs_timeline_shows_its_attempts_and_the_steps_each_ran_or_reused(
+        dashboard: Dashboard) -> None:
+    from playwright.sync_api import expect
+
+    # Given a run whose first attempt stored step "a" then failed in "b", and whose second
+    # got "a" back and ran "b"
+    with dashboard.api() as client:
+        run = client.post("/v1/runs?wait=10", json={"agent": "test.durable"}).json()
+    assert run["status"] == "succeeded" and run["attempt"] == 2
+    # When its page is opened
+    page = dashboard.page
+    page.goto(f"/runs/{run['id']}")
+    page.wait_for_selector("#stream-state:text('finished')")
+    page.wait_for_load_state("networkidle")  # the panel, fetched again after the last event
+    # Then its timeline has a row per attempt, each followed by its steps, titled with what
+    # they were, and the same rows in a table for screen readers
+    rows = page.locator("#run-timeline svg.waterfall g.wf-row")
+    expect(rows).to_have_count(5)
+    titles = rows.locator("title").all_text_contents()
+    for title, expected in zip(titles, [
+            r"Attempt 1: failed, [\d.]+ m?s; started at 0 s",
+            r"Step a \(attempt 1\): [\d.]+ m?s; started at [\d.]+ m?s",
+            r"Attempt 2: succeeded, [\d.]+ m?s; started at [\d.]+ m?s",
+            r"Step a \(attempt 2\): reused from attempt 1, not run again; started at .+",
+            r"Step b \(attempt 2\): [\d.]+ m?s; started at .+"], strict=True):
+        assert re.fullmatch(expected, title), title
+    assert rows.evaluate_all("rows => rows.map(r => r.querySelector('rect').classList[1])") \
+        == ["failed", "step", "succeeded", "reused", "step"]
+    widths = rows.locator("rect").evaluate_all(
+        "bars => bars.map(b => parseFloat(b.getAttribute('width')))")
+    assert all(0 < width <= 100 for width in widths)
+    svg = page.locator("#run-timeline svg.waterfall")
+    assert svg.get_attribute("role") == "img"
+    assert (svg.get_attribute("aria-label") or "").startswith("2 attempts and 3 steps over ")
+    assert page.locator("#run-timeline .tick-label").first.text_content() == "0 s"
+    assert page.locator("#run-timeline .visually-hidden tbody tr").count() == 5
+    page.locator("section[aria-labelledby=timeline-title]").screenshot(
+        path=str(OUTPUT / "run-timeline.png"))
+    # On a phone it fits the screen, without scrolling sideways
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth"
+                         " - document.documentElement.clientWidth") <= 1
+    box = svg.bounding_box()
+    assert box is not None and 300 < box["width"] < PHONE["width"]
+    page.locator("section[aria-labelledby=timeline-title]").screenshot(
+        path=str(OUTPUT / "run-timeline-phone.png"))
+
+
+def test_the_timeline_grows_as_steps_finish_and_a_replay_reuses_them(
+        dashboard: Dashboard) -> None:
+    from playwright.sync_api import expect
+
+    # Given a run of durable steps (parse, query:1, query:2, evaluate:1), open while it runs
+    page = dashboard.page
+    with dashboard.api() as client:
+        run = client.post("/v1/runs", json={"agent": "demo.research", "input": {
+            "question": "Why is the sky blue and why are sunsets red?", "phase_s": 2.5}}).json()
+    page.goto(f"/runs/{run['id']}")
+    page.wait_for_selector("#stream-state:text('live')")
+    timeline = page.locator("#run-timeline")
+    # Then its first step is drawn once it finishes, beside the running attempt (no reload)
+    expect(timeline.locator("g.wf-row.step")).to_have_count(1, timeout=15_000)
+    expect(timeline.locator(".wf-bar.running")).to_have_count(1)
+    # When it is cancelled during its queries (it stops after them) and replayed
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_selector("#run-status:text('cancelled')", timeout=30_000)
+    page.get_by_role("button", name="Replay").click()
+    page.wait_for_selector("#run-status:text('succeeded')", timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    # Then the second attempt got back every step the first stored, and ran the rest
+    kinds = timeline.locator("g.wf-row").evaluate_all(
+        "rows => rows.map(r => r.classList[1] + ':' + r.querySelector('rect').classList[1])")
+    first = kinds.index("attempt:succeeded")
+    assert kinds[0] == "attempt:cancelled" and first > 1, kinds
+    ran_first = kinds[1:first]
+    assert ran_first == ["step:step"] * len(ran_first)
+    assert kinds[first + 1:] == ["reused:reused"] * len(ran_first) \
+        + ["step:step"] * (4 - len(ran_first))
+    expect(timeline.locator(".wf-bar.running")).to_have_count(0)
+    path = OUTPUT / "run-timeline-replayed.png"
+    page.locator("section[aria-labelledby=timeline-title]").screenshot(path=str(path))
+    if os.environ.get("AGENTQ_UPDATE_SCREENSHOTS"):
+        shutil.copy(path, ROOT / "docs" / "dashboard-waterfall.png")
+
+
+def test_an_llm_calls_row_names_its_model_and_its_tokens(dashboard: Dashboard) -> None:
+    from playwright.sync_api import expect
+
+    with dashboard.api() as client:
+        chat = client.post("/v1/runs?wait=10", json={"agent": "llm.chat", "input": {
+            "messages": [{"role": "user", "content": "hello timeline"}]}}).json()
+    assert chat["status"] == "succeeded", chat
+    dashboard.page.goto(f"/runs/{chat['id']}")
+    call = dashboard.page.locator("#run-timeline g.wf-row.llm")
+    expect(call).to_have_count(1)
+    model = chat["result"]["model"]
+    expect(call.locator("text")).to_have_text(re.compile(
+        rf"^chat · {re.escape(model)} · 10 in / 5 out · [\d.]+ m?s$"))
+    assert f"{model}, 10 tokens in, 5 out" in (call.locator("title").text_content() or "")
+
+
+def test_the_runs_page_charts_the_runs_ended_in_each_minute_of_the_last_hour(
+        dashboard: Dashboard, runtime: Runtime, api_server: ApiServer) -> None:
+    from playwright.sync_api import expect
+
+    # Given a run that succeeded and one dead-lettered (and another tenant's, not counted)
+    with dashboard.api() as client:
+        ok = client.post("/v1/runs?wait=10", json={"agent": "echo"}).json()
+        dead = client.post("/v1/runs?wait=10", json={
+            "agent": "flaky", "input": {"failures": 1}, "max_attempts": 1}).json()
+    assert (ok["status"], dead["status"]) == ("succeeded", "dead_lettered")
+    with httpx.Client(base_url=api_server.url, timeout=30, headers={
+            "Authorization": f"Bearer {make_tenant(runtime).key}"}) as other:
+        theirs = other.post("/v1/runs?wait=10", json={"agent": "echo"}).json()
+    assert theirs["status"] == "succeeded"
+    # When the runs page is opened
+    page = dashboard.page
+    page.goto("/runs")
+    # Then its chart has a column per minute, and the two runs are counted in theirs
+    columns = page.locator("#runs-chart svg.chart g.chart-col")
+    expect(columns).to_have_count(60)
+    counts = columns.evaluate_all(
+        "cols => cols.map(c => [+c.dataset.ago, +c.dataset.succeeded, +c.dataset.failed])")
+    assert [ago for ago, _, _ in counts] == list(range(59, -1, -1))
+    assert sum(ok for _, ok, _ in counts) == 1 and sum(bad for _, _, bad in counts) == 1
+    busy = [i for i, (_, ok, bad) in enumerate(counts) if ok or bad]
+    assert busy and all(i >= 58 for i in busy)  # this minute's, or the one before
+    assert columns.locator("rect.seg.succeeded").count() == 1
+    assert columns.locator("rect.seg.failed").count() == 1
+    legend = page.locator("#runs-chart .legend")
+    expect(legend).to_contain_text("succeeded 1")
+    expect(legend).to_contain_text("failed or dead-lettered 1")
+    svg = page.locator("#runs-chart svg.chart")
+    assert (svg.get_attribute("aria-label") or "").startswith("In the last hour 2 runs ended")
+    assert page.locator("#runs-chart .visually-hidden tbody tr").count() == len(busy)
+    # The chart alone, as the page fetches it again, is the tenant's own
+    cookies = {c["name"]: c["value"] for c in dashboard.context.cookies()}
+    with httpx.Client(base_url=api_server.url, cookies=cookies) as client:
+        assert client.get("/runs/chart").text.count('class="chart-col"') == 60
+        assert client.get(f"/runs/{ok['id']}/timeline").status_code == 200
+        assert client.get(f"/runs/{theirs['id']}/timeline").status_code == 404
+    dashboard.shot("runs-chart")

@@ -1,6 +1,6 @@
-"""Runs on the dashboard: the live list, starting one, a run's page with its events,
-cancel and replay, and its waitpoints (answered with a form made from their JSON Schema);
-dead letters; the status strip."""
+"""Runs on the dashboard: the live list with its chart of the last hour, starting one, a
+run's page with its timeline and events, cancel and replay, and its waitpoints (answered
+with a form made from their JSON Schema); dead letters; the status strip."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,12 +21,13 @@ from werkzeug.wrappers.response import Response as BaseResponse
 
 from api import events as event_stream
 from api.bodies import query
+from api.dashboard import pictures
 from api.dashboard.access import bp, describe, form, local, needs
 from api.deps import principal, runtime
 from api.schemas import EventsQuery, RunCreate, WaitpointComplete
 from worker.access import keys
 from worker.base.errors import AgentqError, Conflict, InvalidRequest, LimitExceeded, NotFound
-from worker.base.models import Run, RunStatus, Waitpoint
+from worker.base.models import TERMINAL_STATUSES, Run, RunAttempt, RunStatus, RunStep, Waitpoint
 from worker.base.queues import Dispatch
 from worker.delivery import webhooks
 from worker.runs import admission, dispatch, observe, steps, store, waits
@@ -65,13 +66,17 @@ def _runs(where: store.RunFilter) -> list[dict[str, Any]]:
     return [run_view(run) for run in items]
 
 
+def _list_page(**extra: Any) -> str:
+    where, chosen = _filters()
+    return render_template("dashboard/runs.html", runs=_runs(where), chosen=chosen,
+                           agents=runtime().registry.names(), chart=_chart(),
+                           statuses=[s.value for s in RunStatus], since=list(SINCE), **extra)
+
+
 @bp.get("/runs")
 @needs(keys.READ)
 def runs_page() -> str:
-    where, chosen = _filters()
-    return render_template("dashboard/runs.html", runs=_runs(where), chosen=chosen,
-                           agents=runtime().registry.names(),
-                           statuses=[s.value for s in RunStatus], since=list(SINCE))
+    return _list_page()
 
 
 @bp.get("/runs/rows")
@@ -109,25 +114,70 @@ def start_run() -> Any:
 
 
 def _back_to_form(agent: str, raw: str) -> tuple[str, int]:
-    where, chosen = _filters()
-    return render_template("dashboard/runs.html", runs=_runs(where), chosen=chosen,
-                           agents=runtime().registry.names(),
-                           statuses=[s.value for s in RunStatus], since=list(SINCE),
-                           form={"agent": agent, "input": raw}), 422
+    return _list_page(form={"agent": agent, "input": raw}), 422
+
+
+# The chart of the last hour: runs ended per minute ----------------------------------------
+
+FAILED = (RunStatus.FAILED, RunStatus.DEAD_LETTERED)  # as the status strip's Failures/min
+OTHER = (RunStatus.CANCELLED, RunStatus.EXPIRED)
+
+
+def _ended_per_minute(db: Session, *, tenant_id: str) -> pictures.Chart:
+    """The tenant's runs ended in each of the last 60 minutes, in one grouped query: a
+    range of ix_runs_tenant_id_finished_at, so its cost is the hour's runs, not all."""
+    this_minute = db.scalar(select(func.date_trunc("minute", func.now())))
+    assert this_minute is not None
+    minute = func.date_trunc("minute", Run.finished_at)
+    rows = db.execute(
+        select(minute, func.count().filter(Run.status == RunStatus.SUCCEEDED),
+               func.count().filter(Run.status.in_(FAILED)),
+               func.count().filter(Run.status.in_(OTHER)))
+        .where(Run.tenant_id == tenant_id,
+               Run.finished_at >= this_minute - timedelta(minutes=pictures.MINUTES - 1),
+               Run.status.in_(list(TERMINAL_STATUSES)))
+        .group_by(minute))
+    return pictures.per_minute({at: pictures.Ended(int(ok), int(failed), int(other))
+                                for at, ok, failed, other in rows}, this_minute=this_minute)
+
+
+def _chart() -> pictures.Chart:
+    with runtime().db.autocommit() as db:
+        return _ended_per_minute(db, tenant_id=principal().tenant_id)
+
+
+@bp.get("/runs/chart")
+@needs(keys.READ)
+def runs_chart() -> str:
+    """The chart alone, for the runs page to redraw it."""
+    return render_template("dashboard/_runs_chart.html", chart=_chart())
+
+
+# A run's page ---------------------------------------------------------------------------------
+
+def _waterfall(tried: Iterable[RunAttempt], stored: Iterable[Any]) -> pictures.Waterfall | None:
+    """The run's timeline from its attempts and its steps (RunSteps, or rows of their
+    name, attempt, finished_at, duration_ms and usage)."""
+    return pictures.waterfall(
+        [pictures.Attempt(a.attempt, a.started_at, a.finished_at, a.outcome) for a in tried],
+        [pictures.Step(s.name, s.attempt, s.finished_at, s.duration_ms, s.usage)
+         for s in stored], now=datetime.now(UTC))
 
 
 def _run_details(run_id: str, answer: Answer | None = None) -> dict[str, Any]:
     tenant_id = principal().tenant_id
     with runtime().db.autocommit() as db:
         run = store.get(db, tenant_id=tenant_id, run_id=run_id)
+        tried, stored = attempts(db, run_id=run_id), steps.listed(db, run_id=run_id)
         return {
             **_waitpoints(db, run_id=run_id, answer=answer),
             "run": run_view(run),
             "last_seq": run.last_seq,
             "terminal": RunStatus(run.status).is_terminal,
             "replayable": run.status in store.REPLAYABLE,
-            "attempts": [attempt_view(a) for a in attempts(db, run_id=run_id)],
-            "steps": [step_view(s) for s in steps.listed(db, run_id=run_id)],
+            "attempts": [attempt_view(a) for a in tried],
+            "steps": [step_view(s) for s in stored],
+            "timeline": _waterfall(tried, stored),
             "deliveries": [delivery_view(d) for d in  # receivers' URLs and answers: admin
                            webhooks.deliveries(db, tenant_id=tenant_id, run_id=run_id)]
             if keys.ADMIN in principal().scopes else None,
@@ -154,6 +204,20 @@ def run_waitpoints(run_id: str) -> str:
 @needs(keys.READ)
 def run_panel(run_id: str) -> str:
     return render_template("dashboard/_run_panel.html", **_run_details(run_id))
+
+
+@bp.get("/runs/<run_id>/timeline")
+@needs(keys.READ)
+def run_timeline(run_id: str) -> str:
+    """The run's timeline alone, for the page to redraw it as steps finish (read without
+    the steps' results: it is fetched again after each of them)."""
+    with runtime().db.autocommit() as db:
+        store.get(db, tenant_id=principal().tenant_id, run_id=run_id)
+        stored = db.execute(select(RunStep.name, RunStep.attempt, RunStep.finished_at,
+                                   RunStep.duration_ms, RunStep.usage)
+                            .where(RunStep.run_id == run_id)).all()
+        timeline = _waterfall(attempts(db, run_id=run_id), stored)
+    return render_template("dashboard/_run_timeline.html", timeline=timeline)
 
 
 @bp.get("/runs/<run_id>/events")

@@ -30,23 +30,30 @@ function pollStatus() {
   setInterval(refresh, 10000);
 }
 
-// The runs list: its rows are fetched again every 2 s (with the page's filters). Rows are
-// replaced only when they changed, and never under the keyboard focus (it would be lost).
-function pollRows() {
-  const rows = document.getElementById("run-rows");
-  if (!rows) return;
+// A part of the page fetched again (its data-src) every `ms`: replaced only when it
+// changed, and never under the keyboard focus (it would be lost).
+function poll(id, ms) {
+  const part = document.getElementById(id);
+  if (!part) return;
   let shown = null;
   setInterval(() => {
-    if (document.hidden || rows.contains(document.activeElement)) return;
-    fetch(rows.dataset.src).then((r) => (r.ok ? r.text() : null))
+    if (document.hidden || part.contains(document.activeElement)) return;
+    fetch(part.dataset.src).then((r) => (r.ok ? r.text() : null))
       .then((html) => {
         if (html === null || html === shown) return;
         shown = html;
-        rows.innerHTML = html;
-        localTimes(rows);
+        part.innerHTML = html;
+        localTimes(part);
       })
       .catch(() => {});
-  }, 2000);
+  }, ms);
+}
+
+// The runs list: its rows every 2 s (with the page's filters); the chart of the last hour,
+// whose columns are minutes, every 20 s.
+function pollRuns() {
+  poll("run-rows", 2000);
+  poll("runs-chart", 20000);
 }
 
 function describeStatus(data) {
@@ -60,7 +67,9 @@ function describeStatus(data) {
 }
 
 // A run's page: its events arrive over EventSource, which resumes after a dropped
-// connection by sending Last-Event-ID; a status event refreshes the panel above.
+// connection by sending Last-Event-ID; a status event refreshes the panel above, a
+// finished step the timeline in it (also redrawn every 5 s while the run goes on, as a
+// running attempt's bar reaches "now").
 function followRun() {
   const list = document.getElementById("events");
   if (!list) return;
@@ -84,6 +93,22 @@ function followRun() {
         localTimes(points);
       })
       .catch(() => {});
+  };
+  let redrawing = null;
+  let drawn = null;
+  const redraw = () => {
+    clearTimeout(redrawing);
+    redrawing = setTimeout(() => {
+      const timeline = document.getElementById("run-timeline");  // the panel's, as it is now
+      if (!timeline) return;
+      fetch(timeline.dataset.src).then((r) => (r.ok ? r.text() : null))
+        .then((html) => {
+          if (html === null || html === drawn) return;
+          drawn = html;
+          timeline.innerHTML = html;
+        })
+        .catch(() => {});
+    }, 300);
   };
   const refreshPanel = () => {
     clearTimeout(refreshing);
@@ -151,8 +176,9 @@ function followRun() {
   };
   const add = (type, message) => {
     const data = JSON.parse(message.data);
-    if (type === "progress" && data.phase === "step.finished" && calls.has(data.step)) {
-      mark(calls.get(data.step), "finished");
+    if (type === "progress" && data.phase === "step.finished") {
+      if (calls.has(data.step)) mark(calls.get(data.step), "finished");
+      redraw();
     }
     const item = document.createElement("li");
     item.dataset.seq = message.lastEventId;
@@ -171,6 +197,11 @@ function followRun() {
     return data;
   };
   const source = new EventSource(list.dataset.src);
+  const since = Number(list.dataset.lastSeq || 0);  // the run's last event when the page was made
+  const ticking = setInterval(() => {
+    if (source.readyState === EventSource.CLOSED) clearInterval(ticking);
+    else if (!document.hidden) redraw();
+  }, 5000);
   source.onopen = () => { if (state) state.textContent = "live"; };
   // A dropped connection is retried by the browser (with Last-Event-ID); a refusal (signed
   // out, key revoked) closes the source for good.
@@ -187,7 +218,10 @@ function followRun() {
   source.addEventListener("status", (message) => {
     const data = add("status", message);
     refreshPanel();
-    if (["succeeded", "failed", "cancelled", "dead_lettered"].includes(data.status)) {
+    const ended = ["succeeded", "failed", "cancelled", "dead_lettered", "expired"];
+    // An end older than the page is one a replay went past: the stream stops there and the
+    // browser reconnects after it (Last-Event-ID), so the page follows the replay.
+    if (ended.includes(data.status) && Number(message.lastEventId) >= since) {
       source.close();  // the stream ends after the terminal event; do not reconnect
       for (const found of calls.values()) {
         if (found.block.dataset.state === "writing") mark(found, "stopped");
@@ -200,6 +234,6 @@ function followRun() {
 document.addEventListener("DOMContentLoaded", () => {
   localTimes(document);
   pollStatus();
-  pollRows();
+  pollRuns();
   followRun();
 });
