@@ -97,7 +97,8 @@ def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal,
     settings = rt.settings
 
     def generate() -> Iterator[str]:
-        started, sent = time.monotonic(), 0
+        started, sent, last, terminal = time.monotonic(), 0, after, False
+        ended: str | None = None  # what cut the stream off, if not follow's own end
         try:
             yield f"retry: {RECONNECT_MS}\n\n"
             with Grants.of(rt).hold(caller, max_s=settings.stream_max_s) as grant:
@@ -110,19 +111,31 @@ def stream(rt: Runtime, run_id: str, after: int, *, caller: Principal,
                                "every second)\n\n")
                         continue
                     sent += 1
+                    if isinstance(event, Event):
+                        last, terminal = event.seq, event.is_terminal
                     yield frame(event)
                 if grant.reason in (grants.REVOKED, grants.EXPIRED):
+                    ended = grant.reason
                     yield f": ended: {grant.why}\n\n"
         except (OperationalError, InterfaceError, PoolTimeout) as error:
+            ended = "database_unavailable"
             log.warning("event stream ended: the database is unavailable",
                         extra={"run_id": run_id, "error": type(error).__name__})
             yield "event: unavailable\ndata: " + json.dumps({
                 "type": "database_unavailable", "retry_after_s": RECONNECT_MS // 1000,
                 "detail": "the event log cannot be read now; reconnect with Last-Event-ID "
                           "(the last id received) to get exactly what was missed"}) + "\n\n"
+        except GeneratorExit:  # the server closes the generator: the client went away
+            ended = "client_gone"
+            raise
+        except Exception:
+            ended = "error"
+            log.exception("event stream failed", extra={"run_id": run_id, "last_seq": last})
+            raise
         finally:
             log.info("event stream closed", extra={
-                "run_id": run_id, "events": sent,
+                "run_id": run_id, "events": sent, "last_seq": last, "terminal": terminal,
+                "ended": ended,
                 "duration_ms": round((time.monotonic() - started) * 1000, 1)})
 
     response = Response(generate(), mimetype=EVENT_STREAM)

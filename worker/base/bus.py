@@ -47,6 +47,7 @@ RESYNC = "resync"  # what a watcher receives when it may have missed events
 _WATCH_BACKLOG = 1000
 _PUBLISH_BACKLOG = 100_000  # announcements waiting for the publisher thread (then dropped)
 _PUBLISH_BATCH = 500  # announcements in one pipeline at most
+_POOL_SIZE = 100  # connections of one client at most (redis-py's default bound)
 
 
 # (publish | append | expire | add | remove | delete | barrier, key, value)
@@ -79,13 +80,20 @@ class _GuardedPipeline(redis.client.Pipeline):
 
 
 def _client(redis_url: str, timeout_s: float, *, guarded: bool = False) -> redis.Redis:
-    """A client whose every call ends within ``timeout_s`` (a link that hangs included)."""
-    options: dict[str, Any] = {"socket_timeout": timeout_s,
-                               "socket_connect_timeout": min(2.0, timeout_s),
-                               "socket_keepalive": True, "health_check_interval": 30}
+    """A client whose every call ends within ``timeout_s`` (a link that hangs included).
+
+    Its pool holds ``_POOL_SIZE`` connections, and a call that finds them all in use waits
+    (``timeout_s`` at most) for one to come back. redis-py's own pool raises at once
+    instead (``MaxConnectionsError``, past 100): 200 streams of one API process reading a
+    call's list at its step's end would then fail, and trip the breaker as though Redis
+    were down, for a pool that was only busy for a millisecond."""
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=_POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
+        socket_connect_timeout=min(2.0, timeout_s), socket_keepalive=True,
+        health_check_interval=30)
     if not guarded:
-        return redis.Redis.from_url(redis_url, **options)
-    client = _Guarded.from_url(redis_url, **options)
+        return redis.Redis.from_pool(pool)
+    client = _Guarded.from_pool(pool)
     assert isinstance(client, _Guarded)
     client.breaker = breakers.of(redis_url, reset_s=timeout_s)
     return client

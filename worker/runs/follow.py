@@ -22,6 +22,7 @@ from typing import Literal, overload
 
 import redis
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from worker.access.grants import Grant
 from worker.base.bus import RESYNC, Watch
@@ -79,28 +80,32 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
     behind, read_at = True, time.monotonic()
     while True:
         if grant is not None and grant.ended:
+            _stopped(run_id, last, f"grant ended ({grant.reason})")
             return
         if behind:
             read_at = time.monotonic()
-            caught_up = _catch_up(rt, run_id, last)
+            caught_up, over = _catch_up(rt, run_id, last)
             for event in caught_up:
                 if tracker is not None:
                     yield from _rest_before(rt, tracker, event)
                 yield event
                 last = event.seq
                 if event.is_terminal:
+                    _stopped(run_id, last, "terminal event (read from the log)")
                     return
                 if tracker is not None:
                     _step_ended(tracker, event)
             if len(caught_up) == _BATCH:
                 continue
-            if not caught_up and _has_ended(rt, run_id):
+            if over:
+                _stopped(run_id, last, "the run had ended, its last event sent already")
                 return
             behind = False
             if tracker is not None:
                 yield from _tokens_caught_up(rt, tracker)
         left = deadline - time.monotonic()
         if left <= 0:
+            _stopped(run_id, last, "max_s reached")
             return
         tick = tick_s if rt.bus.hub.live else min(tick_s, POLL_S)
         item = watch.next(timeout=min(tick, left))
@@ -129,11 +134,16 @@ def _follow(rt: Runtime, watch: Watch, run_id: str, last: int, tick_s: float,
             yield item
             last = item.seq
             if item.is_terminal:
+                _stopped(run_id, last, "terminal event (heard live)")
                 return
             if tracker is not None:
                 _step_ended(tracker, item)
         elif item.seq > last + 1:
             behind = True  # a gap: read what is missing from Postgres
+
+
+def _stopped(run_id: str, last: int, why: str) -> None:
+    log.info("follow stopped", extra={"run_id": run_id, "last_seq": last, "why": why})
 
 
 def _rest_before(rt: Runtime, tracker: Tracker, event: Event) -> Iterator[Token]:
@@ -152,8 +162,11 @@ def _rest_before(rt: Runtime, tracker: Tracker, event: Event) -> Iterator[Token]
             continue
         try:
             call = rt.bus.call(tracker.run_id, step)
-        except redis.RedisError:
-            return  # the text stops where it was; the result has all of it
+        except redis.RedisError as error:  # the text stops where it was; the result has it
+            log.warning("the rest of a call's text unavailable", extra={
+                "run_id": tracker.run_id, "step": step,
+                "error": f"{type(error).__name__}: {error}"})
+            return
         if call is not None:
             yield from tracker.catch_up({step: call})
 
@@ -175,12 +188,20 @@ def _tokens_caught_up(rt: Runtime, tracker: Tracker) -> Iterator[Token]:
     yield from tracker.catch_up(calls)
 
 
-def _catch_up(rt: Runtime, run_id: str, last: int) -> list[Event]:
+def _catch_up(rt: Runtime, run_id: str, last: int) -> tuple[list[Event], bool]:
+    """The events after ``last`` (a batch at most), and whether there will be no more: the
+    run has ended (or is gone) and ``last`` is its last event."""
     with rt.db.autocommit() as session:
-        return events.after(session, run_id=run_id, seq=last, limit=_BATCH)
+        found = events.after(session, run_id=run_id, seq=last, limit=_BATCH)
+        if found or not _has_ended(session, run_id):
+            return found, False
+        # Each statement reads what was committed when it began: a run that ended after
+        # the log was read and before its status was has its last events (committed with
+        # its status) after ``last``, unsent. Read the log again, now that it has ended.
+        found = events.after(session, run_id=run_id, seq=last, limit=_BATCH)
+        return found, not found
 
 
-def _has_ended(rt: Runtime, run_id: str) -> bool:
-    with rt.db.autocommit() as session:
-        status = session.scalar(select(Run.status).where(Run.id == run_id))
+def _has_ended(session: Session, run_id: str) -> bool:
+    status = session.scalar(select(Run.status).where(Run.id == run_id))
     return status is None or RunStatus(status).is_terminal
