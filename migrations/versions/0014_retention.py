@@ -5,7 +5,8 @@ Revises: 0013
 Create Date: 2026-12-04 10:00:00
 
 - runs: the ended runs by ``finished_at`` and the dismissed dead letters by
-  ``discarded_at``, so that the sweeper's retention reads the oldest first and stops.
+  ``discarded_at`` (then ``id``: a batch goes on from where the last one stopped), so that
+  the sweeper's retention reads the oldest first and stops.
 - inbound_events: by ``run_id`` (deleting a run sets its inbound events' ``run_id`` to
   NULL; without an index each deleted run reads the whole table) and by ``received_at``
   (deduplication records are kept as long as runs are).
@@ -28,9 +29,9 @@ ENDED = "status IN ('succeeded', 'failed', 'cancelled', 'expired')"
 
 def upgrade() -> None:
     with op.get_context().autocommit_block():  # both tables stay writable while these build
-        op.create_index("ix_runs_ended_finished_at", "runs", ["finished_at"],
+        op.create_index("ix_runs_ended_finished_at", "runs", ["finished_at", "id"],
                         postgresql_concurrently=True, postgresql_where=sa.text(ENDED))
-        op.create_index("ix_runs_discarded_at", "runs", ["discarded_at"],
+        op.create_index("ix_runs_discarded_at", "runs", ["discarded_at", "id"],
                         postgresql_concurrently=True,
                         postgresql_where=sa.text("discarded_at IS NOT NULL"))
         op.create_index("ix_inbound_events_run_id", "inbound_events", ["run_id"],

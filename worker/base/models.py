@@ -232,11 +232,13 @@ class Run(Base):
         Index(  # retention: the ended runs, oldest first (worker.runs.retention)
             "ix_runs_ended_finished_at",
             "finished_at",
+            "id",
             postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled', 'expired')"),
         ),
         Index(  # retention: the dismissed dead letters, oldest first
             "ix_runs_discarded_at",
             "discarded_at",
+            "id",
             postgresql_where=text("discarded_at IS NOT NULL"),
         ),
     )
@@ -301,6 +303,8 @@ class Run(Base):
     detached: Mapped[bool] = mapped_column(server_default=false())
     batch_id: Mapped[str | None] = mapped_column(String(40))
     forked_from: Mapped[dict[str, Any] | None]
+    # Attempts deferred for want of room (an LLM rate limit): free, up to a bound.
+    deferrals: Mapped[int] = mapped_column(Integer, server_default="0")
     # What the run's LLM calls cost, summed as each call's step is stored.
     llm_calls: Mapped[int] = mapped_column(Integer, server_default="0")
     input_tokens: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.runs import attempts, delays, dispatch, idempotency, store, waits
+from worker.runs import attempts, delays, dispatch, idempotency, retention, store, waits
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def sweep(rt: Runtime, *, also: Sequence[Repair] = ()) -> None:
         redispatch_unpublished,
         redispatch_lost,
         idempotency.purge_expired,
+        purge_old_runs,
         *also,
     )
     for repair in repairs:
@@ -124,3 +126,16 @@ def redispatch_lost(rt: Runtime) -> int:
             dispatch.mark_dispatched(session, run_ids=sent)
         total += len(sent)
     return total
+
+
+def purge_old_runs(rt: Runtime) -> int:
+    """Delete what ended more than ``AGENTQ_RETENTION_DAYS`` ago, a few batches a sweep
+    (a backlog goes over the next sweeps); 0 days keeps everything."""
+    days = rt.settings.retention_days
+    if not days:
+        return 0
+    older_than = retention.at_least_ttl(rt.settings, timedelta(days=days))
+    deleted = retention.purge(rt.db, older_than=older_than)
+    if deleted["runs"] or deleted["inbound_events"]:
+        log.info("retention: deleted what ended %d days ago", days, extra={"deleted": deleted})
+    return deleted["runs"]
