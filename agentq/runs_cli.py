@@ -1,9 +1,11 @@
-"""``agentq runs``: an operator's view of runs across tenants: list, show, cancel, replay,
-resume (complete a waitpoint)."""
+"""``agentq runs``: an operator's view of runs across tenants: list, show, tree, cancel,
+replay, resume (complete a waitpoint), purge (retention by hand)."""
 
 from __future__ import annotations
 
 import json
+import time
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -15,7 +17,7 @@ from worker.base.models import Run, RunStatus, Tenant
 from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.delivery import webhooks
-from worker.runs import admission, attempts, dispatch, events, store, waits
+from worker.runs import admission, attempts, dispatch, events, retention, store, waits
 from worker.runs.views import attempt_view, delivery_view, event_view, iso, run_view
 
 
@@ -32,9 +34,25 @@ def _find(session: Session, run_id: str) -> Run:
     return run
 
 
+class Duration(click.ParamType[timedelta, Any]):
+    """A duration such as 7d, 12h, 30m, 90s or 2w, as a timedelta."""
+
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        amount, unit = str(value).strip()[:-1], str(value).strip()[-1:].lower()
+        if unit not in self.UNITS or not amount.isdigit() or int(amount) == 0:
+            self.fail(f"{value!r} is not a duration such as 7d, 12h, 30m or 90s", param, ctx)
+        return timedelta(seconds=int(amount) * self.UNITS[unit])
+
+
 @click.group("runs")
 def runs_group() -> None:
-    """Runs of every tenant: list, show (the whole story), cancel, replay."""
+    """Runs of every tenant: list, show (the whole story), tree, cancel, replay, purge."""
 
 
 @runs_group.command("list")
@@ -115,6 +133,69 @@ def _tell(story: dict[str, Any]) -> None:
                    f"{item['attempts']}  {item['url']}")
 
 
+@runs_group.command("tree")
+@click.argument("run_id")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=500, show_default=True,
+              help="Show at most this many runs, the shallowest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print nested JSON instead of text.")
+def tree_run(run_id: str, limit: int, as_json: bool) -> None:
+    """The tree of runs RUN_ID is in (ctx.start, ctx.map): its root and every descendant,
+    one line each (id, name under its parent, agent, status), indented under its parent;
+    RUN_ID is marked. A bigger tree than --limit is cut, with a note on stderr."""
+    rt = _runtime()
+    with rt.db.transaction() as session:
+        path = _ancestors(session, _find(session, run_id))
+        root = path[-1]
+        runs, cut = store.tree(session, tenant_id=root.tenant_id, root_id=root.id, limit=limit)
+        below = _below([*runs, *path])  # the path too: RUN_ID is shown in a cut tree
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "tenant_id": root.tenant_id, "cut": cut,
+                               "tree": _node(root, below)}))
+    else:
+        _draw(root, below, asked=run_id, level=0)
+    if cut:
+        click.echo(f"the tree is cut at {limit} runs (--limit): the others are counted under "
+                   "their parents as not shown", err=True)
+
+
+def _ancestors(session: Session, run: Run) -> list[Run]:
+    """The run, its parent, and so on up to its tree's root (or the highest one stored)."""
+    path = [run]
+    while path[-1].parent_id is not None:
+        parent = session.get(Run, path[-1].parent_id)
+        if parent is None:
+            break
+        path.append(parent)
+    return path
+
+
+def _below(runs: list[Run]) -> dict[str | None, list[Run]]:
+    """The children of each of ``runs`` among them, oldest first, each once."""
+    below: dict[str | None, list[Run]] = {}
+    for run in sorted({run.id: run for run in runs}.values(), key=lambda run: run.id):
+        below.setdefault(run.parent_id, []).append(run)
+    return below
+
+
+def _draw(run: Run, below: dict[str | None, list[Run]], *, asked: str, level: int) -> None:
+    mark = "  <- this run" if run.id == asked else ""
+    click.echo(f"{'  ' * level}{run.id}  {run.child_name or '-'}  {run.agent}  "
+               f"{run.status}{mark}")
+    shown = below.get(run.id, [])
+    for child in shown:
+        _draw(child, below, asked=asked, level=level + 1)
+    if run.children > len(shown):
+        click.echo(f"{'  ' * (level + 1)}... {run.children - len(shown)} more not shown")
+
+
+def _node(run: Run, below: dict[str | None, list[Run]]) -> dict[str, Any]:
+    shown = below.get(run.id, [])
+    return {"id": run.id, "child_name": run.child_name, "agent": run.agent,
+            "status": run.status, "depth": run.depth,
+            "children": [_node(child, below) for child in shown],
+            "not_shown": max(run.children - len(shown), 0)}
+
+
 @runs_group.command("cancel")
 @click.argument("run_id")
 def cancel_run(run_id: str) -> None:
@@ -172,3 +253,29 @@ def resume_run(run_id: str, name: str, data_json: str) -> None:
     if done.dispatch is not None:
         dispatch.dispatch(rt, done.dispatch)
     click.echo(f"{run_id} {done.run.status}: waitpoint {name} completed")
+
+
+@runs_group.command("purge")
+@click.option("--older-than", "older_than", type=Duration(), required=True,
+              help="Delete what ended longer ago than this, e.g. 7d, 12h.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def purge_runs(older_than: timedelta, dry_run: bool, as_json: bool) -> None:
+    """Delete runs that ended (not dead letters until dismissed, nor runs with a webhook
+    still being delivered) with their events, attempts, steps, waitpoints and deliveries,
+    and older inbound webhook records, in batches; prints the rows per table."""
+    rt = _runtime()
+    kept = retention.at_least_ttl(rt.settings, older_than)
+    if kept > older_than:
+        click.echo(f"keeping runs that ended within AGENTQ_IDEMPOTENCY_TTL_S ({kept}): their "
+                   "Idempotency-Keys may still be repeated", err=True)
+    began = time.monotonic()
+    counts = retention.purge(rt.db, older_than=kept, max_batches=2**31, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(f"{'TABLE':<20} {'ROWS':>12}")
+        for table, rows in counts.items():
+            click.echo(f"{table:<20} {rows:>12,}")
+    done = "would be deleted (dry run: nothing deleted)" if dry_run else "deleted"
+    click.echo(f"{counts['runs']:,} run(s) {done} in {time.monotonic() - began:.1f} s", err=True)

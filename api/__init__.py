@@ -6,11 +6,13 @@ from flask import Flask
 
 from api import (
     api_keys,
+    batches,
     bodies,
     dashboard,
     deliveries,
     errors,
     events,
+    forks,
     health,
     hook_sources,
     hooks,
@@ -53,7 +55,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     errors.init_app(app)
     for blueprint in (health.bp, runs.bp, events.bp, ws.bp, webhooks.bp, deliveries.bp,
                       hook_sources.bp, hooks.bp, sessions.bp, usage.bp, api_keys.bp, metrics.bp,
-                      openapi.bp, waitpoints.bp, waitpoints.links, schedules.bp):
+                      openapi.bp, waitpoints.bp, waitpoints.links, schedules.bp, forks.bp,
+                      batches.bp):
         app.register_blueprint(blueprint)
     ws.sock.init_app(app)
     dashboard.init_app(app, runtime)

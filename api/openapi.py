@@ -10,14 +10,14 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from api import schemas
+from api import batches, forks, schemas
 
 bp = Blueprint("openapi", __name__)
 
 _INPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunCreate, schemas.EndpointCreate, schemas.HookSourceCreate, schemas.HookSourceRotate,
     schemas.ApiKeyCreate, schemas.WaitpointComplete, schemas.ScheduleCreate,
-    schemas.ScheduleUpdate,
+    schemas.ScheduleUpdate, forks.ForkCreate, batches.BatchCreate,
 )
 _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.RunOut, schemas.RunPage, schemas.AttemptList, schemas.EventList,
@@ -25,7 +25,7 @@ _OUTPUT_MODELS: tuple[type[BaseModel], ...] = (
     schemas.SecretOut, schemas.DeliveryOut, schemas.DeliveryPage, schemas.HookSourceOut,
     schemas.HookSourceList, schemas.ApiKeyOut, schemas.ApiKeyList, schemas.SessionOut,
     schemas.StepList, schemas.UsageOut, schemas.WaitpointOut, schemas.WaitpointList,
-    schemas.ScheduleOut, schemas.ScheduleList,
+    schemas.ScheduleOut, schemas.ScheduleList, batches.BatchOut, batches.BatchCreated,
 )
 
 
@@ -113,6 +113,9 @@ def _paths() -> dict[str, Any]:
                     _param("status", "query", {"type": "string"}, "Only runs in this status."),
                     _param("agent", "query", {"type": "string"}, "Only runs of this agent."),
                     _param("session_id", "query", {"type": "string"}, "Only this session."),
+                    _param("parent_id", "query", {"type": "string"},
+                           "Only this run's children."),
+                    _param("batch_id", "query", {"type": "string"}, "Only this batch's runs."),
                     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100},
                            "Page size (default 20)."),
                     _param("cursor", "query", {"type": "string"}, "next_cursor of the last page."),
@@ -143,11 +146,39 @@ def _paths() -> dict[str, Any]:
                           "409": _problem("The run is not failed, dead-lettered, cancelled or "
                                           "expired.")},
         }},
+        "/v1/runs/{run_id}/fork": {"post": {
+            "summary": "Fork a run (in any status) from one of its steps: a new run of its "
+                       "agent, options and input (or a new input) that reuses the steps it "
+                       "recorded before from_step (their results, durations and usage, not "
+                       "billed again; attempt 0) and runs from there. The fork has "
+                       "forked_from: {run_id, step}; no session, parent or schedule.",
+            "parameters": [_RUN_ID, _IDEMPOTENCY_KEY],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref(forks.ForkCreate)}}},
+            "responses": {"202": _json(schemas.RunOut, "The fork, queued."),
+                          "400": _problem("The body is not valid JSON."), **_AUTH_ERRORS,
+                          **_NOT_FOUND, **_FORBIDDEN,
+                          "422": _problem("The run has no such step (errors lists its steps "
+                                          "under from_step), or a bad or unknown field."),
+                          "413": _problem("The body is over the size limit."),
+                          "415": _problem("The body is not JSON.")},
+        }},
         "/v1/runs/{run_id}/attempts": {"get": {
             "summary": "Every attempt of a run, oldest first.",
             "parameters": [_RUN_ID],
             "responses": {"200": _json(schemas.AttemptList, "The attempts."), **_AUTH_ERRORS,
                           **_NOT_FOUND},
+        }},
+        "/v1/runs/{run_id}/children": {"get": {
+            "summary": "The run's children (ctx.start), oldest first.",
+            "parameters": [
+                _RUN_ID,
+                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200},
+                       "Page size (default 50)."),
+                _param("cursor", "query", {"type": "string"}, "next_cursor of the last page."),
+            ],
+            "responses": {"200": _json(schemas.RunPage, "A page of the run's children."),
+                          **_AUTH_ERRORS, **_NOT_FOUND},
         }},
         "/v1/runs/{run_id}/steps": {"get": {
             "summary": "The run's finished durable steps (ctx.step, ctx.llm), in the order "
@@ -237,6 +268,7 @@ def _paths() -> dict[str, Any]:
         }},
         **_webhook_paths(),
         **_schedule_paths(),
+        **_batch_paths(),
         **_inbound_paths(),
         **_account_paths(),
         "/v1/ws": {"get": {
@@ -362,6 +394,45 @@ def _account_paths() -> dict[str, Any]:
             "parameters": [key_id],
             "responses": {"204": {"description": "Revoked."}, **_AUTH_ERRORS, **_FORBIDDEN,
                           "404": _problem("No such key for this tenant.")},
+        }},
+    }
+
+
+def _batch_paths() -> dict[str, Any]:
+    created = "The batch and a run per item, in the items' order"
+    return {
+        "/v1/runs/batch": {"post": {
+            "summary": "Submit up to 1,000 runs in one request and one "
+                       "transaction: each item is a POST /v1/runs body with its own "
+                       "idempotency_key (an item whose key was seen before is answered with "
+                       "the run it made, not made again). One invalid item refuses them all "
+                       "(nothing is made). The tenant's queued cap is taken once for all: a "
+                       "batch over it is refused whole. batch.completed (webhook) is sent "
+                       "once, when the last of its runs ends. A request whose items are all "
+                       "an earlier batch's answers with that batch (Idempotent-Replayed).",
+            "parameters": [_IDEMPOTENCY_KEY],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref(batches.BatchCreate)}}},
+            "responses": {
+                "202": _json(batches.BatchCreated, f"{created}."),
+                "200": _json(batches.BatchCreated, f"{created}: a repeat of a batch "
+                             "that has completed."),
+                "400": _problem("The body is not valid JSON."), **_AUTH_ERRORS, **_FORBIDDEN,
+                "409": _problem("An item's idempotency_key is held by a request in progress."),
+                "413": _problem("The body is over the size limit."),
+                "415": _problem("The body is not JSON."),
+                "422": _problem("No items, too many, or invalid ones: errors names each "
+                                "problem by its item (items[3].input); an idempotency_key "
+                                "used with another request, or twice in the batch."),
+            },
+        }},
+        "/v1/batches/{batch_id}": {"get": {
+            "summary": "A batch, its runs counted by status (Retry-After: 2 until it has "
+                       "completed); its runs: GET /v1/runs?batch_id=.",
+            "parameters": [_param("batch_id", "path", {"type": "string"}, "The batch's id.",
+                                  required=True)],
+            "responses": {"200": _json(batches.BatchOut, "The batch."), **_AUTH_ERRORS,
+                          "404": _problem("No such batch for this tenant.")},
         }},
     }
 

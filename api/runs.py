@@ -9,7 +9,7 @@ from api.auth import require_key
 from api.bodies import json_body, query
 from api.deps import principal, runtime
 from api.idempotency import idempotent
-from api.schemas import RunCreate, RunListQuery, WaitQuery
+from api.schemas import ChildrenQuery, RunCreate, RunListQuery, WaitQuery
 from worker.base.models import Run, RunStatus
 from worker.base.queues import Dispatch
 from worker.runs import admission, attempts, dispatch, steps, store
@@ -50,6 +50,8 @@ def get_run(run_id: str) -> tuple[Response, dict[str, str]]:
     with rt.db.autocommit() as session:
         run = store.get(session, tenant_id=principal().tenant_id, run_id=run_id)
         view = run_view(run)
+        if run.children:
+            view["children"] = store.children_by_status(session, run_id=run.id)
         if run.status == RunStatus.QUEUED:
             view["waiting_for"] = store.waiting_for(
                 session, run=run, running_cap=rt.settings.tenant_max_running)
@@ -60,7 +62,8 @@ def get_run(run_id: str) -> tuple[Response, dict[str, str]]:
 @bp.get("")
 def list_runs() -> Response:
     q = query(RunListQuery)
-    where = store.RunFilter(status=q.status, agent=q.agent, session_id=q.session_id)
+    where = store.RunFilter(status=q.status, agent=q.agent, session_id=q.session_id,
+                            parent_id=q.parent_id, batch_id=q.batch_id)
     with runtime().db.autocommit() as session:
         items, last = store.page(session, tenant_id=principal().tenant_id, where=where,
                                 limit=q.limit, before=pagination.decode(q.cursor, prefix="run_"))
@@ -93,6 +96,20 @@ def replay_run(run_id: str) -> tuple[Response, int, dict[str, str]]:
     run = admission.admitted(rt.db, tenant_id=tenant_id, caps=caps, store=replay)
     dispatch.dispatch(rt, Dispatch.of(run))
     return jsonify(run_view(run)), 202, {"Location": url_for("runs.get_run", run_id=run.id)}
+
+
+@bp.get("/<run_id>/children")
+def list_children(run_id: str) -> Response:
+    """The run's children (``ctx.start``), oldest first, paged."""
+    q = query(ChildrenQuery)
+    tenant_id = principal().tenant_id
+    with runtime().db.autocommit() as session:
+        store.get(session, tenant_id=tenant_id, run_id=run_id)  # 404 for another tenant's
+        items, last = store.children(session, tenant_id=tenant_id, run_id=run_id,
+                                     limit=q.limit,
+                                     after=pagination.decode(q.cursor, prefix="run_"))
+    return jsonify({"items": [run_view(run) for run in items],
+                    "next_cursor": pagination.encode(last)})
 
 
 @bp.get("/<run_id>/attempts")

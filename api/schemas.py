@@ -67,7 +67,18 @@ class RunListQuery(BaseModel):
     status: RunStatus | None = None
     agent: str | None = Field(default=None, max_length=200)
     session_id: str | None = Field(default=None, max_length=200)
+    parent_id: str | None = Field(default=None, max_length=40)  # its children
+    batch_id: str | None = Field(default=None, max_length=40)  # the runs of a batch
     limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class ChildrenQuery(BaseModel):
+    """Query of ``GET /v1/runs/{id}/children``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(default=None, max_length=200)
 
 
@@ -102,6 +113,11 @@ class RunUsage(BaseModel):
     output_tokens: int
 
 
+class ForkedFrom(BaseModel):
+    run_id: str
+    step: str
+
+
 class RunOut(BaseModel):
     """A run as every endpoint (and every webhook) shows it."""
 
@@ -126,6 +142,16 @@ class RunOut(BaseModel):
     schedule_id: str | None
     scheduled_for: str | None
     concurrency_key: str | None
+    parent_id: str | None = Field(description="The run that started it (ctx.start).")
+    root_id: str | None = Field(description="Its tree's first run (None for that run).")
+    child_name: str | None = Field(description="Its name under its parent.")
+    batch_id: str | None = Field(default=None, description="The batch it came in.")
+    forked_from: ForkedFrom | None = Field(
+        default=None, description="POST /v1/runs/{id}/fork: the run and step it was forked "
+                                  "from.")
+    children: dict[str, int] | None = Field(
+        default=None, description="GET /v1/runs/{id}: how many of its children stand in "
+                                  "each status (absent if it started none).")
     waiting_for: str | None = Field(default=None, description="GET /v1/runs/{id}: why a "
                                     "queued run has not started (its concurrency key, its "
                                     "session, its tenant's running cap).")
@@ -249,7 +275,7 @@ class ProblemOut(BaseModel):
 
 
 WebhookEventType = Literal["run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered",
-                           "run.waiting", "run.expired"]
+                           "run.waiting", "run.expired", "batch.completed"]
 
 
 class EndpointCreate(BaseModel):

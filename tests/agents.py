@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from typing import Any
 
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.agents import Limit, agent
+from worker.agents import ChildFailed, Limit, agent
 from worker.agents.context import AsyncRunContext, RunContext
-from worker.base.errors import RetryableError, WaitTimeout
+from worker.base.errors import FatalError, RetryableError, WaitTimeout
 from worker.base.queues import CPU_QUEUE
 
 
@@ -459,10 +460,84 @@ async def newest(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
     return {"n": input.get("n")}
 
 
-@agent("test.llm.rated", queue=CRASH_QUEUE, timeout_s=4, max_attempts=1)
+@agent("test.llm.rated", queue=CRASH_QUEUE, timeout_s=10, max_attempts=1)
 async def rated(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
     """One LLM call of ``input.model`` (whose AGENTQ_LLM_LIMITS a test sets): one attempt
     only, so a deferred attempt that counted would dead-letter the run."""
     answer = await ctx.llm.chat([{"role": "user", "content": input["ask"]}],
                                 model=input["model"])
     return {"content": answer["content"]}
+
+
+# Child runs (ctx.start, ctx.gather, ctx.map): parents and children on the crash queue.
+@agent("test.child.echo", queue=CRASH_QUEUE)
+def child_echo(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    deadline = time.monotonic() + float(input.get("pause_s", 0))
+    while time.monotonic() < deadline and not ctx.cancelled:
+        time.sleep(0.02)
+    ctx.check_cancelled()
+    return {"echo": input.get("x"), "attempt": ctx.attempt}
+
+
+@agent("test.child.fail", queue=CRASH_QUEUE, max_attempts=1)
+def child_fail(ctx: RunContext, input: dict[str, Any]) -> None:
+    raise FatalError("the child gives up")
+
+
+@agent("test.parent.map", queue=CRASH_QUEUE)
+def parent_map(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    inputs = [{"x": i, "pause_s": input.get("pause_s", 0)} for i in range(input["n"])]
+    results = ctx.map("test.child.echo", inputs, max_concurrency=input.get("max_concurrency"))
+    return {"echoes": [result["echo"] for result in results]}
+
+
+@agent("test.parent.async_map", queue=CRASH_QUEUE)
+async def parent_async_map(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    inputs = [{"x": i, "pause_s": input.get("pause_s", 0)} for i in range(input["n"])]
+    results = await ctx.map("test.child.echo", inputs,
+                            max_concurrency=input.get("max_concurrency"))
+    return {"echoes": [result["echo"] for result in results]}
+
+
+@agent("test.parent.catch", queue=CRASH_QUEUE)
+async def parent_catch(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    failing = await ctx.start("test.child.fail", {})
+    fine = await ctx.start("test.child.echo", {"x": "fine"})
+    try:
+        await failing.result()
+    except ChildFailed as failed:
+        return {"caught": failed.child_id, "status": failed.status,
+                "error": failed.error, "fine": (await fine.result())["echo"]}
+    return {"caught": None}
+
+
+@agent("test.parent.kill", queue=CRASH_QUEUE)
+def parent_kill(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Starts its child, and its first attempt's worker dies right after."""
+    child = ctx.start("test.child.echo", {"x": "once"}, name="only")
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"child": child.id, "echo": child.result()["echo"]}
+
+
+@agent("test.parent.tree", queue=CRASH_QUEUE)
+def parent_tree(ctx: RunContext, input: dict[str, Any]) -> Any:
+    """Two children that wait until cancelled: one detached, one not."""
+    kept = ctx.start("test.child.echo", {"pause_s": 60}, name="kept", detach=True)
+    gone = ctx.start("test.child.echo", {"pause_s": 60}, name="gone")
+    return ctx.gather([kept, gone])
+
+
+@agent("test.recursive", queue=CRASH_QUEUE)
+def recursive(ctx: RunContext, input: dict[str, Any]) -> Any:
+    """Starts itself, and waits for itself: a tree that would never end."""
+    return ctx.start("test.recursive", {}).result()
+
+
+@agent("test.llm.revise", queue=CRASH_QUEUE, max_attempts=1)
+def revise(ctx: RunContext, input: dict[str, Any]) -> list[str | None]:
+    """Two LLM calls on the topic (``<topic>:notes:1``, ``:2``), then two in the style asked
+    (``<topic>:<style>:3``, ``:4``): a fork with another style redoes only those."""
+    topic, style = input["topic"], input.get("style", "plain")
+    prompts = [f"{topic}:notes:1", f"{topic}:notes:2", f"{topic}:{style}:3", f"{topic}:{style}:4"]
+    return [ctx.llm.chat([{"role": "user", "content": prompt}])["content"] for prompt in prompts]

@@ -12,7 +12,7 @@ import httpx
 from sqlalchemy import select
 
 from agentq import dev
-from tests.conftest import ApiClient, Services
+from tests.conftest import ApiClient, Services, StartWorker
 from tests.harness import BIN, ROOT, ApiServer
 from worker.base.models import ApiKey, Tenant
 from worker.base.runtime import Runtime
@@ -165,3 +165,66 @@ def test_agentq_dev_does_not_read_the_env_it_wrote(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == ("Error: invalid configuration: PORT Input should be greater "
                              "than 0\n")
+
+
+def test_runs_tree_prints_a_fanout_from_any_run_in_it(env: dict[str, str], api: ApiClient,
+                                                     worker: object) -> None:
+    # Given a demo.fanout run that started three children
+    run = api.submit("demo.fanout", {"questions": ["Why is the sky blue?", "What causes tides?",
+                                                   "Why are plants green?"],
+                                     "max_concurrency": 2, "phase_s": 0})
+    assert api.wait(run["id"], timeout=60)["status"] == "succeeded"
+    children = api.get(f"/v1/runs/{run['id']}/children").get_json()["items"]
+    # When the tree of one of the children is asked for
+    shown = agentq("runs", "tree", children[1]["id"], env=env)
+    # Then it is printed from the root down, the children under it, the one asked marked
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [f"{run['id']}  -  demo.fanout  succeeded"] + [
+        f"  {c['id']}  {c['child_name']}  demo.research  succeeded"
+        + ("  <- this run" if c is children[1] else "") for c in children]
+    assert shown.stderr == ""
+    # And --json nests the same tree
+    nested = json.loads(agentq("runs", "tree", run["id"], "--json", env=env).stdout)
+    assert (nested["run_id"], nested["tenant_id"], nested["cut"]) == (
+        run["id"], api.tenant.id, False)
+    root = nested["tree"]
+    assert (root["id"], root["agent"], root["depth"], root["not_shown"]) == (
+        run["id"], "demo.fanout", 0, 0)
+    assert [(c["id"], c["child_name"], c["status"], c["depth"], c["children"])
+            for c in root["children"]] == [
+        (c["id"], c["child_name"], "succeeded", 1, []) for c in children]
+    # An unknown run is one line and exit code 1
+    unknown = agentq("runs", "tree", "run_nope", env=env)
+    assert unknown.returncode == 1 and unknown.stderr == "Error: no such run: run_nope\n"
+
+
+def test_runs_tree_indents_a_deep_tree_and_cuts_one_past_the_limit(
+        env: dict[str, str], api: ApiClient, crash_worker: StartWorker) -> None:
+    # Given a chain of nine runs: an agent that starts itself until the depth limit
+    crash_worker(concurrency=4)
+    root = api.submit("test.recursive", {})
+    assert api.wait(root["id"], timeout=60)["status"] == "failed"
+    chain = [api.run(root["id"])]
+    while found := api.get(f"/v1/runs/{chain[-1]['id']}/children").get_json()["items"]:
+        chain.append(found[0])
+    assert len(chain) == 9
+    lines = [f"{'  ' * depth}{run['id']}  {run['child_name'] or '-'}  test.recursive  failed"
+             for depth, run in enumerate(chain)]
+    # When a run four down is asked for, the whole chain is shown, indented by depth
+    shown = agentq("runs", "tree", chain[4]["id"], env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines[4] += "  <- this run"
+    assert shown.stdout.splitlines() == lines
+    # And cut at 3 runs, the tree still leads to the run asked for, and says what it left out
+    cut = agentq("runs", "tree", chain[6]["id"], "--limit", "3", env=env)
+    assert cut.returncode == 0, cut.stderr
+    lines[4] = lines[4].removesuffix("  <- this run")
+    assert cut.stdout.splitlines() == [*lines[:6], lines[6] + "  <- this run",
+                                       "              ... 1 more not shown"]
+    assert cut.stderr == ("the tree is cut at 3 runs (--limit): the others are counted under "
+                          "their parents as not shown\n")
+    nested = json.loads(agentq("runs", "tree", root["id"], "--json", "--limit", "2",
+                               env=env).stdout)
+    assert nested["cut"] is True
+    assert nested["tree"]["children"][0]["not_shown"] == 1
+    assert nested["tree"]["children"][0]["children"] == []

@@ -39,7 +39,11 @@ from agentq.client import (
     webhooks,
 )
 from agentq.client.models import (
+    Batch,
+    BatchCreated,
+    BatchItem,
     FieldProblem,
+    ForkedFrom,
     Page,
     Problem,
     Run,
@@ -49,7 +53,7 @@ from agentq.client.models import (
     Waitpoint,
     WebhookEvent,
 )
-from tests.conftest import ApiClient, Tenant
+from tests.conftest import ApiClient, StartWorker, Tenant
 from tests.harness import ApiServer, FakeLLM, Receiver, wait_for
 from worker.base import signing
 
@@ -294,7 +298,8 @@ RUN = {"id": "run_1", "agent": "echo", "status": "queued", "input": {}, "result"
        "started_at": None, "finished_at": None, "next_attempt_at": None, "start_at": None,
        "expires_at": None, "schedule_id": None, "scheduled_for": None,
        "concurrency_key": None, "usage": {"llm_calls": 0, "input_tokens": 0,
-                                          "output_tokens": 0}}
+                                          "output_tokens": 0},
+       "parent_id": None, "root_id": None, "child_name": None, "batch_id": None}
 
 
 def answers(*scripted: httpx.Response | Exception) -> tuple[list[httpx.Request],
@@ -410,7 +415,8 @@ def test_verify_accepts_a_real_delivery_and_refuses_forgeries(
 MODELS: list[tuple[type[BaseModel], str]] = [
     (Run, "RunOut"), (RunError, "RunError"), (RunUsage, "RunUsage"), (Page, "RunPage"),
     (Event, "EventOut"), (Waitpoint, "WaitpointOut"), (Problem, "ProblemOut"),
-    (FieldProblem, "FieldProblem"),
+    (FieldProblem, "FieldProblem"), (ForkedFrom, "ForkedFrom"), (Batch, "BatchOut"),
+    (BatchCreated, "BatchCreated"),
 ]
 # The live stream's events carry no time: the client's Event may lack one.
 OPTIONAL_HERE = {("Event", "at")}
@@ -445,6 +451,11 @@ def test_the_models_match_openapi(api_server: ApiServer) -> None:
     # What runs.create sends, and the webhook event types
     assert {"agent", "input", *get_type_hints(RunOptions)} == set(
         served["RunCreate"]["properties"])
+    # What runs.batch sends for an item (a BatchItem), and runs.fork
+    assert {"agent", "input", "idempotency_key", *get_type_hints(RunOptions)} == set(
+        served["BatchItem"]["properties"]) and set(served["BatchCreate"]["properties"]) == {
+        "items"}
+    assert set(served["ForkCreate"]["properties"]) == {"from_step", "input"}
     assert enums(WebhookEvent.model_json_schema()["properties"]["type"], {}) == enums(
         served["EndpointOut"]["properties"]["events"], served)
 
@@ -465,3 +476,157 @@ def test_the_client_needs_none_of_the_servers_code() -> None:
          "for m in sys.modules} & {'api', 'worker', 'flask', 'sqlalchemy', 'celery'}))"],
         capture_output=True, text=True, timeout=60, check=True)
     assert imported.stdout.strip() == "[]"
+
+
+# Trees, forks and batches ---------------------------------------------------------------
+
+FANOUT = {"questions": ["Why is the sky blue?", "What causes tides?"], "max_concurrency": 2,
+          "phase_s": 0}
+
+
+def test_children_walks_a_parents_runs_oldest_first_page_by_page(client: Client) -> None:
+    # Given a demo.fanout parent that started a demo.research child per question
+    parent = client.runs.create("demo.fanout", FANOUT)
+    done = client.runs.wait(parent.id, timeout=60)
+    assert done.status == "succeeded" and done.children == {"succeeded": 2}
+    # When its children are walked a page of one at a time
+    children = list(client.runs.children(parent.id, page_size=1))
+    # Then each came once, in the order they were started, with the tree's ids
+    assert [child.input["question"] for child in children] == FANOUT["questions"]
+    assert [child.id for child in children] == sorted(child.id for child in children)
+    assert {(child.agent, child.parent_id, child.root_id, child.status)
+            for child in children} == {("demo.research", parent.id, parent.id, "succeeded")}
+    assert len({child.child_name for child in children}) == 2
+    assert [child.id for child in client.runs.children(parent.id, limit=1)] == [
+        children[0].id]
+    assert list(client.runs.children(children[0].id)) == []  # a leaf
+    with pytest.raises(NotFound):
+        list(client.runs.children("run_none"))
+
+
+def llm_calls(fake_llm: FakeLLM, tag: str) -> dict[int, int]:
+    """How many times the LLM was asked each of test.llm.four's prompts."""
+    return {n: len(fake_llm.calls_for(f"{tag}:{n}")) for n in range(1, 5)}
+
+
+def test_fork_runs_a_finished_run_again_from_a_step_once_per_key(
+        client: Client, fake_llm: FakeLLM, crash_worker: StartWorker) -> None:
+    # Given a run that made its four LLM calls
+    crash_worker()
+    tag = f"tag-{uuid.uuid4().hex[:12]}"
+    original = client.runs.wait(client.runs.create("test.llm.four", {"tag": tag}).id,
+                                timeout=30)
+    assert original.status == "succeeded", original
+    # When it is forked from llm:3, and the request is sent again with its key
+    key = f"fork-{uuid.uuid4()}"
+    fork = client.runs.fork(original.id, "llm:3", idempotency_key=key)
+    assert client.runs.fork(original.id, "llm:3", idempotency_key=key).id == fork.id
+    # Then one fork ran from llm:3 on, with the original's input, making calls 3 and 4 again
+    assert fork.id != original.id and fork.input == original.input
+    assert fork.forked_from == ForkedFrom(run_id=original.id, step="llm:3")
+    done = client.runs.wait(fork.id, timeout=30)
+    assert done.status == "succeeded" and done.result == original.result
+    assert llm_calls(fake_llm, tag) == {1: 1, 2: 1, 3: 2, 4: 2}
+    assert client.runs.get(original.id).forked_from is None
+    with pytest.raises(ValidationFailed) as unknown:  # a step the run never recorded
+        client.runs.fork(original.id, "llm:9")
+    assert unknown.value.errors[0].field == "from_step"
+
+
+def finished(client: Client, batch_id: str) -> Batch:
+    """Poll the batch until its last run has ended."""
+    return wait_for(lambda: (batch := client.batches.get(batch_id)).completed and batch,
+                    timeout=30, interval=0.2, what=f"batch {batch_id} to complete")
+
+
+def test_a_batch_makes_its_runs_in_order_and_batches_get_counts_them(client: Client) -> None:
+    # When three echo runs go in one request, as BatchItems and as a plain dict
+    key = f"item-{uuid.uuid4()}"
+    items: list[dict[str, Any] | BatchItem] = [
+        BatchItem("echo", {"i": 0}, idempotency_key=key),
+        {"agent": "echo", "input": {"i": 1}, "metadata": {"from": "dict"}},
+        BatchItem("echo", {"i": 2}, priority="high"),
+    ]
+    request_key = f"batch-{uuid.uuid4()}"
+    batch = client.runs.batch(items, idempotency_key=request_key)
+    # Then they are made at once, a run per item in the items' order
+    assert batch.id.startswith("bat_") and batch.size == 3 and batch.replayed == []
+    assert [run.input for run in batch.runs] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert batch.runs[1].metadata == {"from": "dict"} and batch.runs[2].priority == "high"
+    assert sum(batch.counts.values()) == 3 and not batch.completed
+    # And batches.get counts them by status until the last has ended
+    done = finished(client, batch.id)
+    assert done.counts == {"succeeded": 3} and done.size == 3
+    assert [client.runs.get(run.id).result for run in batch.runs] == [{"i": i} for i in range(3)]
+    # The request sent again with its key is the same batch; nothing is made again
+    again = client.runs.batch(items, idempotency_key=request_key)
+    assert again.id == batch.id and [run.id for run in again.runs] == [
+        run.id for run in batch.runs]
+    # An item's key is runs.create's: the same run, in a new batch or on its own
+    later = client.runs.batch([BatchItem("echo", {"i": 0}, idempotency_key=key),
+                               BatchItem("echo", {"i": 3})])
+    assert later.id != batch.id and later.replayed == [0] and later.size == 1
+    assert later.runs[0].id == batch.runs[0].id
+    assert client.runs.create("echo", {"i": 0}, idempotency_key=key).id == batch.runs[0].id
+    # One invalid item refuses the batch, naming its index
+    with pytest.raises(ValidationFailed) as invalid:
+        client.runs.batch([BatchItem("echo"), {"agent": "no.such.agent"}])
+    assert [problem.field for problem in invalid.value.errors] == ["items[1].agent"]
+    with pytest.raises(NotFound):
+        client.batches.get("bat_none")
+
+
+async def completed(client: AsyncClient, batch_id: str, timeout: float = 30) -> Batch:
+    """Poll the batch until its last run has ended (awaited)."""
+    deadline = time.monotonic() + timeout
+    while not (batch := await client.batches.get(batch_id)).completed:
+        assert time.monotonic() < deadline, f"batch {batch_id} is still {batch.counts}"
+        await asyncio.sleep(0.2)
+    return batch
+
+
+def test_the_async_client_batches_forks_and_walks_children(
+        api_server: ApiServer, tenant: Tenant, fake_llm: FakeLLM,
+        crash_worker: StartWorker) -> None:
+    crash_worker()
+    topic = f"topic-{uuid.uuid4().hex[:12]}"
+
+    async def scenario() -> tuple[BatchCreated, Batch, list[Run], Run, Run]:
+        async with AsyncClient(api_server.url, tenant.key, timeout=10) as client:
+            batch = await client.runs.batch([BatchItem("echo", {"i": i}) for i in range(3)])
+            parent = await client.runs.create("demo.fanout", FANOUT)
+            original = await client.runs.wait(
+                (await client.runs.create("test.llm.revise", {"topic": topic})).id, timeout=30)
+            fork = await client.runs.fork(original.id, "llm:3",
+                                          input={"topic": topic, "style": "bold"})
+            await client.runs.wait(parent.id, timeout=60)
+            children = [child async for child in client.runs.children(parent.id,
+                                                                       page_size=1)]
+            return (batch, await completed(client, batch.id), children, original,
+                    await client.runs.wait(fork.id, timeout=30))
+
+    batch, counted, children, original, fork = asyncio.run(scenario())
+    assert [run.input for run in batch.runs] == [{"i": i} for i in range(3)]
+    assert counted.id == batch.id and counted.counts == {"succeeded": 3}
+    assert [child.input["question"] for child in children] == FANOUT["questions"]
+    # The fork took the new input from llm:3 on, and reused the notes
+    assert fork.forked_from == ForkedFrom(run_id=original.id, step="llm:3")
+    assert fork.status == "succeeded" and fork.input == {"topic": topic, "style": "bold"}
+    assert fork.result == [f"echo: {topic}:notes:1", f"echo: {topic}:notes:2",
+                           f"echo: {topic}:bold:3", f"echo: {topic}:bold:4"]
+    assert len(fake_llm.calls_for(f"{topic}:notes:1")) == 1
+
+
+def test_forks_and_batches_are_retried_keeping_their_idempotency_key() -> None:
+    created = {"id": "bat_1", "size": 1, "created_at": "2026-01-01T00:00:00.000Z",
+               "completed_at": None, "counts": {"queued": 1}, "runs": [RUN], "replayed": []}
+    seen, transport = answers(busy(503, "0"), httpx.Response(202, json=RUN),
+                              httpx.ReadError("reset"), httpx.Response(202, json=created))
+    with Client("http://agentq.test", "aq_key", transport=transport) as client:
+        assert client.runs.fork("run_0", "llm:2").id == "run_1"
+        assert client.runs.batch([BatchItem("echo")]).runs[0].id == "run_1"
+    forks, batches = seen[:2], seen[2:]
+    assert len({request.headers["Idempotency-Key"] for request in forks}) == 1
+    assert len({request.headers["Idempotency-Key"] for request in batches}) == 1
+    assert json.loads(forks[0].content) == {"from_step": "llm:2"}  # the input kept
+    assert json.loads(batches[0].content) == {"items": [{"agent": "echo", "input": {}}]}

@@ -22,7 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api import create_app
-from tests.conftest import ApiClient, Tenant, make_tenant
+from tests.conftest import ApiClient, StartWorker, Tenant, make_tenant
 from tests.harness import ROOT, ApiServer, FakeLLM, Receiver, wait_for
 from worker.access import keys
 from worker.app import build_runtime
@@ -855,3 +855,104 @@ def test_the_runs_page_charts_the_runs_ended_in_each_minute_of_the_last_hour(
         assert client.get(f"/runs/{ok['id']}/timeline").status_code == 200
         assert client.get(f"/runs/{theirs['id']}/timeline").status_code == 404
     dashboard.shot("runs-chart")
+
+
+# Child runs: a parent's page lists its children, a child's links up -------------------------
+
+def test_a_parents_page_lists_its_children_and_a_child_links_back_up(
+        dashboard: Dashboard) -> None:
+    from playwright.sync_api import expect
+
+    # Given a demo.fanout run of three questions, its page open while it goes on
+    questions = ["Why is the sky blue?", "What causes tides?", "Why are plants green?"]
+    with dashboard.api() as client:
+        run = client.post("/v1/runs", json={"agent": "demo.fanout", "input": {
+            "questions": questions, "max_concurrency": 2, "phase_s": 0}}).json()
+    page = dashboard.page
+    page.goto(f"/runs/{run['id']}")
+    # Then once it has succeeded it lists its three children, each succeeded (no reload)
+    page.wait_for_selector("#run-status:text('succeeded')", timeout=30_000)
+    card = page.locator("section[aria-labelledby=children-title]")
+    rows = card.locator("table.children tbody tr")
+    expect(rows).to_have_count(3)
+    expect(card.locator(".counts .status")).to_have_text(["succeeded 3"])
+    expect(rows.locator(".status.succeeded")).to_have_count(3)
+    names = rows.locator("td:first-child").all_text_contents()
+    assert sorted(names) == ["research:0", "research:1", "research:2"]
+    with dashboard.api() as client:
+        children = client.get(f"/v1/runs/{run['id']}/children").json()["items"]
+    assert {c["agent"] for c in children} == {"demo.research"}
+    for child in children:
+        expect(card.get_by_role("link", name=child["id"])).to_have_count(1)
+    assert card.get_by_text("more:").count() == 0  # all of them are shown
+    page.locator("section[aria-labelledby=children-title]").screenshot(
+        path=str(OUTPUT / "run-children.png"))
+    # When a child's link is followed, its page names its parent (and no other root)
+    first = min(children, key=lambda c: c["child_name"])
+    card.get_by_role("link", name=first["id"]).click()
+    page.wait_for_url(f"**/runs/{first['id']}")
+    parent = page.locator(".facts div", has=page.locator("dt", has_text="Parent"))
+    expect(parent).to_contain_text(f"{run['id']} demo.fanout succeeded as research:0")
+    assert page.locator(".facts dt", has_text="Root").count() == 0
+    assert page.locator("section[aria-labelledby=children-title]").count() == 0
+    dashboard.shot("run-child")
+    # Then its Parent link leads back up
+    parent.get_by_role("link", name=run["id"]).click()
+    page.wait_for_url(f"**/runs/{run['id']}")
+    expect(page.locator("table.children tbody tr")).to_have_count(3)
+
+
+def children_table(page: str) -> str:
+    found = re.search(r'<table class="children">(.*?)</table>', page, re.S)
+    assert found, "no children table on the page"
+    return found.group(1)
+
+
+def test_a_parents_children_are_paged_and_hidden_from_other_tenants(
+        app: Flask, api: ApiClient, tenant: Tenant, runtime: Runtime,
+        crash_worker: StartWorker) -> None:
+    # Given a parent that started 55 children, all succeeded
+    crash_worker(concurrency=8)
+    run = api.submit("test.parent.map", {"n": 55, "max_concurrency": 8})
+    assert api.wait(run["id"], timeout=90)["status"] == "succeeded"
+    browser = signed_in(app, tenant)
+    # Its page shows the first 50, the count by status, and links to the next 5
+    page = browser.get(f"/runs/{run['id']}").get_data(as_text=True)
+    assert children_table(page).count("<tr><td><code>map:") == 50
+    assert '<span class="status succeeded">succeeded 55</span>' in page
+    more = re.search(r'and 5 more: <a href="([^"]+)">the next 5</a>', page)
+    assert more, "no link to the rest"
+    rest = browser.get(more.group(1).replace("&amp;", "&"))
+    assert rest.status_code == 200
+    text = rest.get_data(as_text=True)
+    shown = re.findall(r"<tr><td><code>(map:\d+)</code>", children_table(page))
+    after = re.findall(r"<tr><td><code>(map:\d+)</code>", children_table(text))
+    assert len(after) == 5 and sorted(shown + after) == sorted(f"map:{i}" for i in range(55))
+    assert "more:" not in text and "First page" in text
+    # A cursor edited by hand is refused, with the first page shown
+    edited = browser.get(f"/runs/{run['id']}/children?cursor=nope").get_data(as_text=True)
+    assert "the cursor is not valid" in edited and children_table(edited).count("<tr>") == 51
+    # And another tenant finds neither the parent's children nor a child
+    other = signed_in(app, make_tenant(runtime))
+    child = api.get(f"/v1/runs/{run['id']}/children?limit=1").get_json()["items"][0]
+    assert other.get(f"/runs/{run['id']}/children").status_code == 404
+    assert other.get(f"/runs/{child['id']}").status_code == 404
+    assert other.get(f"/runs/{child['id']}/panel").status_code == 404
+
+
+def test_a_grandchild_links_to_its_parent_and_its_root(
+        app: Flask, api: ApiClient, tenant: Tenant, runtime: Runtime,
+        crash_worker: StartWorker) -> None:
+    # Given an agent that starts itself until the depth limit stops it: a chain of runs
+    crash_worker(concurrency=4)
+    root = api.submit("test.recursive", {})
+    assert api.wait(root["id"], timeout=60)["status"] == "failed"
+    chain = [root["id"]]
+    while child := api.get(f"/v1/runs/{chain[-1]}/children").get_json()["items"]:
+        chain.append(child[0]["id"])
+    assert len(chain) == 9
+    # Then the page of one two below the root names both, each a link
+    page = signed_in(app, tenant).get(f"/runs/{chain[2]}").get_data(as_text=True)
+    for label, target in (("Parent", chain[1]), ("Root", chain[0])):
+        assert re.search(rf'<dt>{label}</dt><dd><a href="/runs/{target}"><code>{target}</code>'
+                         r'</a> test.recursive <span class="status failed">', page), label

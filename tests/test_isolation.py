@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 BODIES: dict[str, dict[str, Any]] = {
     "/v1/hook-sources/<source_id>/rotate-secret": {"secret": "another-secret-long-enough"},
     "/v1/runs/<run_id>/waitpoints/<name>": {"data": {}},
+    "/v1/runs/<run_id>/fork": {"from_step": "llm:1"},
     "/v1/schedules/<schedule_id>": {"paused": True},
 }
 

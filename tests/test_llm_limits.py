@@ -46,9 +46,10 @@ def test_sixty_requests_a_minute_across_three_workers_is_never_exceeded(
     now = datetime.now(UTC)
     for run in (r for r in runs if r.status == "retrying"):
         assert run.error["type"] == "LLMRateLimited"
-        assert (run.attempt, run.free_attempts) == (1, 1)  # max_attempts=1, yet not dead
+        assert (run.attempt, run.free_attempts, run.deferrals) == (1, 1, 1)  # not dead
         assert run.next_attempt_at is not None
-        assert 0 < (run.next_attempt_at - now).total_seconds() <= 61
+        # when the window has room again, and a little jitter (up to 1 s, then 5 s)
+        assert 0 < (run.next_attempt_at - now).total_seconds() <= 60 + 1 + 5 + 1
     for run in (r for r in runs if r.status == "retrying"):
         api.post(f"/v1/runs/{run.id}/cancel")
 
@@ -72,12 +73,29 @@ def test_tokens_come_from_a_bucket_settled_by_the_real_usage(runtime: Runtime) -
     limits = Limits({model: LLMRate(tokens=100)}, runtime.bus)
 
     async def go() -> None:
-        assert await limits.acquire(model, 60) == 0
-        wait = await limits.acquire(model, 60)  # 40 left of 100 a minute: 20 short
-        assert 11 < wait <= 12.1
+        assert await limits.acquire(model, 60) == (0.0, 60)
+        wait, taken = await limits.acquire(model, 60)  # 40 left of 100 a minute: 20 short
+        assert 11 < wait <= 12.1 and taken == 0
         await limits.settle(model, taken=60, used=10)  # 50 given back
-        assert await limits.acquire(model, 60) == 0
-        assert await limits.acquire("another-model", 10**9) == 0  # no limit of its own
+        assert await limits.acquire(model, 60) == (0.0, 60)
+        assert await limits.acquire("another-model", 10**9) == (0.0, 0)  # no limit
+
+    asyncio.run(go())
+
+
+def test_a_huge_request_takes_at_most_the_bucket_and_a_wait_at_most_two_windows(
+        runtime: Runtime) -> None:
+    """A request's max_tokens is the agent's to set (and so a tenant's): it must not put
+    the model's limit out of reach for everyone."""
+    limits = Limits({"*": LLMRate(tokens=300)}, runtime.bus)
+    model = f"huge-{uuid.uuid4().hex[:8]}"  # shares "*" with every model not named
+
+    async def go() -> None:
+        assert await limits.acquire(model, 10**30) == (0.0, 300)  # the whole bucket
+        await limits.settle(model, taken=300, used=10**30)  # the provider says more
+        wait, _ = await limits.acquire("some-other-model", 50)
+        assert 0 < wait <= 120  # the bucket's debt is bounded: a window's worth
+        await limits.settle(model, taken=300, used=0)
 
     asyncio.run(go())
 
@@ -85,5 +103,5 @@ def test_tokens_come_from_a_bucket_settled_by_the_real_usage(runtime: Runtime) -
 def test_the_limit_fails_open_when_redis_does_not_answer() -> None:
     limits = Limits({"*": LLMRate(requests=1)}, Bus("redis://127.0.0.1:1/0", timeout_s=0.5))
     began = time.monotonic()
-    assert asyncio.run(limits.acquire("m", 1)) == 0
+    assert asyncio.run(limits.acquire("m", 1)) == (0.0, 0)  # unchecked, nothing taken
     assert time.monotonic() - began < 2

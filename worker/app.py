@@ -11,6 +11,7 @@ objects, and hand over to a layer's function at once: a run's attempt to
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
@@ -22,7 +23,7 @@ from worker.base.runtime import Runtime
 from worker.base.settings import Settings
 from worker.delivery import notifier
 from worker.execution.engine import Engine, handing_off
-from worker.runs import lifecycle, schedules, sweeper
+from worker.runs import children, lifecycle, schedules, sweeper
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -31,9 +32,14 @@ def build_runtime(settings: Settings) -> Runtime:
                  bus=Bus(settings.redis_url, timeout_s=settings.dependency_timeout_s),
                  registry=load_agents(settings.agents), celery=make_celery(settings))
     rt.db.on_commit(before=functools.partial(lifecycle.before_commit, rt),
-                    after=functools.partial(lifecycle.after_commit, rt))
+                    after=functools.partial(_after_commit, rt))
     register_tasks(rt)
     return rt
+
+
+def _after_commit(rt: Runtime, info: dict[str, Any]) -> None:
+    lifecycle.after_commit(rt, info)
+    children.after_commit(rt, info)  # a cancelled parent's children, each on its own
 
 
 def register_tasks(rt: Runtime) -> None:
@@ -63,7 +69,7 @@ def register_tasks(rt: Runtime) -> None:
     @rt.celery.task(name=SWEEP_TASK)
     def sweep() -> None:
         """Repair what was lost: runs' dispatches, stale attempts, deliveries."""
-        sweeper.sweep(rt, also=(notifier.redispatch_due,))
+        sweeper.sweep(rt, also=(notifier.redispatch_due, children.cancel_orphans))
 
     @rt.celery.task(name=SCHEDULES_TASK, send_events=False)
     def fire_schedules() -> None:

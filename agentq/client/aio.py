@@ -12,9 +12,21 @@ from typing import Any, TypeVar, Unpack
 import httpx
 from httpx_sse import EventSource
 
-from agentq.client.models import Event, Page, Run, RunOptions, RunStatus, StreamItem, Waitpoint
+from agentq.client.batches import BatchCalls
+from agentq.client.models import (
+    Batch,
+    BatchCreated,
+    BatchItem,
+    Event,
+    Page,
+    Run,
+    RunOptions,
+    RunStatus,
+    StreamItem,
+    Waitpoint,
+)
 from agentq.client.protocol import AsyncRunner, Core, Done, Flow, Pause, Reply, Step, advance
-from agentq.client.runs import RunCalls
+from agentq.client.runs import KEEP, RunCalls
 
 T = TypeVar("T")
 
@@ -27,7 +39,9 @@ class AsyncClient:
                  max_retries: int = 3, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._core = Core(base_url, api_key, timeout=timeout, max_retries=max_retries)
         self._http = httpx.AsyncClient(transport=transport, follow_redirects=False)
-        self.runs = AsyncRuns(RunCalls(self._core), self._run)
+        batches = BatchCalls(self._core)
+        self.runs = AsyncRuns(RunCalls(self._core), batches, self._run)
+        self.batches = AsyncBatches(batches, self._run)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -61,14 +75,18 @@ class AsyncClient:
 class AsyncRuns:
     """``Runs``, awaited: see each of its methods."""
 
-    def __init__(self, calls: RunCalls, run: AsyncRunner) -> None:
-        self._calls, self._run = calls, run
+    def __init__(self, calls: RunCalls, batches: BatchCalls, run: AsyncRunner) -> None:
+        self._calls, self._batches, self._run = calls, batches, run
 
     async def create(self, agent: str, input: Any = None, *,
                      idempotency_key: str | None = None, wait: float | None = None,
                      **options: Unpack[RunOptions]) -> Run:
         return await self._run(self._calls.create(
             agent, input, idempotency_key=idempotency_key, wait=wait, options=options))
+
+    async def batch(self, items: builtins.list[dict[str, Any] | BatchItem], *,
+                    idempotency_key: str | None = None) -> BatchCreated:
+        return await self._run(self._batches.create(items, idempotency_key=idempotency_key))
 
     async def get(self, run_id: str) -> Run:
         return await self._run(self._calls.get(run_id))
@@ -87,6 +105,18 @@ class AsyncRuns:
                    cursor: str | None = None) -> Page:
         return await self._run(self._calls.page(
             status=status, agent=agent, session_id=session_id, limit=limit, cursor=cursor))
+
+    async def children(self, run_id: str, *, limit: int | None = None,
+                       page_size: int = 50) -> AsyncIterator[Run]:
+        pages = self._calls.children(run_id, limit=limit, page_size=page_size)
+        while (flow := pages.next()) is not None:
+            for run in await self._run(flow):
+                yield run
+
+    async def fork(self, run_id: str, from_step: str, *, input: Any = KEEP,
+                   idempotency_key: str | None = None) -> Run:
+        return await self._run(self._calls.fork(run_id, from_step, input=input,
+                                                idempotency_key=idempotency_key))
 
     async def cancel(self, run_id: str) -> Run:
         return await self._run(self._calls.cancel(run_id))
@@ -123,3 +153,13 @@ class AsyncRuns:
                                  idempotency_key: str | None = None) -> Waitpoint:
         return await self._run(self._calls.complete_waitpoint(
             run_id, name, data, idempotency_key=idempotency_key))
+
+
+class AsyncBatches:
+    """``Batches``, awaited."""
+
+    def __init__(self, calls: BatchCalls, run: AsyncRunner) -> None:
+        self._calls, self._run = calls, run
+
+    async def get(self, batch_id: str) -> Batch:
+        return await self._run(self._calls.get(batch_id))

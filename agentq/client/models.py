@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +14,7 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "dead_
                                       "expired"})
 Priority = Literal["high", "normal", "low"]
 WebhookEventType = Literal["run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered",
-                           "run.waiting", "run.expired"]
+                           "run.waiting", "run.expired", "batch.completed"]
 
 
 class Model(BaseModel):
@@ -34,6 +34,13 @@ class RunUsage(Model):
     llm_calls: int
     input_tokens: int
     output_tokens: int
+
+
+class ForkedFrom(Model):
+    """Where a fork came from (``POST /v1/runs/{id}/fork``)."""
+
+    run_id: str
+    step: str
 
 
 class Run(Model):
@@ -60,6 +67,12 @@ class Run(Model):
     schedule_id: str | None
     scheduled_for: datetime | None
     concurrency_key: str | None
+    parent_id: str | None
+    root_id: str | None
+    child_name: str | None
+    batch_id: str | None = None
+    forked_from: ForkedFrom | None = None
+    children: dict[str, int] | None = None
     waiting_for: str | None = None
     usage: RunUsage
 
@@ -70,10 +83,35 @@ class Run(Model):
 
 
 class Page(Model):
-    """One page of runs, newest first (``RunPage``); pass ``next_cursor`` for the next."""
+    """One page of runs (``RunPage``): newest first, or a run's children oldest first;
+    pass ``next_cursor`` for the next."""
 
     items: list[Run]
     next_cursor: str | None
+
+
+class Batch(Model):
+    """A batch (``BatchOut``): the runs one ``runs.batch`` made, counted by status."""
+
+    id: str
+    size: int
+    created_at: datetime
+    completed_at: datetime | None
+    counts: dict[str, int]
+
+    @property
+    def completed(self) -> bool:
+        """True once its last run has ended."""
+        return self.completed_at is not None
+
+
+class BatchCreated(Batch):
+    """What ``runs.batch`` answers (``BatchCreated``): the batch, and a run per item in the
+    items' order; ``replayed`` lists the items their idempotency key answered with an
+    earlier run."""
+
+    runs: list[Run]
+    replayed: list[int]
 
 
 class Event(Model):
@@ -179,3 +217,18 @@ class RunOptions(TypedDict, total=False):
     delay_s: float
     ttl_s: float
     concurrency_key: str
+
+
+class BatchItem:
+    """One run of ``runs.batch``: what ``runs.create`` takes, and the item's own key."""
+
+    __slots__ = ("agent", "idempotency_key", "input", "options")
+
+    def __init__(self, agent: str, input: Any = None, *, idempotency_key: str | None = None,
+                 **options: Unpack[RunOptions]) -> None:
+        self.agent, self.input, self.options = agent, input, options
+        self.idempotency_key = idempotency_key
+
+    def __repr__(self) -> str:
+        return (f"BatchItem({self.agent!r}, {self.input!r}, "
+                f"idempotency_key={self.idempotency_key!r}, **{self.options!r})")

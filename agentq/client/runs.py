@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,16 @@ MAX_HELD_S = 30.0  # the longest POST /v1/runs?wait= the server holds a request
 POLL_S = 2.0  # between reads of a run still going, unless the server says (Retry-After)
 
 
+class Keep:
+    """``runs.fork``'s input when none is given: the original run's."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = Keep()
+
+
 class RunCalls:
     """Build each runs request, send it as a flow step, read its answer."""
 
@@ -31,8 +42,7 @@ class RunCalls:
                wait: float | None, options: RunOptions) -> Flow[Run]:
         """POST /v1/runs with a key (made here if none is given, so that a retry cannot
         make a second run); with ``wait``, the run once it ended or as it stands then."""
-        body = {"agent": agent, "input": {} if input is None else input,
-                **{name: _jsonable(value) for name, value in options.items()}}
+        body = run_body(agent, input, options)
         held = min(wait or 0.0, MAX_HELD_S)
         deadline = time.monotonic() + wait if wait else None
         request = self.core.request(
@@ -58,8 +68,31 @@ class RunCalls:
 
     def pages(self, *, status: RunStatus | None, agent: str | None, session_id: str | None,
               limit: int | None, page_size: int) -> Pages:
-        return Pages(self, {"status": status, "agent": agent, "session_id": session_id},
-                     limit=limit, page_size=page_size)
+        def read(size: int, cursor: str | None) -> Flow[Page]:
+            return self.page(status=status, agent=agent, session_id=session_id, limit=size,
+                             cursor=cursor)
+
+        return Pages(read, limit=limit, page_size=page_size)
+
+    def children(self, run_id: str, *, limit: int | None, page_size: int) -> Pages:
+        """The run's children (``ctx.start``), oldest first, page by page."""
+        path = f"/v1/runs/{segment(run_id)}/children"
+
+        def read(size: int, cursor: str | None) -> Flow[Page]:
+            request = self.core.request("GET", path, params={
+                "limit": size, **({} if cursor is None else {"cursor": cursor})})
+            return parsed(Page, (yield from self.core.call(request, safe=True)))
+
+        return Pages(read, limit=limit, page_size=page_size)
+
+    def fork(self, run_id: str, from_step: str, *, input: Any,
+             idempotency_key: str | None) -> Flow[Run]:
+        """POST .../fork with a key (made here if none is given), so that a retry is
+        answered with the fork it made, not a second one."""
+        body = {"from_step": from_step, **({} if input is KEEP else {"input": input})}
+        request = self.core.request("POST", f"/v1/runs/{segment(run_id)}/fork", json=body,
+                                    headers={IDEMPOTENCY_KEY: idempotency_key or new_key()})
+        return parsed(Run, (yield from self.core.call(request, safe=True)))
 
     def cancel(self, run_id: str) -> Flow[Run]:
         """POST .../cancel: idempotent by contract, so it may be repeated."""
@@ -119,13 +152,14 @@ class RunCalls:
 
 
 class Pages:
-    """Where a walk through the runs, page by page along ``next_cursor``, stands."""
+    """Where a walk through runs, page by page along ``next_cursor``, stands. ``read``
+    is the flow of one page: its size and cursor in, the page out."""
 
-    def __init__(self, calls: RunCalls, filters: dict[str, Any], *, limit: int | None,
+    def __init__(self, read: Callable[[int, str | None], Flow[Page]], *, limit: int | None,
                  page_size: int) -> None:
         if limit is not None and limit < 0:
             raise ValueError("limit cannot be negative")
-        self._calls, self._filters = calls, filters
+        self._read_page = read
         self._left, self._page_size = limit, page_size
         self._cursor: str | None = None
         self._done = limit == 0
@@ -136,7 +170,7 @@ class Pages:
 
     def _read(self) -> Flow[list[Run]]:
         size = self._page_size if self._left is None else min(self._page_size, self._left)
-        page = yield from self._calls.page(**self._filters, limit=size, cursor=self._cursor)
+        page = yield from self._read_page(size, self._cursor)
         items = page.items if self._left is None else page.items[:self._left]
         if self._left is not None:
             self._left -= len(items)
@@ -148,6 +182,12 @@ class Pages:
 def new_key() -> str:
     """A fresh Idempotency-Key, for a request the caller gave none."""
     return f"agentq-client-{uuid.uuid4()}"
+
+
+def run_body(agent: str, input: Any, options: RunOptions) -> dict[str, Any]:
+    """What ``POST /v1/runs`` (or a batch's item) is sent for a run of ``agent``."""
+    return {"agent": agent, "input": {} if input is None else input,
+            **{name: _jsonable(value) for name, value in options.items()}}
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,15 +11,28 @@ from typing import Any, TypeVar, Unpack
 import httpx
 from httpx_sse import EventSource
 
-from agentq.client.models import Event, Page, Run, RunOptions, RunStatus, StreamItem, Waitpoint
+from agentq.client.batches import BatchCalls
+from agentq.client.models import (
+    Batch,
+    BatchCreated,
+    BatchItem,
+    Event,
+    Page,
+    Run,
+    RunOptions,
+    RunStatus,
+    StreamItem,
+    Waitpoint,
+)
 from agentq.client.protocol import Core, Done, Flow, Pause, Reply, Runner, Step, advance
-from agentq.client.runs import RunCalls
+from agentq.client.runs import KEEP, RunCalls
 
 T = TypeVar("T")
 
 
 class Client:
-    """agentq's API: ``client.runs``. Close it (or use it as a context manager) when done.
+    """agentq's API: ``client.runs``, ``client.batches``. Close it (or use it as a context
+    manager) when done.
 
     ``timeout`` bounds each connect, read and write (a ``?wait`` request's read gets the
     wait on top); ``max_retries`` bounds the tries again after a 429, a 503 or a failed
@@ -30,7 +43,9 @@ class Client:
                  max_retries: int = 3, transport: httpx.BaseTransport | None = None) -> None:
         self._core = Core(base_url, api_key, timeout=timeout, max_retries=max_retries)
         self._http = httpx.Client(transport=transport, follow_redirects=False)
-        self.runs = Runs(RunCalls(self._core), self._run)
+        batches = BatchCalls(self._core)
+        self.runs = Runs(RunCalls(self._core), batches, self._run)
+        self.batches = Batches(batches, self._run)
 
     def close(self) -> None:
         self._http.close()
@@ -62,10 +77,11 @@ class Client:
 
 
 class Runs:
-    """Submit runs, read them, follow them, cancel and replay them, answer their waits."""
+    """Submit runs (one or a batch), read them, follow them, cancel, replay and fork them,
+    walk their children, answer their waits."""
 
-    def __init__(self, calls: RunCalls, run: Runner) -> None:
-        self._calls, self._run = calls, run
+    def __init__(self, calls: RunCalls, batches: BatchCalls, run: Runner) -> None:
+        self._calls, self._batches, self._run = calls, batches, run
 
     def create(self, agent: str, input: Any = None, *, idempotency_key: str | None = None,
                wait: float | None = None, **options: Unpack[RunOptions]) -> Run:
@@ -76,6 +92,15 @@ class Runs:
         made, so that a retry cannot create a second run."""
         return self._run(self._calls.create(agent, input, idempotency_key=idempotency_key,
                                             wait=wait, options=options))
+
+    def batch(self, items: builtins.list[dict[str, Any] | BatchItem], *,
+              idempotency_key: str | None = None) -> BatchCreated:
+        """Submit up to 1,000 runs in one request, all or none: each item is a
+        ``BatchItem`` (or a dict of what it takes), with its own key if it should be
+        answered by the run that key made before. The batch comes back with a run per item,
+        in the items' order; without an ``idempotency_key`` one is made for the request,
+        so that a retry cannot create a second batch."""
+        return self._run(self._batches.create(items, idempotency_key=idempotency_key))
 
     def get(self, run_id: str) -> Run:
         return self._run(self._calls.get(run_id))
@@ -96,6 +121,23 @@ class Runs:
         """One page of runs; pass its ``next_cursor`` as ``cursor`` for the next."""
         return self._run(self._calls.page(status=status, agent=agent, session_id=session_id,
                                           limit=limit, cursor=cursor))
+
+    def children(self, run_id: str, *, limit: int | None = None,
+                 page_size: int = 50) -> Iterator[Run]:
+        """The runs ``run_id`` started (``ctx.start``), oldest first, at most ``limit`` of
+        them (all if None), read ``page_size`` at a time as the iteration goes."""
+        pages = self._calls.children(run_id, limit=limit, page_size=page_size)
+        while (flow := pages.next()) is not None:
+            yield from self._run(flow)
+
+    def fork(self, run_id: str, from_step: str, *, input: Any = KEEP,
+             idempotency_key: str | None = None) -> Run:
+        """A new run of the run's agent that reuses its steps recorded before
+        ``from_step`` (a step's name, as ``llm:3``) and runs from there, with ``input``
+        (default: the original's). Without an ``idempotency_key`` one is made, so that a
+        retry cannot make a second fork."""
+        return self._run(self._calls.fork(run_id, from_step, input=input,
+                                          idempotency_key=idempotency_key))
 
     def cancel(self, run_id: str) -> Run:
         """Cancel the run (harmless if it is cancelled already; Conflict if it ended)."""
@@ -140,3 +182,15 @@ class Runs:
         """Answer the waitpoint ``name`` with ``data``: the run goes on with it."""
         return self._run(self._calls.complete_waitpoint(run_id, name, data,
                                                         idempotency_key=idempotency_key))
+
+
+class Batches:
+    """Read how a batch (``runs.batch``) stands."""
+
+    def __init__(self, calls: BatchCalls, run: Runner) -> None:
+        self._calls, self._run = calls, run
+
+    def get(self, batch_id: str) -> Batch:
+        """The batch, its runs counted by status; ``completed_at`` is set once the last
+        of them has ended."""
+        return self._run(self._calls.get(batch_id))

@@ -1,6 +1,7 @@
 """Runs on the dashboard: the live list with its chart of the last hour, starting one, a
-run's page with its timeline and events, cancel and replay, and its waitpoints (answered
-with a form made from their JSON Schema); dead letters; the status strip."""
+run's page with its timeline and events, cancel and replay, its parent and children
+(paged), and its waitpoints (answered with a form made from their JSON Schema); dead
+letters; the status strip."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api import events as event_stream
+from api import pagination
 from api.bodies import query
 from api.dashboard import pictures
 from api.dashboard.access import bp, describe, form, local, needs
@@ -38,6 +40,7 @@ from worker.runs.views import attempt_view, delivery_view, run_view, step_view
 SINCE = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(days=1),
          "7d": timedelta(days=7)}
 PAGE = 50
+CHILDREN = 50  # a run's children shown on its page, and on each page of them after
 
 
 # The runs list, a run's page ------------------------------------------------------------------
@@ -178,10 +181,45 @@ def _run_details(run_id: str, answer: Answer | None = None) -> dict[str, Any]:
             "attempts": [attempt_view(a) for a in tried],
             "steps": [step_view(s) for s in stored],
             "timeline": _waterfall(tried, stored),
+            **_family(db, run),
             "deliveries": [delivery_view(d) for d in  # receivers' URLs and answers: admin
                            webhooks.deliveries(db, tenant_id=tenant_id, run_id=run_id)]
             if keys.ADMIN in principal().scopes else None,
         }
+
+
+def _kin(db: Session, run: Run) -> dict[str, Any]:
+    """The run's parent and root (id, agent, status) if it is a child; just the id of one
+    that is gone."""
+    if run.parent_id is None:
+        return {"parent": None, "root": None}
+    wanted = {run.parent_id, run.root_id or run.parent_id}
+    found = {row.id: row._asdict() for row in db.execute(
+        select(Run.id, Run.agent, Run.status)
+        .where(Run.tenant_id == run.tenant_id, Run.id.in_(wanted)))}
+    return {"parent": found.get(run.parent_id, {"id": run.parent_id}),
+            "root": found.get(run.root_id or run.parent_id, {"id": run.root_id})}
+
+
+def _children(db: Session, run: Run, *, after: str | None) -> dict[str, Any]:
+    """A page of the run's children (``CHILDREN`` of them) after ``after``, with how many
+    it has in each status, how many come after this page, and the cursor to them."""
+    if not run.children:
+        return {"children": [], "counts": [], "more": 0, "next_cursor": None}
+    by_status = store.children_by_status(db, run_id=run.id)
+    items, last = store.children(db, tenant_id=run.tenant_id, run_id=run.id,
+                                 limit=CHILDREN, after=after)
+    before = 0 if after is None else int(db.scalar(  # the earlier pages' children
+        select(func.count()).where(Run.parent_id == run.id, Run.id <= after)) or 0)
+    return {"children": [run_view(child) for child in items],
+            "counts": [(s.value, by_status[s.value]) for s in RunStatus if s.value in by_status],
+            "more": sum(by_status.values()) - before - len(items),
+            "next_cursor": pagination.encode(last)}
+
+
+def _family(db: Session, run: Run) -> dict[str, Any]:
+    """The run's place in its tree: its parent and root, and its first children."""
+    return {**_kin(db, run), **_children(db, run, after=None)}
 
 
 @bp.get("/runs/<run_id>")
@@ -204,6 +242,22 @@ def run_waitpoints(run_id: str) -> str:
 @needs(keys.READ)
 def run_panel(run_id: str) -> str:
     return render_template("dashboard/_run_panel.html", **_run_details(run_id))
+
+
+@bp.get("/runs/<run_id>/children")
+@needs(keys.READ)
+def run_children(run_id: str) -> str:
+    """A page of the run's children, oldest first, from the cursor its page links to."""
+    try:
+        after = pagination.decode(request.args.get("cursor") or None, prefix="run_")
+    except InvalidRequest as error:  # a cursor edited by hand: the first page, and why
+        flash(describe(error), "error")
+        after = None
+    with runtime().db.autocommit() as db:
+        run = store.get(db, tenant_id=principal().tenant_id, run_id=run_id)
+        family = _children(db, run, after=after)
+    return render_template("dashboard/run_children.html", run=run_view(run),
+                           paged=after is not None, **family)
 
 
 @bp.get("/runs/<run_id>/timeline")

@@ -6,7 +6,8 @@ Create Date: 2026-12-03 15:00:00
 
 - runs: ``parent_id``, ``root_id``, ``child_name`` (unique per parent: a child is made once
   per parent and name), ``depth``, ``children`` (how many it started), ``detached`` (not
-  cancelled with its parent), ``batch_id``, ``forked_from`` ({run_id, step}).
+  cancelled with its parent), ``batch_id``, ``forked_from`` ({run_id, step}); and
+  ``deferrals``: attempts deferred for want of room (an LLM rate limit), which are free.
 - batches: one ``POST /v1/runs/batch``; ``completed_at`` once its last run ended.
 - waitpoints: kind ``child`` (a parent waiting for a child's end).
 """
@@ -36,6 +37,8 @@ def upgrade() -> None:
                                     nullable=False))
     op.add_column("runs", sa.Column("batch_id", sa.String(40)))
     op.add_column("runs", sa.Column("forked_from", JSONB()))
+    op.add_column("runs", sa.Column("deferrals", sa.Integer(), server_default="0",
+                                    nullable=False))
     op.create_table(
         "batches",
         sa.Column("id", sa.String(40), primary_key=True),
@@ -69,6 +72,6 @@ def downgrade() -> None:
     op.drop_constraint("ck_waitpoints_kind", "waitpoints")
     op.create_check_constraint("kind", "waitpoints", "kind IN ('wait', 'sleep')")
     op.drop_table("batches")
-    for column in ("forked_from", "batch_id", "detached", "children", "depth", "child_name",
+    for column in ("deferrals", "forked_from", "batch_id", "detached", "children", "depth", "child_name",
                    "root_id", "parent_id"):
         op.drop_column("runs", column)

@@ -19,7 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from worker.base.errors import ConfigurationError, UnknownAgent
+from worker.base.errors import ChildFailed, ConfigurationError, UnknownAgent
+
+__all__ = ["AgentSpec", "ChildFailed", "Limit", "Registry", "agent", "load_agents"]
 
 # fn(ctx, input): ctx is a RunContext, or an AsyncRunContext for an ``async def`` agent.
 AgentFn = Callable[[Any, Any], Any]

@@ -34,6 +34,64 @@ class AsyncSteps(Protocol):
                    prompt: str | None = None, schema: Any = None) -> Any: ...
 
 
+class Tree(Protocol):
+    """What starts a run's children and waits for them (``worker.runs.children``)."""
+
+    def start(self, agent: str, input: Any, *, name: str | None, detach: bool,
+              options: dict[str, Any]) -> Any: ...
+
+    def gather(self, names: list[str], *, fail_fast: bool, timeout_s: float) -> list[Any]: ...
+
+    def map(self, agent: str, inputs: list[Any], *, max_concurrency: int | None,
+            prefix: str, fail_fast: bool, timeout_s: float,
+            options: dict[str, Any]) -> list[Any]: ...
+
+
+class AsyncTree(Protocol):
+    """``Tree``, awaited."""
+
+    async def start(self, agent: str, input: Any, *, name: str | None, detach: bool,
+                    options: dict[str, Any]) -> Any: ...
+
+    async def gather(self, names: list[str], *, fail_fast: bool,
+                     timeout_s: float) -> list[Any]: ...
+
+    async def map(self, agent: str, inputs: list[Any], *, max_concurrency: int | None,
+                  prefix: str, fail_fast: bool, timeout_s: float,
+                  options: dict[str, Any]) -> list[Any]: ...
+
+
+CHILD_TIMEOUT_S = 24 * 3600.0  # how long a parent waits for its children, unless told
+
+
+@dataclass(frozen=True)
+class Child:
+    """A child run (``ctx.start``): ``id``, its ``name`` under its parent, its ``agent``;
+    ``result()`` waits for it (the run waits, holding no slot) and returns what it
+    returned, or raises ``ChildFailed``."""
+
+    id: str
+    name: str
+    agent: str
+    _ctx: RunContext = field(repr=False, compare=False)
+
+    def result(self, timeout_s: float = CHILD_TIMEOUT_S) -> Any:
+        return self._ctx.gather([self], timeout_s=timeout_s)[0]
+
+
+@dataclass(frozen=True)
+class AsyncChild:
+    """``Child`` of an async agent: ``await child.result()``."""
+
+    id: str
+    name: str
+    agent: str
+    _ctx: AsyncRunContext = field(repr=False, compare=False)
+
+    async def result(self, timeout_s: float = CHILD_TIMEOUT_S) -> Any:
+        return (await self._ctx.gather([self], timeout_s=timeout_s))[0]
+
+
 def _as_model(schema: Any, data: Any) -> Any:
     """``wait_for``'s data, as the pydantic model given as its schema (if one was)."""
     if isinstance(schema, type) and hasattr(schema, "model_validate"):
@@ -121,6 +179,7 @@ class RunContext(_Context):
     _emit: Callable[[dict[str, Any]], int] = field(default=lambda data: 0, repr=False)
     _steps: Steps | None = field(default=None, repr=False)
     _llm: Chat | None = field(default=None, repr=False)
+    _tree: Tree | None = field(default=None, repr=False)
 
     def emit(self, phase: str, message: str, **data: Any) -> int:
         """Append a ``progress`` event ``{phase, message, **data}``; return its ``seq``."""
@@ -158,6 +217,38 @@ class RunContext(_Context):
         assert self._steps is not None, "waits need a worker's context"
         self._steps.wait(name, kind="sleep", timeout_s=seconds)
 
+    def start(self, agent: str, input: Any = None, *, name: str | None = None,
+              detach: bool = False, **options: Any) -> Child:
+        """Start a child run of ``agent`` (this run's tenant), once per run and ``name``
+        (default ``<agent>:1``, ``<agent>:2``, ... in call order): a later attempt gets the
+        same child back. ``options``: timeout_s, max_attempts, priority, metadata,
+        session_id, concurrency_key, delay_s, start_at, ttl_s (else the agent's policy).
+        ``detach=True``: not cancelled with this run."""
+        assert self._tree is not None, "children need a worker's context"
+        state = self._tree.start(agent, {} if input is None else input, name=name,
+                                 detach=detach, options=options)
+        return Child(state.id, state.name, state.agent, self)
+
+    def gather(self, children: list[Child], *, fail_fast: bool = False,
+               timeout_s: float = CHILD_TIMEOUT_S) -> list[Any]:
+        """The children's results, in their order, once they all ended (this run waits
+        meanwhile, holding no slot). A failed child raises ``ChildFailed`` (with
+        ``fail_fast``, as soon as one fails); ``WaitTimeout`` after ``timeout_s``."""
+        assert self._tree is not None, "children need a worker's context"
+        return self._tree.gather([child.name for child in children], fail_fast=fail_fast,
+                                 timeout_s=timeout_s)
+
+    def map(self, agent: str, inputs: list[Any], *, max_concurrency: int | None = None,
+            name: str = "map", fail_fast: bool = False, timeout_s: float = CHILD_TIMEOUT_S,
+            **options: Any) -> list[Any]:
+        """A child of ``agent`` per input (named ``<name>:<i>``), at most
+        ``max_concurrency`` going at once (the next starts as one ends); their results in
+        the inputs' order, as ``gather``."""
+        assert self._tree is not None, "children need a worker's context"
+        return self._tree.map(agent, list(inputs), max_concurrency=max_concurrency,
+                              prefix=name, fail_fast=fail_fast, timeout_s=timeout_s,
+                              options=options)
+
     @property
     def llm(self) -> Chat:
         """Chat completions against the configured endpoint, each call a durable step."""
@@ -175,6 +266,7 @@ class AsyncRunContext(_Context):
     _emit: Callable[[dict[str, Any]], Awaitable[int]] | None = field(default=None, repr=False)
     _steps: AsyncSteps | None = field(default=None, repr=False)
     _llm: AsyncChat | None = field(default=None, repr=False)
+    _tree: AsyncTree | None = field(default=None, repr=False)
 
     async def emit(self, phase: str, message: str, **data: Any) -> int:
         """Append a ``progress`` event ``{phase, message, **data}``; return its ``seq``."""
@@ -199,6 +291,30 @@ class AsyncRunContext(_Context):
         """As ``RunContext.sleep``, awaited."""
         assert self._steps is not None, "waits need a worker's context"
         await self._steps.wait(name, kind="sleep", timeout_s=seconds)
+
+    async def start(self, agent: str, input: Any = None, *, name: str | None = None,
+                    detach: bool = False, **options: Any) -> AsyncChild:
+        """As ``RunContext.start``, awaited."""
+        assert self._tree is not None, "children need a worker's context"
+        state = await self._tree.start(agent, {} if input is None else input, name=name,
+                                       detach=detach, options=options)
+        return AsyncChild(state.id, state.name, state.agent, self)
+
+    async def gather(self, children: list[AsyncChild], *, fail_fast: bool = False,
+                     timeout_s: float = CHILD_TIMEOUT_S) -> list[Any]:
+        """As ``RunContext.gather``, awaited."""
+        assert self._tree is not None, "children need a worker's context"
+        return await self._tree.gather([child.name for child in children],
+                                       fail_fast=fail_fast, timeout_s=timeout_s)
+
+    async def map(self, agent: str, inputs: list[Any], *, max_concurrency: int | None = None,
+                  name: str = "map", fail_fast: bool = False,
+                  timeout_s: float = CHILD_TIMEOUT_S, **options: Any) -> list[Any]:
+        """As ``RunContext.map``, awaited."""
+        assert self._tree is not None, "children need a worker's context"
+        return await self._tree.map(agent, list(inputs), max_concurrency=max_concurrency,
+                                    prefix=name, fail_fast=fail_fast, timeout_s=timeout_s,
+                                    options=options)
 
     @property
     def llm(self) -> AsyncChat:

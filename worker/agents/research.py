@@ -112,3 +112,24 @@ def research(ctx: RunContext, input: ResearchInput) -> dict[str, object]:
         "answer": answer,
         "citations": [{"title": note["title"], "url": note["url"]} for note in best],
     }
+
+
+class FanoutInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    questions: list[str] = Field(min_length=1, max_length=1000)
+    max_concurrency: int = Field(default=4, ge=1, le=1000)
+    phase_s: float = Field(default=1.0, ge=0, le=30, description="Each child's seconds per phase.")
+
+
+@agent("demo.fanout", input_model=FanoutInput, timeout_s=120)
+def fanout(ctx: RunContext, input: FanoutInput) -> dict[str, object]:
+    """Hand each question to a ``demo.research`` child, at most ``max_concurrency`` at once,
+    and return their answers in the questions' order. While its children work, this run
+    waits, holding no worker slot."""
+    answers = ctx.map("demo.research",
+                      [{"question": question, "phase_s": input.phase_s}
+                       for question in input.questions],
+                      max_concurrency=input.max_concurrency, name="research")
+    ctx.emit("done", f"{len(answers)} answers gathered.")
+    return {"answers": [answer["answer"] for answer in answers]}

@@ -111,11 +111,30 @@ class RetryableError(AgentError):
 class Deferred(RetryableError):
     """The attempt stopped before doing its work, for want of room (a rate limit): the run
     is tried again after ``delay_s``, and the attempt does not count against its
-    ``max_attempts`` (for its first 100 attempts: a bound, like every retry's)."""
+    ``max_attempts`` (for its first 100 deferrals: a bound, like every retry's)."""
 
 
 class FatalError(AgentError):
     """The attempt failed in a way no retry will fix."""
+
+
+class ChildFailed(FatalError):
+    """A child run (``ctx.start``) ended without a result: failed, dead-lettered,
+    cancelled or expired. Raised where the parent waits for it; catch it to go on."""
+
+    def __init__(self, *, child_id: str, name: str, status: str,
+                 error: dict[str, Any] | None) -> None:
+        detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+        super().__init__(f"child {name!r} ({child_id}) ended {status}{detail}")
+        self.child_id = child_id
+        self.name = name
+        self.status = status
+        self.error = error
+
+
+class RunTreeLimit(FatalError):
+    """A run may not start this child: too deep (``AGENTQ_MAX_RUN_DEPTH``) or too many
+    children (``AGENTQ_MAX_CHILDREN``). An agent that starts itself in a loop ends here."""
 
 
 class Cancelled(AgentError):

@@ -58,7 +58,8 @@ DEFINITIONS = {
         ("agent", "model"), _SECONDS),
     "agentq_llm_rate_limited": Definition(
         "LLM calls held by AGENTQ_LLM_LIMITS: waited within the attempt, or deferred to a "
-        "later one.", ("model", "outcome")),
+        "later one, by limit (the model's name in AGENTQ_LLM_LIMITS, or *).",
+        ("limit", "outcome")),
     "agentq_http_requests": Definition("HTTP requests.", ("route", "method", "status")),
     "agentq_http_request_duration_seconds": Definition(
         "HTTP request handling time (headers out, for streams).", ("route",), _SECONDS),

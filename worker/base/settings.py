@@ -191,6 +191,9 @@ class Settings(DatabaseSettings):
     # Each model's requests and tokens a minute (or second), across every worker:
     # "gpt-4o=500rpm:30000tpm,*=60rpm" (worker.llm.limits). Empty: no limits.
     llm_limits: Annotated[dict[str, LLMRate], NoDecode] = Field(default_factory=dict)
+    # Child runs (ctx.start): how deep a tree may grow, how many children one run starts.
+    max_run_depth: int = Field(default=8, ge=1, le=100)
+    max_children: int = Field(default=10_000, ge=1, le=1_000_000)
     # Each tenant's LLM tokens (input + output) per UTC day; 0: no budget.
     tenant_daily_tokens: int = Field(default=0, ge=0)
     # Test-only: make a worker die right after committing a terminal transition.

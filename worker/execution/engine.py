@@ -97,7 +97,7 @@ class Engine:
         # Sync runs handed over: a thread's worth running and as many waiting for a thread.
         self._sync_taken = threading.Semaphore(2 * settings.sync_agent_threads)
         self._threads_free = asyncio.Semaphore(settings.sync_agent_threads)
-        self._holding: set[str] = set()  # the runs handed over and not ended
+        self._holding: dict[str, _Hold] = {}  # the runs handed over and not let go of
         # Claims waiting for the claimer: many runs' claims in one statement.
         self._to_claim: list[tuple[str, str, asyncio.Future[Claim | None]]] = []
         self._claimer: asyncio.Future[None] | None = None
@@ -131,9 +131,8 @@ class Engine:
         if self._db_down:  # back to the queue, for a worker that reaches Postgres
             time.sleep(_PAUSE_S)
             return False
-        with self._lock:
-            if run_id in self._holding:  # a second message (the sweeper's) for a run held
-                return True              # here: dropped
+        if self._held_again(run_id):
+            return True
         sync = self._is_sync(agent)
         if not self._take(self._free):
             return False
@@ -143,22 +142,41 @@ class Engine:
             self._free.release()
             time.sleep(_PAUSE_S)
             return False
+        hold = _Hold()
         with self._lock:
-            again = run_id in self._holding
-            if not again:
-                self._holding.add(run_id)
+            held = self._holding.setdefault(run_id, hold)
+            if held is hold:
                 self._pending += 1
-        if again:
+            else:  # held since the look above: noted as there
+                held.again = True
+        if held is not hold:
             self._free.release()
             if sync:
                 self._sync_taken.release()
             return True
         future = asyncio.run_coroutine_threadsafe(
-            self._attempt(run_id, worker, linger=wait, sync=sync), self.loop)
-        future.add_done_callback(functools.partial(self._ended, run_id, sync))
+            self._attempt(run_id, worker, hold, linger=wait, sync=sync), self.loop)
+        future.add_done_callback(functools.partial(self._ended, run_id, hold, sync))
         if wait:
             future.result()
         return True
+
+    def _held_again(self, run_id: str) -> bool:
+        """Whether ``run_id`` is held here already: its message is then dropped (a copy: the
+        sweeper's, a redelivery), but noted, in case its claim is refused (then the message
+        may be the run's next, published once a place freed: the run is claimed again)."""
+        with self._lock:
+            held = self._holding.get(run_id)
+            if held is not None:
+                held.again = True
+            return held is not None
+
+    def _let_go(self, run_id: str, hold: _Hold) -> None:
+        """Hold ``run_id`` no more (if ``hold`` still holds it): its next message starts an
+        attempt of its own."""
+        with self._lock:
+            if self._holding.get(run_id) is hold:
+                del self._holding[run_id]
 
     def _take(self, free: threading.Semaphore) -> bool:
         """Wait for one of ``free``; False (none taken) once the engine stops taking runs."""
@@ -180,10 +198,11 @@ class Engine:
         except Exception:
             return False
 
-    def _ended(self, run_id: str, sync: bool, future: concurrent.futures.Future[None]) -> None:
+    def _ended(self, run_id: str, hold: _Hold, sync: bool,
+               future: concurrent.futures.Future[None]) -> None:
+        self._let_go(run_id, hold)
         with self._lock:
             self._pending -= 1
-            self._holding.discard(run_id)
         self._free.release()
         if sync:
             self._sync_taken.release()
@@ -209,7 +228,7 @@ class Engine:
     def unclaimed(self) -> list[str]:
         """The runs handed over and not claimed (sync runs waiting for a thread)."""
         with self._lock:
-            return sorted(self._holding - set(self._active))
+            return sorted(set(self._holding) - set(self._active))
 
     @staticmethod
     def _stop_task(active: Active) -> None:
@@ -237,19 +256,19 @@ class Engine:
         return await self.loop.run_in_executor(self._agents, contextvars.copy_context().run,
                                                work)
 
-    async def _attempt(self, run_id: str, worker: str, *, linger: bool = False,
+    async def _attempt(self, run_id: str, worker: str, hold: _Hold, *, linger: bool = False,
                        sync: bool = False) -> None:
         """One attempt; a ``sync`` agent's once an agent thread is free for it."""
         if not sync:
-            return await self._claimed(run_id, worker, linger, None)
+            return await self._claimed(run_id, worker, hold, linger, None)
         await self._threads_free.acquire()
         thread = _Thread(self._threads_free)
         try:
-            await self._claimed(run_id, worker, linger, thread)
+            await self._claimed(run_id, worker, hold, linger, thread)
         finally:
             thread.release_unless_running()
 
-    async def _claimed(self, run_id: str, worker: str, linger: bool,
+    async def _claimed(self, run_id: str, worker: str, hold: _Hold, linger: bool,
                        thread: _Thread | None) -> None:
         """One attempt, from its claim to its record. With ``linger`` (a prefork child),
         an agent given up on is waited for still, so that the message's hard time limit
@@ -258,7 +277,7 @@ class Engine:
         if not self._open:  # stopping: left queued (the sweeper publishes it again)
             return
         try:
-            claim = await self._claim(run_id, worker)
+            claim = await self._claim_held(run_id, worker, hold)
         except (OperationalError, InterfaceError) as error:  # the sweeper dispatches it again
             log.warning("run not claimed: the database is unavailable",
                         extra={"run_id": run_id, "error": type(error).__name__})
@@ -287,14 +306,12 @@ class Engine:
                 if self._active.get(claim.run_id) is active:
                     del self._active[claim.run_id]
         if recorded and outcome.attempt_outcome == AttemptOutcome.SUSPENDED:
-            with self._lock:  # its next message is not a copy of this one
-                self._holding.discard(claim.run_id)
+            self._let_go(claim.run_id, hold)  # its next message is not a copy of this one
             wake = self._wake(claim, outcome)
             if wake is not None:
                 await self._offload(lambda: dispatch.dispatch(rt, wake))
         elif recorded and outcome.status == RunStatus.RETRYING:
-            with self._lock:  # its next message is not a copy of this one
-                self._holding.discard(claim.run_id)
+            self._let_go(claim.run_id, hold)  # its next message is not a copy of this one
             rt.metrics.inc("agentq_run_retries", agent=claim.agent)
             job = Dispatch(claim.run_id, claim.queue, claim.timeout_s,
                            countdown_s=outcome.retry_in_s, agent=claim.agent)
@@ -317,6 +334,22 @@ class Engine:
             countdown = outcome.retry_in_s + _WAKE_MARGIN_S
         return Dispatch(claim.run_id, claim.queue, claim.timeout_s, countdown_s=countdown,
                         agent=claim.agent)
+
+    async def _claim_held(self, run_id: str, worker: str, hold: _Hold) -> Claim | None:
+        """Claim the run held; refused, claim it again if another message for it came
+        meanwhile (a copy, or its next: sent after the commit that freed its place, which
+        the claim may not have seen), else let go of it, so that its next one is taken."""
+        while True:
+            with self._lock:
+                hold.again = False
+            claim = await self._claim(run_id, worker)
+            if claim is not None:
+                return claim
+            with self._lock:  # no message can come between this look and letting go
+                if not hold.again:
+                    if self._holding.get(run_id) is hold:
+                        del self._holding[run_id]
+                    return None
 
     async def _claim(self, run_id: str, worker: str) -> Claim | None:
         """Claim the run: with the claims of every other run that arrived while the last
@@ -535,6 +568,13 @@ class Engine:
                                 extra={"run_id": run_id, "attempt": active.claim.attempt})
                 elif live.get(run_id):
                     self._cancel(run_id)
+
+
+@dataclasses.dataclass(eq=False)
+class _Hold:
+    """A run handed over to the engine, from its message until the engine lets go of it."""
+
+    again: bool = False  # another message for it came while it was held
 
 
 class _Thread:

@@ -33,12 +33,12 @@ from worker.base.models import AttemptOutcome, RunStatus
 from worker.base.runtime import Runtime
 from worker.llm.client import LLM, AsyncLLM
 from worker.llm.stream import TokenSink
-from worker.runs import attempts, events, sessions, steps, waits
+from worker.runs import attempts, children, events, sessions, steps, waits
 from worker.runs.attempts import Claim, Outcome
 
 log = logging.getLogger("agentq.run")
 
-MAX_DEFERRED_ATTEMPTS = 100  # a Deferred attempt is free up to this attempt number
+MAX_DEFERRALS = 100  # a run's Deferred attempts that are free; later ones count
 _RECORD_PATIENCE_S = 60.0  # how long to keep trying to record an outcome through a DB outage
 _UNSTORABLE = "UnstorableOutcome"
 
@@ -74,20 +74,19 @@ def claim(rt: Runtime, *, run_id: str, worker: str) -> Claim | None:
 
 
 def claim_many(rt: Runtime, *, run_ids: list[str], worker: str) -> dict[str, Claim]:
-    """``claim`` for many runs, in one statement (no running cap configured); the runs
-    with a concurrency key, which that statement leaves, one at a time after it."""
+    """``claim`` for many runs (no running cap configured): in one statement that needs no
+    transaction, then those with a concurrency key, which it leaves, all in one
+    transaction under their keys' locks."""
     assert not rt.settings.tenant_max_running
     with rt.db.autocommit() as session:
         claims = attempts.claim_many(session, run_ids=run_ids, worker=worker)
         left = [run_id for run_id in run_ids if run_id not in claims]
         keyed = attempts.keyed(session, run_ids=left) if left else []
-    for run_id in keyed:
-        found = claim(rt, run_id=run_id, worker=worker)
-        if found is not None:
-            claims[run_id] = found
+    if keyed:
+        with rt.db.transaction() as session:
+            claims.update(attempts.claim_keyed(session, run_ids=keyed, worker=worker))
     for run_id in run_ids:
-        if run_id not in keyed:
-            _claimed(rt, run_id, claims.get(run_id))
+        _claimed(rt, run_id, claims.get(run_id))
     return claims
 
 
@@ -195,7 +194,7 @@ def suspended(active: Active, suspend: waits.Suspend) -> Outcome:
         return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED,
                        error={"type": "Cancelled", "message": "cancelled while running"})
     return Outcome(RunStatus.WAITING, AttemptOutcome.SUSPENDED,
-                   waits=(suspend.waitpoint_id,))
+                   waits=tuple(suspend.waitpoint_ids))
 
 
 def succeeded(active: Active, result: Any) -> Outcome:
@@ -227,7 +226,7 @@ def failed(rt: Runtime, claim: Claim, error: Exception) -> Outcome:
         described = {"type": "Timeout", "message": f"attempt {claim.attempt} did not finish "
                                                    f"within timeout_s={claim.timeout_s}"}
     trace = "".join(traceback.format_exception(error))
-    if isinstance(error, Deferred) and claim.attempt <= MAX_DEFERRED_ATTEMPTS:
+    if isinstance(error, Deferred) and claim.deferrals < MAX_DEFERRALS:
         return Outcome(RunStatus.RETRYING, kind, error=described, traceback=trace,
                        retry_in_s=error.delay_s or 1.0, free=True)
     if spec is None or not retry.is_retryable(error, spec.retry_on):
@@ -361,7 +360,7 @@ def sync_context(rt: Runtime, active: Active, session_state: dict[str, Any],
               cancelled=lambda: active.stopping, tokens=_tokens(rt, claim))
     return RunContext(**_fields(claim), log=log, session=session_state,
                       _is_cancelled=lambda: active.stopping, _emit=emit, _steps=runner,
-                      _llm=llm)
+                      _llm=llm, _tree=_children(rt, claim))
 
 
 Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -389,7 +388,13 @@ def async_context(rt: Runtime, active: Active, session_state: dict[str, Any], *,
 
     return AsyncRunContext(**_fields(claim), log=log, session=session_state,
                            _is_cancelled=lambda: active.stopping, _emit=emit_async,
-                           _steps=async_runner, _llm=llm)
+                           _steps=async_runner, _llm=llm,
+                           _tree=children.AsyncChildren(_children(rt, claim), offload))
+
+
+def _children(rt: Runtime, claim: Claim) -> children.Children:
+    return children.Children(rt, children.Parent(claim.run_id, claim.tenant_id, claim.epoch,
+                                                 claim.attempt))
 
 
 def finished_fields(claim: Claim, outcome: Outcome, started: float) -> dict[str, Any]:

@@ -53,6 +53,7 @@ OPENAI = "https://api.openai.com/v1"
 _MAX_WAIT_S = 60.0  # the longest pause between two tries of one call
 _POLL_S = 0.25  # how often a sync agent's wait for its call looks at the cancel flag
 _RETRIED = frozenset({429, 500, 502, 503, 504})
+_CALL_MARGIN_S = 5.0  # a call waits for its rate limit only if this much time is left after
 
 
 class LLMUnavailable(RetryableError):
@@ -111,6 +112,8 @@ class Endpoint:
                     assert isinstance(answer, Streamed)
                     await self._settle(body, answer, taken)
                     return answer
+                if self._limits is not None:  # refused: it used none of the tokens taken
+                    await self._limits.settle(str(body["model"]), taken=taken, used=0)
                 if status not in _RETRIED:
                     raise LLMError(f"the LLM endpoint answered {status}: {str(answer)[:300]}")
                 problem, wait = f"the LLM endpoint answered {status}", retry_after
@@ -131,20 +134,25 @@ class Endpoint:
         if self._limits is None:
             return 0
         model, cost = str(body["model"]), cost_of(body)
+        limit = self._limits.key_of(model) or "-"
         waited = False
-        while wait := await self._limits.acquire(model, cost):
-            if wait >= time_left() - 1:
-                self._metrics.inc("agentq_llm_rate_limited", model=model, outcome="deferred")
+        while True:
+            wait, taken = await self._limits.acquire(model, cost)
+            if not wait:
+                return taken
+            # The woken do not all come back at once: up to a fifth more, at most a second.
+            wait += random.uniform(0, min(1.0, wait / 5))
+            if wait + _CALL_MARGIN_S >= time_left():  # no time to wait and then call
+                self._metrics.inc("agentq_llm_rate_limited", limit=limit, outcome="deferred")
                 raise LLMRateLimited(f"{model} is at its rate limit (AGENTQ_LLM_LIMITS); "
                                      f"room again in {wait:.1f} s, after this attempt's "
-                                     "time", delay_s=wait)
+                                     "time", delay_s=wait + random.uniform(0, min(5.0, wait)))
             if not waited:
-                self._metrics.inc("agentq_llm_rate_limited", model=model, outcome="waited")
+                self._metrics.inc("agentq_llm_rate_limited", limit=limit, outcome="waited")
                 log.info("llm call waits for its rate limit",
                          extra={"model": model, "wait_s": round(wait, 3)})
             waited = True
-            await asyncio.sleep(wait + random.uniform(0, 0.05))  # the woken do not all collide
-        return cost
+            await asyncio.sleep(wait)
 
     async def _settle(self, body: dict[str, Any], answer: Streamed, taken: int) -> None:
         usage = answer.answer.get("usage") if isinstance(answer.answer, dict) else None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -32,6 +33,7 @@ from worker.base.settings import LLMRate
 
 log = logging.getLogger(__name__)
 
+_WARN_EVERY_S = 60.0
 _KEY = "agentq:llm-limit:{%s}"  # a hash tag: a model's two keys share a Redis Cluster slot
 
 # KEYS: the model's request log (a sorted set of times), its token bucket (a hash).
@@ -58,11 +60,12 @@ if tokens > 0 then
   level = tonumber(state[1]) or tokens
   local at = tonumber(state[2]) or now
   level = math.min(tokens, level + math.max(0, now - at) * tokens / token_window)
-  local need = math.min(cost, tokens)
-  if level < need then
-    wait = math.max(wait, math.ceil((need - level) * token_window / tokens))
+  cost = math.min(cost, tokens)  -- a try never takes more than the whole bucket
+  if level < cost then
+    wait = math.max(wait, math.ceil((cost - level) * token_window / tokens))
   end
 end
+wait = math.min(wait, 2 * math.max(request_window, token_window))
 if wait == 0 then
   if requests > 0 then
     redis.call('ZADD', KEYS[1], now, ARGV[6])
@@ -87,7 +90,7 @@ local state = redis.call('HMGET', KEYS[1], 'level', 'at')
 local level = tonumber(state[1]) or tokens
 local at = tonumber(state[2]) or now
 level = math.min(tokens, level + math.max(0, now - at) * tokens / token_window)
-level = math.min(tokens, level - tonumber(ARGV[3]))
+level = math.max(-tokens, math.min(tokens, level - tonumber(ARGV[3])))
 redis.call('HSET', KEYS[1], 'level', level, 'at', now)
 redis.call('PEXPIRE', KEYS[1], token_window * 2)
 return 0
@@ -100,43 +103,60 @@ class LLMRateLimited(Deferred):
 
 
 class Limits:
-    """One process's view of ``AGENTQ_LLM_LIMITS`` (Redis holds the counts)."""
+    """One process's view of ``AGENTQ_LLM_LIMITS`` (Redis holds the counts). A model the
+    limits do not name shares the ``*`` limit with every other such model (the names are
+    the agents' to choose: one bucket each would bound nothing)."""
 
     def __init__(self, limits: dict[str, LLMRate], bus: Bus) -> None:
         self._limits = limits
         self._redis = bus.redis
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
+        self._warned_at = -_WARN_EVERY_S
 
-    def of(self, model: str) -> LLMRate | None:
-        return self._limits.get(model) or self._limits.get("*")
+    def key_of(self, model: str) -> str | None:
+        """The limit ``model``'s calls count against: its own, ``*``, or none."""
+        if model in self._limits:
+            return model
+        return "*" if "*" in self._limits else None
 
-    async def acquire(self, model: str, cost: int) -> float:
-        """Take one request and ``cost`` tokens of ``model``'s limits: 0.0 if taken, else
-        the seconds until there may be room (nothing was taken)."""
-        rate = self.of(model)
-        if rate is None:
-            return 0.0
+    async def acquire(self, model: str, cost: int) -> tuple[float, int]:
+        """Take one request and ``cost`` tokens (at most the whole bucket) of the model's
+        limit: (0.0, the tokens taken), else (the seconds until there may be room, 0):
+        nothing was taken. Unchecked (no limit, Redis not answering): (0.0, 0)."""
+        key = self.key_of(model)
+        if key is None:
+            return 0.0, 0
+        rate = self._limits[key]
+        cost = min(cost, rate.tokens) if rate.tokens else 0
         args = [rate.requests, int(rate.request_window_s * 1000), rate.tokens,
                 int(rate.token_window_s * 1000), cost, uuid.uuid4().hex]
-        keys = [f"{_KEY % model}:requests", f"{_KEY % model}:tokens"]
-        waited_ms = await self._call(self._acquire, keys, args)
-        return int(waited_ms or 0) / 1000
+        waited_ms = await self._call(self._acquire,
+                                     [f"{_KEY % key}:requests", f"{_KEY % key}:tokens"], args)
+        if waited_ms is None:
+            return 0.0, 0
+        wait = max(0, int(waited_ms)) / 1000
+        return (wait, 0) if wait else (0.0, cost)
 
     async def settle(self, model: str, *, taken: int, used: int) -> None:
-        """The call took ``taken`` tokens of the bucket and used ``used``: even it up."""
-        rate = self.of(model)
-        if rate is None or not rate.tokens or used == taken:
+        """A call took ``taken`` tokens of the bucket and used ``used``: even it up (a try
+        that failed uses none)."""
+        key = self.key_of(model)
+        if key is None or not taken or used == taken:
             return
-        await self._call(self._settle, [f"{_KEY % model}:tokens"],
+        rate = self._limits[key]
+        await self._call(self._settle, [f"{_KEY % key}:tokens"],
                          [rate.tokens, int(rate.token_window_s * 1000), used - taken])
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await asyncio.to_thread(script, keys=keys, args=args)
-        except redis.RedisError as error:
-            log.warning("llm rate limit not checked", extra={"error": str(error)})
-            return 0
+        except redis.RedisError as error:  # fail open, and say so once a minute at most
+            if time.monotonic() - self._warned_at >= _WARN_EVERY_S:
+                self._warned_at = time.monotonic()
+                log.warning("llm rate limits not checked: Redis did not answer",
+                            extra={"error": str(error)})
+            return None
 
 
 def cost_of(body: dict[str, Any]) -> int:

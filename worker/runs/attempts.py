@@ -44,6 +44,7 @@ class Claim:
     waited_s: float = 0.0  # from submission to this claim
     has_steps: bool = True  # False: no step to load (the steps' first read is skipped)
     traceparent: str | None = None  # the trace its submission began (worker.base.tracing)
+    deferrals: int = 0  # attempts deferred so far (a Deferred: free up to a bound)
 
     @property
     def attempts_left(self) -> int:
@@ -68,33 +69,37 @@ _ENDED = ", ".join(f"'{status.value}'" for status in TERMINAL_STATUSES)
 
 # The claim, its attempt row and its status event in one statement: atomic even without a
 # transaction, and one round trip (a hot path: every attempt). The conditions are those of
-# worker.readiness: claimable, the session's earlier runs ended, the tenant under its cap.
-# :targets names the runs: one (:run_id), or many at once (claim_many, with no cap).
+# worker.readiness (:ready): claimable, the session's earlier runs ended, the tenant under
+# its cap, the run's key under its limit (:under_limit, its runs running counted).
+# :targets names the runs: one (:run_id), or many at once (claim_many and claim_keyed, with
+# no cap; claim_keyed's :places, joined in by :from, number each key's runs).
+_READY = """
+          (status = 'queued'
+           OR (status IN ('retrying', 'waiting', 'scheduled') AND next_attempt_at <= now()))
+      AND (expires_at IS NULL OR started_at IS NOT NULL OR expires_at > now())
+      AND (session_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM runs AS earlier
+            WHERE earlier.tenant_id = runs.tenant_id
+              AND earlier.session_id = runs.session_id AND earlier.id < runs.id
+              AND earlier.status NOT IN (:ended_statuses)))
+      AND (:cap = 0 OR (SELECT count(*) FROM runs AS busy
+                        WHERE busy.tenant_id = runs.tenant_id
+                          AND busy.status = 'running') < :cap)
+""".replace(":ended_statuses", _ENDED)  # constants only
+_UNDER_LIMIT = """(concurrency_key IS NULL OR :place <= concurrency_max - (
+          SELECT count(*) FROM runs AS busy
+          WHERE busy.tenant_id = runs.tenant_id
+            AND busy.concurrency_key = runs.concurrency_key AND busy.status = 'running'))"""
 _CLAIM_SQL = """
-    WITH claimed AS (
+    WITH :places claimed AS (
         UPDATE runs SET status = 'running', attempt = attempt + 1,
             lease_epoch = lease_epoch + 1, worker = :worker,
             started_at = coalesce(started_at, now()), heartbeat_at = now(),
             next_attempt_at = NULL, last_seq = last_seq + 1
-        WHERE :targets
-          AND (status = 'queued'
-               OR (status IN ('retrying', 'waiting', 'scheduled') AND next_attempt_at <= now()))
-          AND (expires_at IS NULL OR started_at IS NOT NULL OR expires_at > now())
-          AND (session_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM runs AS earlier
-                WHERE earlier.tenant_id = runs.tenant_id
-                  AND earlier.session_id = runs.session_id AND earlier.id < runs.id
-                  AND earlier.status NOT IN (:ended_statuses)))
-          AND (:cap = 0 OR (SELECT count(*) FROM runs AS busy
-                            WHERE busy.tenant_id = runs.tenant_id
-                              AND busy.status = 'running') < :cap)
-          AND (concurrency_key IS NULL OR (SELECT count(*) FROM runs AS busy
-                WHERE busy.tenant_id = runs.tenant_id
-                  AND busy.concurrency_key = runs.concurrency_key
-                  AND busy.status = 'running') < concurrency_max)
+        :from WHERE :targets AND :ready
         RETURNING id, tenant_id, agent, input, attempt, max_attempts, free_attempts,
                   lease_epoch, timeout_s, queue, session_id, request_id, last_seq,
-                  traceparent, extract(epoch FROM now() - created_at) AS waited_s
+                  traceparent, deferrals, extract(epoch FROM now() - created_at) AS waited_s
     ), attempt_row AS (
         INSERT INTO run_attempts (run_id, attempt, lease_epoch, worker)
         SELECT id, attempt, lease_epoch, :worker FROM claimed
@@ -110,11 +115,38 @@ _CLAIM_SQL = """
            EXISTS (SELECT 1 FROM run_steps WHERE run_steps.run_id = claimed.id) AS has_steps
     FROM claimed JOIN status_event ON status_event.run_id = claimed.id
     JOIN attempt_row ON attempt_row.run_id = claimed.id
-""".replace(":ended_statuses", _ENDED)  # constants only
-_CLAIM = text(_CLAIM_SQL.replace(":targets", "id = :run_id"))
-# Many at once counts no caps: a run with a concurrency key is claimed alone (``claim``).
-_CLAIM_MANY = text(_CLAIM_SQL.replace(":targets",
-                                      "id = ANY(:run_ids) AND concurrency_key IS NULL"))
+"""
+
+
+def _claim_sql(*, places: str = "", from_: str = "", targets: str, place: str = "1") -> str:
+    """The claim statement for ``targets``; a keyed run takes the ``place``-th of its key's
+    free places (the first, claimed alone)."""
+    return (_CLAIM_SQL.replace(":places", places).replace(":from", from_)
+            .replace(":targets", targets).replace(":ready", _READY)
+            .replace(":under_limit", _UNDER_LIMIT).replace(":place", place))
+
+
+_CLAIM = text(_claim_sql(targets="id = :run_id AND :under_limit"))
+# Many at once counts no caps; a run with a concurrency key is left to claim_keyed.
+_CLAIM_MANY = text(_claim_sql(targets="id = ANY(:run_ids) AND concurrency_key IS NULL"))
+# Runs with a key, many at once, under their keys' locks: each takes the next of the places
+# its key has free (its limit less its runs running), in the order they were submitted.
+_CLAIM_KEYED = text(_claim_sql(
+    places="""places AS (
+        SELECT id AS run_id,
+               row_number() OVER (PARTITION BY tenant_id, concurrency_key ORDER BY id) AS place
+        FROM runs WHERE id = ANY(:run_ids) AND concurrency_key IS NOT NULL AND :ready
+    ),""",
+    from_="FROM places", targets="id = places.run_id AND :under_limit", place="places.place"))
+# The keys' locks (as ``claim`` takes one), in one order for every claimer, so that two
+# claimers of overlapping keys never wait for each other both: taken as the sorted rows of
+# the subquery come (a subquery with DISTINCT is kept whole, its order with it).
+_LOCK_KEYS = text("""
+    SELECT pg_advisory_xact_lock(key_lock) FROM (
+        SELECT DISTINCT hashtext(tenant_id || '/' || concurrency_key) AS key_lock
+        FROM runs WHERE id = ANY(:run_ids) AND concurrency_key IS NOT NULL
+        ORDER BY key_lock) AS keys
+""")
 
 # The outcome: the run, its attempt and its status event in one statement, returning the
 # run as it now stands and, if it ended, the tenant's endpoints that want to hear of it.
@@ -126,6 +158,7 @@ _FINISH = text("""
             next_attempt_at = :next_attempt_at,
             dispatched_at = CASE WHEN :retrying THEN NULL ELSE dispatched_at END,
             free_attempts = free_attempts + CASE WHEN :free THEN 1 ELSE 0 END,
+            deferrals = deferrals + CASE WHEN :free THEN 1 ELSE 0 END,
             last_seq = last_seq + 1
         WHERE id = :run_id AND lease_epoch = :epoch AND status = 'running'
         RETURNING *
@@ -179,30 +212,46 @@ def claim(session: Session, *, run_id: str, worker: str, running_cap: int = 0) -
 
 
 def keyed(session: Session, *, run_ids: list[str]) -> list[str]:
-    """Those of the runs that have a concurrency key (claimed one at a time)."""
+    """Those of the runs that have a concurrency key (for ``claim_keyed``)."""
     return list(session.scalars(select(Run.id).where(Run.id.in_(run_ids),
                                                      Run.concurrency_key.is_not(None))))
 
 
 def claim_many(session: Session, *, run_ids: list[str], worker: str) -> dict[str, Claim]:
-    """``claim`` for many runs in one statement (with no running cap: a cap counts the
-    tenant's running runs one claim at a time; so does a concurrency key, whose runs are
-    left out here); the runs claimed, by id."""
+    """``claim`` for many runs in one statement, with no running cap (a cap counts the
+    tenant's running runs one claim at a time); the runs claimed, by id. Runs with a
+    concurrency key are left alone, for ``claim_keyed``: not claimed, nor held back."""
     rows = session.execute(_CLAIM_MANY, {"run_ids": run_ids, "worker": worker,
                                          "cap": 0}).all()
+    claims = {row.id: _claimed(session, row, worker) for row in rows}
+    _held_back(session, [run_id for run_id in run_ids if run_id not in claims], keyed=False)
+    return claims
+
+
+def claim_keyed(session: Session, *, run_ids: list[str], worker: str) -> dict[str, Claim]:
+    """``claim`` for many runs with concurrency keys (and no running cap) in one statement;
+    the runs claimed, by id. In a transaction: their keys are locked until it ends, and
+    the statement that counts each key's runs running starts once it holds them, so it
+    sees every claim of those keys made before (all hold the key's lock until they
+    commit, other workers' too): no more than a key's limit run at once."""
+    session.execute(_LOCK_KEYS, {"run_ids": run_ids})
+    rows = session.execute(_CLAIM_KEYED, {"run_ids": run_ids, "worker": worker,
+                                          "cap": 0}).all()
     claims = {row.id: _claimed(session, row, worker) for row in rows}
     _held_back(session, [run_id for run_id in run_ids if run_id not in claims])
     return claims
 
 
-def _held_back(session: Session, run_ids: list[str]) -> None:
+def _held_back(session: Session, run_ids: list[str], *, keyed: bool = True) -> None:
     """Runs not claimed (held back, or a duplicate message): a held-back run waits to be
-    dispatched again."""
+    dispatched again. Without ``keyed``, runs with a concurrency key are left as they are
+    (their claim is yet to come)."""
     if run_ids:
-        session.execute(update(Run)
-                        .where(Run.id.in_(run_ids), Run.status == RunStatus.QUEUED,
-                               Run.dispatched_at.is_not(None))
-                        .values(dispatched_at=None))
+        query = update(Run).where(Run.id.in_(run_ids), Run.status == RunStatus.QUEUED,
+                                  Run.dispatched_at.is_not(None))
+        if not keyed:
+            query = query.where(Run.concurrency_key.is_(None))
+        session.execute(query.values(dispatched_at=None))
 
 
 def _claimed(session: Session, row: Any, worker: str) -> Claim:
@@ -215,7 +264,7 @@ def _claimed(session: Session, row: Any, worker: str) -> Claim:
         epoch=row.lease_epoch, timeout_s=row.timeout_s, queue=row.queue,
         session_id=row.session_id, request_id=row.request_id, worker=worker,
         waited_s=float(row.waited_s), has_steps=bool(row.has_steps),
-        traceparent=row.traceparent,
+        traceparent=row.traceparent, deferrals=row.deferrals,
     )
 
 

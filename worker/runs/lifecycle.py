@@ -22,7 +22,7 @@ from worker.base.event import Event
 from worker.base.models import Run, RunStatus
 from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.runs import dispatch, events, outbox
+from worker.runs import batch_end, dispatch, events, outbox, tree
 from worker.runs.readiness import session_free, under_concurrency_limit, under_running_cap
 
 _DELIVERIES = "agentq.deliveries"  # ids of the deliveries made
@@ -31,6 +31,8 @@ _ENDED = "agentq.ended"  # (agent, status, seconds it ran) for the metrics
 _FREED = "agentq.freed"  # runs whose place freed up: run id -> it had a session
 _SUCCESSORS = "agentq.successors"  # runs picked to start now
 _KEYS = "agentq.keys"  # (tenant, concurrency key) of the runs whose place freed up
+_WOKEN = "agentq.woken"  # parents queued again by a child's end
+CANCELLED_PARENTS = "agentq.cancelled_parents"  # (tenant, run): their children to cancel
 _MAX_PICKED = 10  # a key's runs published when one ends, at most (their claims decide)
 
 
@@ -43,7 +45,15 @@ def ended(session: Session, *, run: Run, event: Event,
         outbox.enqueue(session, run=run, event=event, endpoints=endpoints))
     info.setdefault(_TENANTS, {})[run.id] = run.tenant_id
     info.setdefault(_ENDED, []).append(_ending(run))
+    if run.batch_id is not None:  # the batch's last run to end completes it
+        info[_DELIVERIES].extend(batch_end.run_ended(session, run=run))
+    if run.status == RunStatus.CANCELLED and run.children:  # its children, once committed
+        info.setdefault(CANCELLED_PARENTS, []).append((run.tenant_id, run.id))
     freed(session, run=run)
+    if run.parent_id is not None:  # its parent hears of it (last: it locks the parent)
+        woken = tree.child_ended(session, run=run)
+        if woken is not None:
+            info.setdefault(_WOKEN, []).append(woken.dispatch)
 
 
 def waiting(session: Session, *, run: Run, event: Event, extra: dict[str, Any]) -> None:
@@ -87,7 +97,7 @@ def after_commit(rt: Runtime, info: dict[str, Any]) -> None:
             rt.metrics.inc("agentq_runs_dead_lettered", agent=agent)
         if duration_s is not None:
             rt.metrics.observe("agentq_run_duration_seconds", duration_s, agent=agent)
-    for job in info.get(_SUCCESSORS, []):
+    for job in info.get(_SUCCESSORS, []) + info.get(_WOKEN, []):
         dispatch.dispatch(rt, job)
     if info.get(_DELIVERIES):
         outbox.dispatch(rt, info[_DELIVERIES])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -33,7 +35,7 @@ from worker.runs.views import iso, run_view
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("run.succeeded", "run.failed", "run.cancelled", "run.dead_lettered",
-               "run.waiting", "run.expired")
+               "run.waiting", "run.expired", "batch.completed")
 STANDARD, SLACK = "standard", "slack"  # delivery formats
 _SLACK_TEXT_LIMIT = 3000
 
@@ -80,6 +82,23 @@ def enqueue(session: Session, *, run: Run, event: Event,
     outgoing = [(endpoint_id, url, STANDARD, payload) for endpoint_id, url in targets]
     if reply_url:
         outgoing.append((None, reply_url, SLACK, slack_message(run)))
+    return _create(session, run=run, event_type=event_type, outgoing=outgoing)
+
+
+def enqueue_event(session: Session, *, run: Run, event_type: str, data: dict[str, Any],
+                  at: datetime) -> list[str]:
+    """Create the deliveries of an event about more than a run (``batch.completed``) to
+    the tenant's endpoints that want it, filed under ``run`` (the run whose end made it);
+    return their ids."""
+    payload = {"type": event_type, "timestamp": iso(at), "data": data}
+    outgoing = [(endpoint_id, url, STANDARD, payload)
+                for endpoint_id, url in _endpoints(session, run, event_type)]
+    return _create(session, run=run, event_type=event_type, outgoing=outgoing)
+
+
+def _create(session: Session, *, run: Run, event_type: str,
+            outgoing: Sequence[tuple[str | None, str, str, dict[str, Any]]]) -> list[str]:
+    """One pending delivery per (endpoint id, url, format, payload); their ids."""
     created = []
     for endpoint_id, url, kind, body in outgoing:
         delivery = Delivery(

@@ -233,7 +233,7 @@ class StepRunner:
             raise WaitTimeout(name, reached.timeout_s)
         if reached.status == WaitpointStatus.CANCELLED:
             raise Cancelled(f"waitpoint {name!r} was cancelled")
-        raise waits.Suspend(reached.id, name)
+        raise waits.Suspend([reached.id], [name])
 
     def _finished(self) -> dict[str, Stored]:
         if self._done is None:

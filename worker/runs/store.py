@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from worker.base import jsonb
 from worker.base.db import Database
@@ -66,42 +66,54 @@ class RunFilter:
     agent: str | None = None
     session_id: str | None = None
     since: datetime | None = None  # created at or after
+    parent_id: str | None = None
+    batch_id: str | None = None
 
 
-def _create_sql(slot: str | None) -> str:
+# What a submission gives the statement that stores its run, with each value's SQL type: one
+# value each (``create``), or an array each, an element per run (``create_many``). All but
+# start_at, delay_s and ttl_s (which make the run's timing) are stored as they are.
+_GIVEN = (("id", "text"), ("agent", "text"), ("input", "jsonb"), ("max_attempts", "int"),
+          ("timeout_s", "int"), ("session_id", "text"), ("metadata", "jsonb"),
+          ("webhook_url", "text"), ("reply_url", "text"), ("request_id", "text"),
+          ("queue", "text"), ("priority", "text"), ("start_at", "timestamptz"),
+          ("delay_s", "float8"), ("ttl_s", "float8"), ("schedule_id", "text"),
+          ("scheduled_for", "timestamptz"), ("concurrency_key", "text"),
+          ("concurrency_max", "int"), ("traceparent", "text"), ("parent_id", "text"),
+          ("root_id", "text"), ("child_name", "text"), ("depth", "int"),
+          ("detached", "boolean"), ("batch_id", "text"), ("forked_from", "jsonb"))
+_AS_GIVEN = [name for name, _ in _GIVEN if name not in ("start_at", "delay_s", "ttl_s")]
+
+
+def _create_sql(slot: str | None, *, many: bool = False) -> str:
     """The run and its first event in one statement (a hot path: every submission); led
     by ``slot``, the run is stored only if the tenant's caps leave it a slot. A delayed run
-    (``start_at`` later than now) is stored ``scheduled``, due at ``next_attempt_at``. In
-    psycopg's placeholders: run by a session's connection, or on its own
-    (``Database.one_row``)."""
+    (``start_at`` later than now) is stored ``scheduled``, due at ``next_attempt_at``.
+    ``many``: each value given is an array, and a run is stored per element. In psycopg's
+    placeholders: run by a session's connection, or on its own (``Database.one_row``)."""
     lead, source = (f"slot AS ({slot}),", ", slot") if slot else ("", "")
+    if many:
+        arrays = ", ".join(f"CAST(%({name})s AS {kind}[])" for name, kind in _GIVEN)
+        names = ", ".join(name for name, _ in _GIVEN)
+        given = f"SELECT * FROM unnest({arrays}) AS v({names})"  # noqa: S608 (constants)
+    else:
+        given = "SELECT " + ", ".join(f"CAST(%({name})s AS {kind}) AS {name}"
+                                      for name, kind in _GIVEN)
     return f"""
-    WITH {lead} timing AS (
-        SELECT CASE WHEN CAST(%(start_at)s AS timestamptz) IS NULL
-                     AND CAST(%(delay_s)s AS float8) IS NULL THEN NULL
-               ELSE greatest(now(), coalesce(CAST(%(start_at)s AS timestamptz),
-                     now() + make_interval(secs => CAST(%(delay_s)s AS float8)))) END
-               AS start_at
+    WITH {lead} given AS ({given}), timing AS (
+        SELECT given.*,
+               CASE WHEN given.start_at IS NULL AND given.delay_s IS NULL THEN NULL
+               ELSE greatest(now(), coalesce(given.start_at,
+                     now() + make_interval(secs => given.delay_s))) END AS starts
+        FROM given
     ), stored AS (
-        INSERT INTO runs (id, tenant_id, agent, status, input, attempt, max_attempts,
-                          timeout_s, session_id, metadata, webhook_url, reply_url,
-                          request_id, queue, priority, lease_epoch, last_seq, start_at,
-                          next_attempt_at, expires_at, schedule_id, scheduled_for,
-                          concurrency_key, concurrency_max, traceparent, parent_id,
-                          root_id, child_name, depth, detached, batch_id, forked_from)
-        SELECT %(id)s, %(tenant_id)s, %(agent)s,
-               CASE WHEN timing.start_at > now() THEN 'scheduled' ELSE 'queued' END,
-               CAST(%(input)s AS jsonb), 0,
-               %(max_attempts)s, %(timeout_s)s, %(session_id)s, CAST(%(metadata)s AS jsonb),
-               %(webhook_url)s, %(reply_url)s, %(request_id)s, %(queue)s, %(priority)s, 0, 1,
-               timing.start_at,
-               CASE WHEN timing.start_at > now() THEN timing.start_at END,
-               coalesce(timing.start_at, now())
-                   + make_interval(secs => CAST(%(ttl_s)s AS float8)),
-               %(schedule_id)s, %(scheduled_for)s, %(concurrency_key)s, %(concurrency_max)s,
-               %(traceparent)s, %(parent_id)s, %(root_id)s, %(child_name)s, %(depth)s,
-               %(detached)s, %(batch_id)s, CAST(%(forked_from)s AS jsonb)
-        FROM timing {source}
+        INSERT INTO runs (tenant_id, status, attempt, lease_epoch, last_seq, start_at,
+                          next_attempt_at, expires_at, {", ".join(_AS_GIVEN)})
+        SELECT %(tenant_id)s, CASE WHEN t.starts > now() THEN 'scheduled' ELSE 'queued' END,
+               0, 0, 1, t.starts, CASE WHEN t.starts > now() THEN t.starts END,
+               coalesce(t.starts, now()) + make_interval(secs => t.ttl_s),
+               {", ".join(f"t.{name}" for name in _AS_GIVEN)}
+        FROM timing t {source}
         RETURNING *
     ), first AS (
         INSERT INTO run_events (run_id, seq, type, data)
@@ -111,14 +123,16 @@ def _create_sql(slot: str | None) -> str:
                                           'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
                   ELSE '{{}}'::jsonb END
         FROM stored
-        RETURNING at, data
+        RETURNING run_id, at, data
     )
-    SELECT stored.*, first.at AS event_at, first.data AS event_data FROM stored, first
+    SELECT stored.*, first.at AS event_at, first.data AS event_data
+    FROM stored JOIN first ON first.run_id = stored.id
     """  # noqa: S608 (constants only)
 
 
 _CREATE = _create_sql(None)
 _CREATE_ADMITTED = _create_sql(admission.SLOT)
+_CREATE_MANY = _create_sql(None, many=True)
 
 
 def create(session: Session, *, tenant_id: str, new: NewRun) -> Run:
@@ -143,6 +157,20 @@ def create_alone(db: Database, *, tenant_id: str, new: NewRun, caps: admission.C
     if row is None:
         raise admission.Full(caps)
     return Run.from_row(row)
+
+
+def create_many(session: Session, *, tenant_id: str, news: list[NewRun],
+                ids: list[str]) -> list[Run]:
+    """Store queued runs with the ``ids`` given and their first events, in one statement
+    of the session's transaction; return them in the order given. As ``create``, the caller
+    took their slots and dispatches them after commit. (Their first events are not
+    announced: nobody can be watching a run before its id is answered.)"""
+    rows = [{**_create_params(tenant_id, new), "id": run_id}
+            for new, run_id in zip(news, ids, strict=True)]
+    params: dict[str, Any] = {name: [row[name] for row in rows] for name, _ in _GIVEN}
+    stored = {row.id: Run.from_row(row) for row in session.connection().exec_driver_sql(
+        _CREATE_MANY, {**params, "tenant_id": tenant_id}).all()}
+    return [stored[run_id] for run_id in ids]
 
 
 def _create_params(tenant_id: str, new: NewRun) -> dict[str, Any]:
@@ -185,12 +213,52 @@ def page(
         query = query.where(Run.session_id == where.session_id)
     if where.since is not None:
         query = query.where(Run.created_at >= where.since)
+    if where.parent_id is not None:
+        query = query.where(Run.parent_id == where.parent_id)
+    if where.batch_id is not None:
+        query = query.where(Run.batch_id == where.batch_id)
     if before is not None:
         query = query.where(Run.id < before)
     rows = list(session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (rows[-1].id if more else None)
+
+
+def children(session: Session, *, tenant_id: str, run_id: str, limit: int,
+             after: str | None) -> tuple[list[Run], str | None]:
+    """Up to ``limit`` of the run's children, oldest first, and the id to go on after."""
+    query = select(Run).where(Run.parent_id == run_id, Run.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(Run.id > after)
+    rows = list(session.scalars(query.order_by(Run.id).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)
+
+
+def children_by_status(session: Session, *, run_id: str) -> dict[str, int]:
+    """How many of the run's children stand in each status."""
+    rows = session.execute(select(Run.status, func.count()).where(Run.parent_id == run_id)
+                           .group_by(Run.status))
+    return {status: count for status, count in rows}
+
+
+def tree(session: Session, *, tenant_id: str, root_id: str,
+         limit: int) -> tuple[list[Run], bool]:
+    """The run ``root_id`` and its descendants, at most ``limit`` of them, shallowest first
+    (by depth, then id), and whether there are more. One query that walks down
+    ix_runs_parent_id_id a level at a time (root_id has no index): Postgres stops the walk
+    once it has ``limit + 1`` runs, all of whose parents are among them."""
+    below = aliased(Run)
+    walk = select(Run.id).where(Run.id == root_id, Run.tenant_id == tenant_id) \
+        .cte("walk", recursive=True)
+    walk = walk.union_all(select(below.id).where(below.parent_id == walk.c.id,
+                                                 below.tenant_id == tenant_id))
+    ids = select(walk.c.id).limit(limit + 1)
+    rows = list(session.scalars(select(Run).where(Run.id.in_(ids))
+                                .order_by(Run.depth, Run.id)))
+    return rows[:limit], len(rows) > limit
 
 
 def may_start(session: Session, *, run_id: str, running_cap: int) -> bool:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.base.models import (
+    Batch,
     Delivery,
     DeliveryAttempt,
     Run,
@@ -46,9 +47,25 @@ def run_view(run: Run) -> dict[str, Any]:
         "expires_at": iso(run.expires_at),
         "schedule_id": run.schedule_id,
         "scheduled_for": iso(run.scheduled_for),
+        "parent_id": run.parent_id,
+        "root_id": run.root_id,
+        "child_name": run.child_name,
+        "batch_id": run.batch_id,
         "concurrency_key": run.concurrency_key,
+        "forked_from": run.forked_from,
         "usage": {"llm_calls": run.llm_calls, "input_tokens": run.input_tokens,
                   "output_tokens": run.output_tokens},
+    }
+
+
+def batch_view(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+    """A batch, with its runs counted by status."""
+    return {
+        "id": batch.id,
+        "size": batch.size,
+        "created_at": iso(batch.created_at),
+        "completed_at": iso(batch.completed_at),
+        "counts": counts,
     }
 
 

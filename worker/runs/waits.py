@@ -52,13 +52,14 @@ _TOKEN_AUDIENCE = "agentq:waitpoint"  # noqa: S105 (a name, not a secret)
 
 
 class Suspend(BaseException):
-    """Raised out of the agent at a waitpoint not yet completed: the attempt ends
-    ``suspended``. A BaseException, so an agent's ``except Exception`` does not eat it."""
+    """Raised out of the agent at waitpoints not yet completed: the attempt ends
+    ``suspended``, and the run is woken when the first of them is completed (or due). A
+    BaseException, so an agent's ``except Exception`` does not eat it."""
 
-    def __init__(self, waitpoint_id: str, name: str) -> None:
-        super().__init__(f"waiting at {name!r}")
-        self.waitpoint_id = waitpoint_id
-        self.name = name
+    def __init__(self, waitpoint_ids: list[str], names: list[str]) -> None:
+        super().__init__(f"waiting at {', '.join(map(repr, names))}")
+        self.waitpoint_ids = waitpoint_ids
+        self.names = names
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,9 @@ def complete(session: Session, *, tenant_id: str, run_id: str, name: str, data: 
                        "completed", waitpoint=point.status)
     if point.kind == SLEEP:
         raise Conflict(f"{name!r} is a ctx.sleep: it ends at its deadline, it is not completed",
+                       waitpoint=point.status)
+    if point.kind != WAIT:  # a parent's wait for its child: the child's end completes it
+        raise Conflict(f"{name!r} waits for a child run; it completes when that run ends",
                        waitpoint=point.status)
     if point.status != WaitpointStatus.WAITING:
         raise Conflict(f"waitpoint {name!r} is already {point.status}", waitpoint=point.status)
