@@ -34,7 +34,9 @@ def theirs(api: ApiClient, receiver: Receiver) -> dict[str, str]:
                                                 "agent": "echo"}).get_json()
     key = api.post("/v1/api-keys", json={"name": "x"}).get_json()
     schedule = api.post("/v1/schedules", json={"agent": "echo", "every_s": 3600}).get_json()
-    return {"run_id": run["id"], "session_id": "s-1", "endpoint_id": endpoint["id"],
+    batch = api.post("/v1/runs/batch", json={"items": [{"agent": "echo"}]}).get_json()
+    return {"batch_id": batch["id"], "run_id": run["id"], "session_id": "s-1",
+            "endpoint_id": endpoint["id"],
             "delivery_id": delivery["id"], "source_id": source["id"], "key_id": key["id"],
             "name": "answer", "schedule_id": schedule["id"]}
 
