@@ -471,11 +471,9 @@ async def rated(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
 
 # Child runs (ctx.start, ctx.gather, ctx.map): parents and children on the crash queue.
 @agent("test.child.echo", queue=CRASH_QUEUE)
-def child_echo(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
-    deadline = time.monotonic() + float(input.get("pause_s", 0))
-    while time.monotonic() < deadline and not ctx.cancelled:
-        time.sleep(0.02)
-    ctx.check_cancelled()
+async def child_echo(ctx: AsyncRunContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Work ``pause_s`` (a cancel reaches it at once, at its await), then echo ``x``."""
+    await asyncio.sleep(float(input.get("pause_s", 0)))
     return {"echo": input.get("x"), "attempt": ctx.attempt}
 
 

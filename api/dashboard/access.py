@@ -15,6 +15,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    flash,
     g,
     redirect,
     render_template,
@@ -25,6 +26,7 @@ from flask import (
 from pydantic import BaseModel, ValidationError
 from werkzeug.wrappers.response import Response as BaseResponse
 
+from api import pagination
 from api.bodies import read_body
 from api.deps import principal, runtime
 from worker.access import keys
@@ -185,6 +187,16 @@ def form(model: type[M], **fields: Any) -> M:
             from None
     except ValidationError as error:
         raise InvalidRequest.from_validation(error) from None
+
+
+def cursor(prefix: str) -> str | None:
+    """The page's ``?cursor=`` as an id to go on from; one edited by hand shows the first
+    page, and a flash saying why."""
+    try:
+        return pagination.decode(request.args.get("cursor") or None, prefix=prefix)
+    except InvalidRequest as error:
+        flash(describe(error), "error")
+        return None
 
 
 def describe(error: AgentqError) -> str:

@@ -24,7 +24,7 @@ from api import events as event_stream
 from api import pagination
 from api.bodies import query
 from api.dashboard import pictures
-from api.dashboard.access import bp, describe, form, local, needs
+from api.dashboard.access import bp, cursor, describe, form, local, needs
 from api.deps import principal, runtime
 from api.schemas import EventsQuery, RunCreate, WaitpointComplete
 from worker.access import keys
@@ -248,11 +248,7 @@ def run_panel(run_id: str) -> str:
 @needs(keys.READ)
 def run_children(run_id: str) -> str:
     """A page of the run's children, oldest first, from the cursor its page links to."""
-    try:
-        after = pagination.decode(request.args.get("cursor") or None, prefix="run_")
-    except InvalidRequest as error:  # a cursor edited by hand: the first page, and why
-        flash(describe(error), "error")
-        after = None
+    after = cursor("run_")
     with runtime().db.autocommit() as db:
         run = store.get(db, tenant_id=principal().tenant_id, run_id=run_id)
         family = _children(db, run, after=after)

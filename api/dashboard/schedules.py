@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api import pagination
-from api.dashboard.access import bp, describe, form, needs
+from api.dashboard.access import bp, cursor, describe, form, needs
 from api.deps import principal, runtime
 from api.schemas import ScheduleCreate
 from worker.access import keys
@@ -36,11 +36,7 @@ def schedules_page() -> str:
 
 def _page(*, sent: dict[str, Any] | None) -> str:
     tenant_id = principal().tenant_id
-    try:
-        before = pagination.decode(request.args.get("cursor") or None, prefix="sch_")
-    except InvalidRequest as error:  # a cursor edited by hand: the first page, and why
-        flash(describe(error), "error")
-        before = None
+    before = cursor("sch_")
     with runtime().db.autocommit() as db:
         items, last = schedules.page(db, tenant_id=tenant_id, limit=PAGE, before=before)
         ran = _last_runs(db, tenant_id=tenant_id, schedule_ids=[s.id for s in items])
