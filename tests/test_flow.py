@@ -186,11 +186,6 @@ def longest_idle(runs: list[tuple[float, float, float]], most: int) -> float:
     return longest
 
 
-# Until a run is marked dispatched before its message can be taken: worker.runs.dispatch
-# marks it up to 50 ms after publishing, so a claim refused sooner is overwritten, and the
-# run looks dispatched with no message (only the sweeper's redispatch_lost starts it).
-@pytest.mark.xfail(reason="dispatch marks a run dispatched after its message may have been "
-                          "refused", strict=False)
 def test_each_run_of_a_busy_key_starts_once_a_place_frees_never_left_to_the_sweeper(
         api: ApiClient, crash_worker: StartWorker, runtime: Runtime) -> None:
     # Given two workers claiming at once, each holding enough runs to claim them in batches

@@ -156,16 +156,23 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 class Dispatch:
     """What publishing a run takes: its id, its queue, its time limit and its agent (in the
     message, so a worker can hold back a sync agent's run, unclaimed, until it has a thread
-    free for it)."""
+    free for it). ``held``: its claim may be refused (it has a session or a concurrency
+    key), so it is marked dispatched before its message can be taken."""
 
     run_id: str
     queue: str
     timeout_s: int
     countdown_s: float | None = None
     agent: str | None = None
+    held: bool = False
 
     @classmethod
-    def of(cls, run: Any, *, countdown_s: float | None = None) -> Dispatch:
+    def of(cls, run: Any, *, countdown_s: float | None = None,
+           held: bool | None = None) -> Dispatch:
         """The dispatch of ``run`` (a ``Run`` or a row with its id, queue, timeout_s and
-        agent)."""
-        return cls(run.id, run.queue, run.timeout_s, countdown_s=countdown_s, agent=run.agent)
+        agent; ``held`` is read from its session and key when it has them)."""
+        if held is None:
+            held = (getattr(run, "session_id", None) is not None
+                    or getattr(run, "concurrency_key", None) is not None)
+        return cls(run.id, run.queue, run.timeout_s, countdown_s=countdown_s, agent=run.agent,
+                   held=held)

@@ -2,8 +2,14 @@
 
 The run is committed first, then published, then marked dispatched. If publishing fails
 (broker down, process killed in between) the run stays unmarked and the sweeper publishes
-it later. If the broker loses messages it had (Redis restarted without its data, a message
-dropped by a task that failed), the sweeper sees the queue hold fewer messages than
+it later. A run whose claim may be refused (a session's, a concurrency key's, any under a
+tenant's running cap) is marked first instead: a refused claim unmarks it, to be dispatched
+again when its place frees, and a mark written after that would leave it waiting for the
+sweeper. If publishing it then fails it is unmarked; if its process dies in between, the
+sweeper finds it missing from its queue.
+
+If the broker loses messages it had (Redis restarted without its data, a message dropped
+by a task that failed), the sweeper sees the queue hold fewer messages than
 Postgres has waiting runs and publishes the longest-waiting ones again. A second publish of
 the same run is harmless: only one claim can win.
 """
@@ -63,11 +69,40 @@ def publish(rt: Runtime, job: Dispatch) -> bool:
 
 
 def dispatch(rt: Runtime, job: Dispatch) -> bool:
-    """Publish a committed run and have it marked dispatched (in a batch); never raises."""
+    """Publish a committed run and have it marked dispatched (in a batch; first, if its
+    claim may be refused); never raises."""
+    if job.held or rt.settings.tenant_max_running > 0:
+        return dispatch_marked(rt, [job]) == 1
     if not publish(rt, job):
         return False
     Marker.of(rt).add(job.run_id)
     return True
+
+
+def dispatch_marked(rt: Runtime, jobs: list[Dispatch], *, marked: bool = False) -> int:
+    """Mark the runs dispatched (unless the caller's committed transaction did) and publish
+    them; unmark those the broker did not take. How many it took; never raises."""
+    run_ids = [job.run_id for job in jobs]
+    if not marked:
+        try:
+            with rt.db.autocommit() as session:
+                mark_dispatched(session, run_ids=run_ids)
+        except Exception as error:  # not marked: the sweeper publishes them
+            log.warning("could not mark runs dispatched; the sweeper will publish them",
+                        extra={"runs": len(run_ids),
+                               "error": f"{type(error).__name__}: {error}"})
+            return 0
+    sent = set(publish_all(rt, jobs, reason="", quiet=True))
+    unsent = [run_id for run_id in run_ids if run_id not in sent]
+    if unsent:
+        try:
+            with rt.db.autocommit() as unmarking:
+                mark_undispatched(unmarking, run_ids=unsent)
+        except Exception as error:  # marked, not sent: the sweeper finds them missing
+            log.warning("could not unmark runs not published",
+                        extra={"runs": len(unsent),
+                               "error": f"{type(error).__name__}: {error}"})
+    return len(sent)
 
 
 class Marker:
@@ -116,8 +151,10 @@ class Marker:
                         extra={"runs": len(batch), "error": f"{type(error).__name__}: {error}"})
 
 
-def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:
-    """Publish each job; return the ids that reached the broker."""
+def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str,
+                quiet: bool = False) -> list[str]:
+    """Publish each job; return the ids that reached the broker (each logged with the
+    sweeper's ``reason`` unless ``quiet``)."""
     broker = breakers.of(rt.settings.celery_broker_url,
                          reset_s=rt.settings.dependency_timeout_s)
     sent = []
@@ -126,7 +163,7 @@ def publish_all(rt: Runtime, jobs: list[Dispatch], *, reason: str) -> list[str]:
             sent.append(job.run_id)
         elif broker.is_open:
             break  # the broker is not answering: the rest wait for the next sweep
-    for run_id in sent:
+    for run_id in [] if quiet else sent:
         log.info("run dispatched by the sweeper", extra={"run_id": run_id, "reason": reason})
     return sent
 

@@ -12,10 +12,11 @@ runs and the deliveries. ``worker.app`` wires the two hooks into the database's 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
-from sqlalchemy import false, or_, select, true
+from sqlalchemy import false, or_, select, text, true
 from sqlalchemy.orm import Session, aliased
 
 from worker.base.event import Event
@@ -33,7 +34,16 @@ _SUCCESSORS = "agentq.successors"  # runs picked to start now
 _KEYS = "agentq.keys"  # (tenant, concurrency key) of the runs whose place freed up
 _WOKEN = "agentq.woken"  # parents queued again by a child's end
 CANCELLED_PARENTS = "agentq.cancelled_parents"  # (tenant, run): their children to cancel
+log = logging.getLogger(__name__)
+
 _MAX_PICKED = 10  # a key's runs published when one ends, at most (their claims decide)
+# The keys' locks, in the order claims take them (``attempts.claim_keyed``).
+_LOCK_KEYS = text("""
+    SELECT pg_advisory_xact_lock(key_lock) FROM (
+        SELECT DISTINCT hashtext(tenant || '/' || key) AS key_lock
+        FROM unnest(CAST(:tenants AS text[]), CAST(:keys AS text[])) AS freed(tenant, key)
+        ORDER BY key_lock) AS locks
+""")
 
 
 def ended(session: Session, *, run: Run, event: Event,
@@ -77,8 +87,6 @@ def before_commit(rt: Runtime, session: Session) -> None:
     picked: list[Dispatch] = []
     if cap > 0 or any(held_back.values()):  # only a session or a cap holds runs back
         picked = next_to_start(session, run_ids=list(held_back), running_cap=cap)
-    for tenant_id, key in session.info.pop(_KEYS, ()):  # ... or a concurrency key
-        picked += next_with_key(session, tenant_id=tenant_id, key=key)
     if picked:
         session.info[_SUCCESSORS] = picked
 
@@ -99,8 +107,31 @@ def after_commit(rt: Runtime, info: dict[str, Any]) -> None:
             rt.metrics.observe("agentq_run_duration_seconds", duration_s, agent=agent)
     for job in info.get(_SUCCESSORS, []) + info.get(_WOKEN, []):
         dispatch.dispatch(rt, job)
+    if info.get(_KEYS):
+        start_keyed(rt, info[_KEYS])
     if info.get(_DELIVERIES):
         outbox.dispatch(rt, info[_DELIVERIES])
+
+
+def start_keyed(rt: Runtime, keys: set[tuple[str, str]]) -> None:
+    """Dispatch the runs these (tenant, concurrency key)s held back that may start now,
+    each key's picked under its lock (in one transaction that marks them dispatched, so a
+    second end of the key does not pick them again). Never raises: the sweeper starts
+    them if this fails."""
+    picked: list[Dispatch] = []
+    try:
+        with rt.db.transaction() as session:
+            session.execute(_LOCK_KEYS, {"tenants": [tenant for tenant, _ in keys],
+                                         "keys": [key for _, key in keys]})
+            for tenant_id, key in keys:
+                picked += next_with_key(session, tenant_id=tenant_id, key=key)
+            dispatch.mark_dispatched(session, run_ids=[job.run_id for job in picked])
+    except Exception as error:
+        log.warning("could not pick the runs a concurrency key held back; the sweeper will",
+                    extra={"keys": len(keys), "error": f"{type(error).__name__}: {error}"})
+        return
+    if picked:
+        dispatch.dispatch_marked(rt, picked, marked=True)
 
 
 def _ending(run: Run) -> tuple[str, str, float | None]:
@@ -128,12 +159,12 @@ def next_to_start(session: Session, *, run_ids: list[str], running_cap: int,
         .order_by(Run.id)
         .limit(limit)
     )
-    return [Dispatch.of(row) for row in session.execute(query)]
+    return [Dispatch.of(row, held=True) for row in session.execute(query)]
 
 
 def next_with_key(session: Session, *, tenant_id: str, key: str) -> list[Dispatch]:
     """The oldest held-back runs of the tenant's concurrency key that its limit lets start
-    now (their claims count again, under the key's lock)."""
+    now (their claims count again, under the key's lock; the caller holds it too)."""
     query = (
         select(Run.id, Run.queue, Run.timeout_s, Run.agent)
         .where(Run.tenant_id == tenant_id, Run.concurrency_key == key,
@@ -142,4 +173,4 @@ def next_with_key(session: Session, *, tenant_id: str, key: str) -> list[Dispatc
         .order_by(Run.id)
         .limit(_MAX_PICKED)
     )
-    return [Dispatch.of(row) for row in session.execute(query)]
+    return [Dispatch.of(row, held=True) for row in session.execute(query)]
