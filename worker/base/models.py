@@ -22,6 +22,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -212,6 +213,7 @@ class Run(Base):
               postgresql_where=text("parent_id IS NOT NULL")),
         Index("ix_runs_batch_id_id", "batch_id", "id",
               postgresql_where=text("batch_id IS NOT NULL")),
+        Index("ix_runs_unreported", "parent_id", postgresql_where=text("unreported")),
         Index(
             "ix_runs_queued_queue",
             "queue",
@@ -301,6 +303,8 @@ class Run(Base):
     depth: Mapped[int] = mapped_column(Integer, server_default="0")
     children: Mapped[int] = mapped_column(Integer, server_default="0")
     detached: Mapped[bool] = mapped_column(server_default=false())
+    # Ended, and its child.finished not yet in its parent's log (worker.runs.tree.report).
+    unreported: Mapped[bool] = mapped_column(server_default=false())
     batch_id: Mapped[str | None] = mapped_column(String(40))
     forked_from: Mapped[dict[str, Any] | None]
     # Attempts deferred for want of room (an LLM rate limit): free, up to a bound.
@@ -401,6 +405,9 @@ class Waitpoint(Base):
     schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     deadline: Mapped[datetime]
     attempt: Mapped[int]  # the attempt that reached it
+    # A child waitpoint whose completion queues its waiting parent again (false: one of the
+    # children a gather does not wait on now; its end is read at the next look).
+    wakes: Mapped[bool] = mapped_column(server_default=true())
     data: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True))
     # Who completed it: "api" (and the key's id), "url", "slack:<user>", "timeout".
     completed_by: Mapped[str | None] = mapped_column(String(200))

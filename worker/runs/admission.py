@@ -71,6 +71,17 @@ SLOT = """
     RETURNING id
 """
 
+# SLOT for ``count`` runs at once (a batch, a parent's children): all or none.
+SLOTS = """
+    UPDATE tenants SET admitted_waiting = admitted_waiting + %(count)s,
+                       admitted_active = admitted_active + %(count)s
+    WHERE id = %(tenant_id)s
+      AND admission_counted_at > now() - make_interval(secs => %(fresh_s)s)
+      AND (%(max_waiting)s = 0 OR admitted_waiting + %(count)s <= %(max_waiting)s)
+      AND (%(max_active)s = 0 OR admitted_active + %(count)s <= %(max_active)s)
+    RETURNING id
+"""
+
 # NO KEY: rows that refer to the tenant (runs, deliveries, sessions) may still be written.
 # now() is when this transaction began, before it waited for the lock: a count made since
 # was made by a submission that held the lock while this one waited.
@@ -109,6 +120,13 @@ def take(session: Session, *, tenant_id: str, caps: Caps) -> None:
     row stays locked until the transaction ends."""
     if caps.any and session.connection().exec_driver_sql(
             SLOT, caps.params(tenant_id)).first() is None:
+        raise Full(caps)
+
+
+def take_many(session: Session, *, tenant_id: str, caps: Caps, count: int) -> None:
+    """``take`` for ``count`` runs at once, or raise Full."""
+    if count and caps.any and session.connection().exec_driver_sql(
+            SLOTS, {**caps.params(tenant_id), "count": count}).first() is None:
         raise Full(caps)
 
 

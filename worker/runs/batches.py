@@ -7,7 +7,7 @@ the run that key made, which is not stored again; the keys are those of ``POST /
 ``Idempotency-Key``, hashed), the tenant's caps are taken once for all the new runs (a
 batch that does not fit is refused whole), and the batch's row and its runs with their
 first events are stored, a statement each. After the commit the runs that may start are
-published (by a ``Publisher``, while the request is answered). A batch is the runs it
+published (by ``dispatch.Publisher``, while the request is answered). A batch is the runs it
 made; ``batch_end`` completes it when the last one ends. A request whose every item was
 answered by an earlier batch's runs, all of them, is a repeat: it answers with that batch.
 """
@@ -15,9 +15,7 @@ answered by an earlier batch's runs, all of them, is a repeat: it answers with t
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, text
@@ -26,7 +24,6 @@ from sqlalchemy.orm import Session
 from worker.base import tracing
 from worker.base.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from worker.base.models import Batch, Run, new_id
-from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.runs import (
     admission,
@@ -35,11 +32,11 @@ from worker.runs import (
     dispatch,
     idempotency,
     outbox,
+    readiness,
     sessions,
     store,
     submission,
 )
-from worker.runs.readiness import session_free, under_running_cap
 
 MAX_ITEMS = 1000
 
@@ -154,7 +151,7 @@ def _store(rt: Runtime, session: Session, *, tenant_id: str, items: list[Item],
         if repeated is not None:
             return Submitted(repeated, [earlier[i] for i in range(len(items))],
                              sorted(found), repeat=True)
-    _take_slots(session, tenant_id=tenant_id, caps=caps, count=len(fresh))
+    admission.take_many(session, tenant_id=tenant_id, caps=caps, count=len(fresh))
     news = [items[index].new for index in fresh]
     if any(new.webhook_url for new in news):
         outbox.require_default_secret(session, tenant_id=tenant_id)
@@ -169,7 +166,8 @@ def _store(rt: Runtime, session: Session, *, tenant_id: str, items: list[Item],
               for new in news]) if fresh else []
     made = dict(zip(fresh, created, strict=True))
     runs = [made.get(index) or earlier[index] for index in range(len(items))]
-    ready = _ready(session, runs=created, running_cap=rt.settings.tenant_max_running)
+    ready = readiness.may_start_now(session, runs=created,
+                                   running_cap=rt.settings.tenant_max_running)
     return Submitted(batch, runs, sorted(found), created, ready)
 
 
@@ -256,34 +254,6 @@ def _repeated(session: Session, *, tenant_id: str, runs: list[Run]) -> Batch | N
     return next((batch for batch in batches if batch.size == among[batch.id]), None)
 
 
-# admission.SLOT for ``count`` runs at once: taken under the tenant's row lock, all or none.
-_SLOTS = """
-    UPDATE tenants SET admitted_waiting = admitted_waiting + %(count)s,
-                       admitted_active = admitted_active + %(count)s
-    WHERE id = %(tenant_id)s
-      AND admission_counted_at > now() - make_interval(secs => %(fresh_s)s)
-      AND (%(max_waiting)s = 0 OR admitted_waiting + %(count)s <= %(max_waiting)s)
-      AND (%(max_active)s = 0 OR admitted_active + %(count)s <= %(max_active)s)
-    RETURNING id
-"""
-
-
-def _take_slots(session: Session, *, tenant_id: str, caps: admission.Caps,
-                count: int) -> None:
-    """Take ``count`` slots under the tenant's caps, or raise ``admission.Full``."""
-    if count and caps.any and session.connection().exec_driver_sql(
-            _SLOTS, {**caps.params(tenant_id), "count": count}).first() is None:
-        raise admission.Full(caps)
-
-
-def _ready(session: Session, *, runs: list[Run], running_cap: int) -> frozenset[str]:
-    """The new runs that may start now: as ``store.may_start`` finds for one run."""
-    if not any(run.session_id or run.concurrency_key for run in runs) and running_cap <= 0:
-        return frozenset(run.id for run in runs)
-    return frozenset(session.scalars(select(Run.id).where(
-        Run.id.in_([run.id for run in runs]), session_free(), under_running_cap(running_cap))))
-
-
 def _launch(rt: Runtime, submitted: Submitted) -> None:
     """After commit: have the new runs that may start published (a delayed one as it is
     due)."""
@@ -294,32 +264,7 @@ def _launch(rt: Runtime, submitted: Submitted) -> None:
         if job is not None:
             jobs.append(job)
     if jobs:
-        Publisher.of(rt).publish(jobs)
-
-
-class Publisher:
-    """Publishes batches' runs from a thread of the process's own, in the order they were
-    stored, while their request is answered: the broker's client spends about 0.3 ms of
-    CPU on each message, so a batch's messages cost more than storing its runs. A run whose
-    message is lost with its process is published by the sweeper (after
-    ``AGENTQ_DISPATCH_GRACE_S``), as any run's is."""
-
-    @classmethod
-    def of(cls, rt: Runtime) -> Publisher:
-        """This process's publisher."""
-        return rt.own("batch-publisher", lambda: cls(rt))
-
-    def __init__(self, rt: Runtime) -> None:
-        self.pid = os.getpid()
-        self._rt = rt
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="agentq-batch-publisher")
-
-    def publish(self, jobs: list[Dispatch]) -> Future[None]:
-        return self._pool.submit(self._publish, jobs)
-
-    def _publish(self, jobs: list[Dispatch]) -> None:
-        for job in jobs:
-            dispatch.dispatch(self._rt, job)  # never raises
+        dispatch.Publisher.of(rt).publish(jobs)
 
 
 def standing(session: Session, *, tenant_id: str, batch_id: str) -> tuple[Batch, dict[str, int]]:

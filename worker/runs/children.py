@@ -12,9 +12,10 @@ makes a waitpoint of kind ``child`` for each one still going; the attempt then s
 (``waits.Suspend``) and the run waits. A child's end completes that waitpoint and queues
 the parent in its own transaction, under the same lock (``worker.runs.tree``), so one of
 the two always sees the other. The next attempt replays the parent's steps, finds its
-children by name, and goes on. ``gather`` waits for the first child still going (then the
-next: most have ended by the time it looks again); ``map`` waits for any, to start the
-next input as a place frees up.
+children by name, and goes on. ``gather`` is woken by the end of the last child still
+going (``Waitpoint.wakes``; the others' ends, and their deadlines, are read when it looks
+again), not by each one's; with ``fail_fast``, and in ``map`` (to start the next input as a
+place frees up), by any.
 
 **Limits.** ``AGENTQ_MAX_RUN_DEPTH`` and ``AGENTQ_MAX_CHILDREN`` are checked in the
 statement that counts the child (``RunTreeLimit``: the run fails, not the queue filling up);
@@ -49,9 +50,20 @@ from worker.base.errors import (
     RunTreeLimit,
     WaitTimeout,
 )
-from worker.base.models import TERMINAL_STATUSES, RunStatus
+from worker.base.models import TERMINAL_STATUSES, RunStatus, new_id
+from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.runs import admission, events, lifecycle, store, submission, tree, waits
+from worker.runs import (
+    admission,
+    dispatch,
+    events,
+    lifecycle,
+    readiness,
+    store,
+    submission,
+    tree,
+    waits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +115,10 @@ _FIND = text("""
     SELECT id, child_name, agent, status, result, error FROM runs
     WHERE parent_id = :parent_id AND child_name = ANY(:names)
 """)
+_LOCK_CHILDREN = text("""
+    SELECT id, child_name, agent, status, result, error FROM runs
+    WHERE parent_id = :parent_id AND id = ANY(:ids) ORDER BY id FOR SHARE
+""")
 
 # The parent counts its new children and reserves the seqs of their child.started events,
 # under its lease; the row it returns says how many it has.
@@ -120,14 +136,18 @@ _HOLD = text("""
 """)
 
 # The parent's waitpoints for the children it waits on (made once; a later wait keeps the
-# first deadline), and whether each is past it.
+# first deadline), and whether each is past it. Those named in :wakes wake the parent when
+# their child ends; the others' ends are read at its next look.
 _WAITPOINTS = text("""
     WITH made AS (
-        INSERT INTO waitpoints (id, run_id, tenant_id, name, kind, status, deadline, attempt)
+        INSERT INTO waitpoints (id, run_id, tenant_id, name, kind, status, deadline, attempt,
+                                wakes)
         SELECT 'wp_' || md5(:run_id || name), :run_id, :tenant_id, name, 'child', 'waiting',
-               now() + make_interval(secs => :timeout_s), :attempt
+               now() + make_interval(secs => :timeout_s), :attempt,
+               name = ANY(CAST(:wakes AS text[]))
         FROM unnest(CAST(:names AS text[])) AS name
-        ON CONFLICT (run_id, name) DO NOTHING
+        ON CONFLICT (run_id, name) DO UPDATE SET wakes = EXCLUDED.wakes
+            WHERE waitpoints.status = 'waiting' AND waitpoints.wakes <> EXCLUDED.wakes
         RETURNING id, name, status, deadline
     )
     SELECT id, name, status, deadline <= now() AS due FROM made
@@ -138,8 +158,14 @@ _WAITPOINTS = text("""
 """)
 
 
-def find(session: Session, *, parent_id: str, names: list[str]) -> dict[str, ChildState]:
-    rows = session.execute(_FIND, {"parent_id": parent_id, "names": names})
+def find(session: Session, *, parent_id: str, names: list[str],
+         lock_ids: list[str] | None = None) -> dict[str, ChildState]:
+    """The parent's children named; with ``lock_ids``, only those, locked (``FOR SHARE``,
+    in id order) until the transaction ends."""
+    if lock_ids is not None:
+        rows = session.execute(_LOCK_CHILDREN, {"parent_id": parent_id, "ids": lock_ids})
+    else:
+        rows = session.execute(_FIND, {"parent_id": parent_id, "names": names})
     return {row.child_name: ChildState(row.id, row.child_name, row.agent, row.status,
                                        row.result, row.error) for row in rows}
 
@@ -182,13 +208,11 @@ def start_many(rt: Runtime, parent: Parent, specs: list[Spec]) -> list[ChildStat
                 raise RunTreeLimit(f"child {specs[0].name!r} would be {tree_of.depth + 1} "
                                    f"runs deep; at most {settings.max_run_depth} "
                                    "(AGENTQ_MAX_RUN_DEPTH)")
-            stored = []
-            for spec, new in zip(specs, planned, strict=True):
-                child = dataclasses.replace(
-                    new, parent_id=parent.run_id, root_id=tree_of.root_id or parent.run_id,
-                    child_name=spec.name, depth=tree_of.depth + 1, detached=spec.detach)
-                stored.append(submission.store_run(rt, session, tenant_id=parent.tenant_id,
-                                                   new=child))
+            children = [dataclasses.replace(
+                new, parent_id=parent.run_id, root_id=tree_of.root_id or parent.run_id,
+                child_name=spec.name, depth=tree_of.depth + 1, detached=spec.detach)
+                for spec, new in zip(specs, planned, strict=True)]
+            stored = _store(rt, session, tenant_id=parent.tenant_id, children=children)
             row = session.execute(_TAKE, {"run_id": parent.run_id, "epoch": parent.epoch,
                                           "count": len(specs)}).one_or_none()
             if row is None:
@@ -197,13 +221,12 @@ def start_many(rt: Runtime, parent: Parent, specs: list[Spec]) -> list[ChildStat
             if row.children > settings.max_children:
                 raise RunTreeLimit(f"run {parent.run_id} may start at most "
                                    f"{settings.max_children} children (AGENTQ_MAX_CHILDREN)")
-            first_seq = row.last_seq - len(specs) + 1
-            for number, (spec, one) in enumerate(zip(specs, stored, strict=True)):
-                events.record(session, run_id=parent.run_id, seq=first_seq + number,
-                              type=events.PROGRESS, data={
-                                  "phase": "child.started", "child_id": one.run.id,
-                                  "name": spec.name, "agent": spec.agent,
-                                  "message": f"Child {spec.name} ({spec.agent}) started"})
+            events.record_many(
+                session, run_id=parent.run_id, first=row.last_seq - len(specs) + 1,
+                type=events.PROGRESS, data=[{
+                    "phase": "child.started", "child_id": one.run.id, "name": spec.name,
+                    "agent": spec.agent, "message": f"Child {spec.name} ({spec.agent}) started"}
+                    for spec, one in zip(specs, stored, strict=True)])
             return stored
 
     try:
@@ -217,10 +240,40 @@ def start_many(rt: Runtime, parent: Parent, specs: list[Spec]) -> list[ChildStat
         return [start(rt, parent, spec) for spec in specs]
     except (admission.Full, LimitExceeded, Conflict) as full:  # the tenant's caps: later
         raise RetryableError(f"children not started: {full}", delay_s=30.0) from None
+    jobs = []
     for one in stored:
-        submission.launch(rt, one)
+        if not one.published_later:  # a session's, a key's, a delayed one: one by one
+            submission.launch(rt, one)
+            continue
+        rt.metrics.inc("agentq_runs_submitted", agent=one.run.agent)
+        jobs.append(Dispatch.of(one.run))
+    if jobs:  # from the process's publisher, while the parent goes on to wait for them
+        dispatch.Publisher.of(rt).publish(jobs, marked=True)
     return [ChildState(one.run.id, spec.name, one.run.agent, one.run.status)
             for one, spec in zip(stored, specs, strict=True)]
+
+
+def _store(rt: Runtime, session: Session, *, tenant_id: str,
+           children: list[store.NewRun]) -> list[submission.Stored]:
+    """Store the children in the session's transaction: in one statement (as a batch's
+    runs are) unless one has a session or a concurrency key, whose rules are kept run by
+    run (``submission.store_run``)."""
+    if any(child.session_id or child.concurrency_key is not None for child in children):
+        return [submission.store_run(rt, session, tenant_id=tenant_id, new=child)
+                for child in children]
+    admission.take_many(session, tenant_id=tenant_id, caps=admission.Caps.of(rt.settings),
+                        count=len(children))
+    runs = store.create_many(session, tenant_id=tenant_id, news=children,
+                             ids=sorted(new_id("run") for _ in children))  # in their order
+    ready = readiness.may_start_now(session, runs=runs,
+                                    running_cap=rt.settings.tenant_max_running)
+    # Marked dispatched now, published after the commit by the process's publisher: a
+    # thousand messages take it a while, and the sweeper is not to send them meanwhile.
+    # (If the process dies first, the sweeper finds them missing from their queue.)
+    marked = [run.id for run in runs if run.id in ready and run.status == RunStatus.QUEUED]
+    dispatch.mark_dispatched(session, run_ids=marked)
+    return [submission.Stored(run, run.id in ready, [], published_later=run.id in marked)
+            for run in runs]
 
 
 def _plan(rt: Runtime, spec: Spec) -> store.NewRun:
@@ -245,25 +298,36 @@ class Waited:
     timed_out: list[str]
 
 
-def look(rt: Runtime, parent: Parent, *, names: list[str], timeout_s: float) -> Waited:
+def look(rt: Runtime, parent: Parent, *, names: list[str], timeout_s: float,
+         wake_on_last: bool = False) -> Waited:
     """The children ``names`` as they stand, under the parent's lock, with a waitpoint for
-    each one still going (its child's end completes it)."""
+    each one still going (its child's end completes it, and queues the waiting parent
+    again; with ``wake_on_last``, only the last one's: a parent waiting for all of them
+    need not run again as each of the others ends)."""
     if not 0 < timeout_s <= waits.MAX_WAIT_S:
         raise ValueError(f"timeout_s is a number of seconds from 0 to {waits.MAX_WAIT_S}")
     with rt.db.transaction() as session:
-        if session.execute(_HOLD, {"run_id": parent.run_id,
-                                   "epoch": parent.epoch}).first() is None:
-            raise LeaseLost(f"run {parent.run_id}: lease epoch {parent.epoch} is no longer "
-                            "current")
         states = find(session, parent_id=parent.run_id, names=names)
         missing = [name for name in names if name not in states]
         if missing:
             raise ValueError(f"run {parent.run_id} has no child named {missing[0]!r}")
+        # The children going, locked (child before parent, as their ends lock them) and
+        # read again: an end under way has committed by now, a later one waits for this.
+        going_ids = [state.id for state in states.values() if not state.ended]
+        if going_ids:
+            states.update(find(session, parent_id=parent.run_id, names=names,
+                               lock_ids=going_ids))
+        if session.execute(_HOLD, {"run_id": parent.run_id,
+                                   "epoch": parent.epoch}).first() is None:
+            raise LeaseLost(f"run {parent.run_id}: lease epoch {parent.epoch} is no longer "
+                            "current")
+        tree.report(session, parent_id=parent.run_id)
         going = [tree.waitpoint_name(name) for name in names if not states[name].ended]
         waiting, timed_out = {}, []
         if going:
             for row in session.execute(_WAITPOINTS, {
                     "run_id": parent.run_id, "tenant_id": parent.tenant_id, "names": going,
+                    "wakes": going[-1:] if wake_on_last else going,
                     "timeout_s": timeout_s, "attempt": parent.attempt}):
                 child = row.name.removeprefix("child:")
                 if row.due:
@@ -297,8 +361,10 @@ class Children:
 
     def gather(self, names: list[str], *, fail_fast: bool, timeout_s: float) -> list[Any]:
         """The children's results in order, once all ended (or the first failure, with
-        ``fail_fast``); else the attempt suspends until one it waits on ends."""
-        waited = look(self._rt, self._parent, names=names, timeout_s=timeout_s)
+        ``fail_fast``); else the attempt suspends until the last of those going ends (with
+        ``fail_fast``: until any ends). The first to time out ends the wait, as before."""
+        waited = look(self._rt, self._parent, names=names, timeout_s=timeout_s,
+                      wake_on_last=not fail_fast)
         states = [waited.states[name] for name in names]
         if fail_fast:
             for state in states:
@@ -307,8 +373,8 @@ class Children:
         if waited.timed_out:
             raise WaitTimeout(f"child:{waited.timed_out[0]}", timeout_s)
         going = [name for name in names if name in waited.waiting]
-        if going:  # all of them if a failure ends the wait early, else the first
-            chosen = going if fail_fast else going[:1]
+        if going:  # the one whose end wakes it: the last going, or any with fail_fast
+            chosen = going if fail_fast else going[-1:]
             raise waits.Suspend([waited.waiting[name] for name in chosen],
                                 [f"child:{name}" for name in chosen])
         return [state.outcome() for state in states]

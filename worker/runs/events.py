@@ -24,7 +24,7 @@ from worker.base.event import PROGRESS, STATUS, Event
 from worker.base.models import RunEvent
 
 __all__ = ["PROGRESS", "SESSION_KEY", "STATUS", "Event", "after", "append", "record",
-           "recorded", "remember"]
+           "record_many", "recorded", "remember"]
 
 SESSION_KEY = "agentq.events"
 
@@ -43,6 +43,27 @@ def record(session: Session, *, run_id: str, seq: int, type: str,
         .returning(RunEvent.at)
     ).scalar_one()
     return remember(session, Event(run_id, seq, type, json.loads(json.dumps(data)), at))
+
+
+_RECORD_MANY = text("""
+    INSERT INTO run_events (run_id, seq, type, data)
+    SELECT :run_id, :first + number - 1, :type, CAST(data AS jsonb)
+    FROM unnest(CAST(:data AS text[])) WITH ORDINALITY AS given(data, number)
+    RETURNING seq, at
+""")
+
+
+def record_many(session: Session, *, run_id: str, first: int, type: str,
+                data: list[dict[str, Any]]) -> list[Event]:
+    """``record`` for events ``first``, ``first + 1``, ... (reserved by the caller) in one
+    statement."""
+    if not data:
+        return []
+    texts = [json.dumps(item) for item in data]
+    at = {row.seq: row.at for row in session.execute(_RECORD_MANY, {
+        "run_id": run_id, "first": first, "type": type, "data": texts})}
+    return [remember(session, Event(run_id, first + number, type, json.loads(text_), at[
+        first + number])) for number, text_ in enumerate(texts)]
 
 
 _APPEND = text(

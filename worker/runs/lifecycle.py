@@ -33,6 +33,7 @@ _FREED = "agentq.freed"  # runs whose place freed up: run id -> it had a session
 _SUCCESSORS = "agentq.successors"  # runs picked to start now
 _KEYS = "agentq.keys"  # (tenant, concurrency key) of the runs whose place freed up
 _WOKEN = "agentq.woken"  # parents queued again by a child's end
+_UNREPORTED = "agentq.unreported"  # parents of children that ended, not yet told
 CANCELLED_PARENTS = "agentq.cancelled_parents"  # (tenant, run): their children to cancel
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,12 @@ def ended(session: Session, *, run: Run, event: Event,
     if run.status == RunStatus.CANCELLED and run.children:  # its children, once committed
         info.setdefault(CANCELLED_PARENTS, []).append((run.tenant_id, run.id))
     freed(session, run=run)
-    if run.parent_id is not None:  # its parent hears of it (last: it locks the parent)
+    if run.parent_id is not None:  # its parent hears of it (last: it may lock the parent)
         woken = tree.child_ended(session, run=run)
         if woken is not None:
             info.setdefault(_WOKEN, []).append(woken.dispatch)
+        else:
+            info.setdefault(_UNREPORTED, set()).add(run.parent_id)
 
 
 def waiting(session: Session, *, run: Run, event: Event, extra: dict[str, Any]) -> None:
@@ -109,6 +112,8 @@ def after_commit(rt: Runtime, info: dict[str, Any]) -> None:
         dispatch.dispatch(rt, job)
     if info.get(_KEYS):
         start_keyed(rt, info[_KEYS])
+    if info.get(_UNREPORTED):
+        tree.Reporter.of(rt).add(*info[_UNREPORTED])
     if info.get(_DELIVERIES):
         outbox.dispatch(rt, info[_DELIVERIES])
 

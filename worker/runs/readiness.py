@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 from sqlalchemy import ColumnElement, exists, func, or_, select, true
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from worker.base.models import TERMINAL_STATUSES, Run, RunStatus
 
@@ -48,3 +48,13 @@ def under_concurrency_limit() -> ColumnElement[bool]:
                                           busy.status == RunStatus.RUNNING)
                .scalar_subquery())
     return or_(Run.concurrency_key.is_(None), running < Run.concurrency_max)
+
+
+def may_start_now(session: Session, *, runs: list[Run], running_cap: int) -> frozenset[str]:
+    """Which of these runs, stored in this transaction, may start now (as
+    ``store.may_start`` finds for one run): all of them unless a session or a cap holds
+    some back (a concurrency key's claim decides for itself)."""
+    if not any(run.session_id or run.concurrency_key for run in runs) and running_cap <= 0:
+        return frozenset(run.id for run in runs)
+    return frozenset(session.scalars(select(Run.id).where(
+        Run.id.in_([run.id for run in runs]), session_free(), under_running_cap(running_cap))))

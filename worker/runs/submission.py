@@ -122,6 +122,7 @@ class Stored:
     run: Run
     ready: bool
     interrupted: list[str]
+    published_later: bool = False  # marked dispatched already, for a publisher to send
 
 
 def store_run(rt: Runtime, session: Session, *, tenant_id: str, new: store.NewRun) -> Stored:

@@ -1,24 +1,41 @@
-"""What a child run's end does to its parent, in the transaction that ends the child.
+"""What a child run's end does to its parent.
 
-``lifecycle.ended`` calls ``child_ended`` for every run that has a parent. Under the
-parent's row lock (the lock a parent's wait takes too: ``worker.runs.children.wait``, so
-whichever comes second sees the other), it appends ``child.finished`` to the parent's log
-and completes the parent's waitpoint for that child, if it waits there; a parent that was
-``waiting`` is queued again in the same transaction, and its message is published after the
-commit (or by the sweeper, if that publish is lost). Nothing is lost if a process dies
-between the child's end and the parent's wake: they are one commit.
+``lifecycle.ended`` calls ``child_ended`` for every run that has a parent, in the
+transaction that ends it. It completes the parent's waitpoint for that child, if there is
+one, and marks the child ``unreported``; only a child whose waitpoint wakes its parent
+(``Waitpoint.wakes``: a gather is woken by the last child still going, not by each) takes
+the parent's row lock, to queue the parent again in the same transaction, its message
+published after the commit (or by the sweeper, if that publish is lost). Nothing is lost if
+a process dies between the child's end and the parent's wake: they are one commit. A
+thousand children ending at once thus do not wait in line for their parent's row.
+
+A parent's wait (``worker.runs.children.look``) locks the children it finds still going
+before it makes their waitpoints: a child's end, which updates the child's row first, waits
+for the wait to commit and then finds its waitpoint, or the wait waits for the end and
+finds the child ended. Lock order is child, then parent, on both sides.
+
+``child.finished`` events reach the parent's log under its lock, a batch at a time
+(``report``): from the waking child's end, from the parent's next wait, and shortly after
+each end from this process's ``Reporter``. A child that ends while its parent is about to
+end may find the parent ended first: its event is then not written (as for any child
+ending after its parent).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from worker.base.models import Run, RunStatus, Waitpoint, WaitpointStatus
+from worker.base.gathering import Gatherer
+from worker.base.models import TERMINAL_STATUSES, Run, RunStatus, Waitpoint, WaitpointStatus
 from worker.base.queues import Dispatch
+from worker.base.runtime import Runtime
 from worker.runs import events
+
+log = logging.getLogger(__name__)
 
 CHILD = "child"  # the waitpoint kind of a parent waiting for a child
 FAILED_STATUSES = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTERED, RunStatus.CANCELLED,
@@ -37,36 +54,106 @@ class Woken:
 
 
 def child_ended(session: Session, *, run: Run) -> Woken | None:
-    """``run`` (a child) ends in this transaction: tell its parent."""
+    """``run`` (a child) ends in this transaction: complete its parent's waitpoint for it
+    and mark it unreported; if that waitpoint wakes the parent, report it (and its
+    siblings that ended) and queue the parent, under the parent's lock."""
     assert run.parent_id is not None and run.child_name is not None
+    session.execute(update(Run).where(Run.id == run.id).values(unreported=True))
+    completed = session.execute(
+        update(Waitpoint)
+        .where(Waitpoint.run_id == run.parent_id, Waitpoint.name == waitpoint_name(
+               run.child_name), Waitpoint.kind == CHILD,
+               Waitpoint.status == WaitpointStatus.WAITING)
+        .values(status=WaitpointStatus.COMPLETED, data={"status": run.status},
+                completed_at=func.now(), completed_by=f"child {run.id}")
+        .returning(Waitpoint.name, Waitpoint.wakes)).first()
+    if completed is None or not completed.wakes:
+        return None
     parent = session.execute(
         select(Run.id, Run.status).where(Run.id == run.parent_id).with_for_update()).first()
     if parent is None or RunStatus(parent.status).is_terminal:
         return None
-    name = waitpoint_name(run.child_name)
-    completed = session.execute(
-        update(Waitpoint)
-        .where(Waitpoint.run_id == parent.id, Waitpoint.name == name,
-               Waitpoint.kind == CHILD, Waitpoint.status == WaitpointStatus.WAITING)
-        .values(status=WaitpointStatus.COMPLETED, data={"status": run.status},
-                completed_at=func.now(), completed_by=f"child {run.id}")
-        .returning(Waitpoint.id)).first()
-    wake = completed is not None and parent.status == RunStatus.WAITING
-    values: dict[str, object] = {"last_seq": Run.last_seq + (2 if wake else 1)}
-    if wake:
-        values.update(status=RunStatus.QUEUED, next_attempt_at=None, dispatched_at=None)
-    row = session.execute(
-        update(Run).where(Run.id == parent.id).values(**values)
-        .returning(Run.id, Run.queue, Run.timeout_s, Run.agent, Run.attempt, Run.last_seq)
-    ).one()
-    seq = row.last_seq - (1 if wake else 0)
-    events.record(session, run_id=parent.id, seq=seq, type=events.PROGRESS, data={
-        "phase": "child.finished", "child_id": run.id, "name": run.child_name,
-        "agent": run.agent, "status": run.status,
-        "message": f"Child {run.child_name} ({run.agent}) {run.status}"})
-    if not wake:
+    report(session, parent_id=parent.id)
+    if parent.status != RunStatus.WAITING:  # it is running: its wait will find this
         return None
+    row = session.execute(
+        update(Run).where(Run.id == parent.id)
+        .values(status=RunStatus.QUEUED, next_attempt_at=None, dispatched_at=None,
+                last_seq=Run.last_seq + 1)
+        .returning(Run.id, Run.queue, Run.timeout_s, Run.agent, Run.attempt, Run.last_seq,
+                   Run.session_id, Run.concurrency_key)).one()
     events.record(session, run_id=parent.id, seq=row.last_seq, type=events.STATUS,
                   data={"status": RunStatus.QUEUED, "attempt": row.attempt,
-                        "resumed": [name]})
+                        "resumed": [completed.name]})
     return Woken(Dispatch.of(row))
+
+
+# The parent's children that ended since the last report, reported now (in the order they
+# ended); the caller holds the parent's row lock.
+_UNREPORTED = text("""
+    UPDATE runs SET unreported = false
+    WHERE parent_id = :parent_id AND unreported
+    RETURNING id, child_name, agent, status, finished_at
+""")
+
+
+def report(session: Session, *, parent_id: str) -> int:
+    """Write ``child.finished`` into the parent's log for each of its children that ended
+    unreported, under the parent's row lock, which the caller holds (a parent that ended
+    gets none: they are only marked reported); how many."""
+    ended = sorted(session.execute(_UNREPORTED, {"parent_id": parent_id}).all(),
+                   key=lambda row: (row.finished_at.timestamp() if row.finished_at
+                                    else float("inf"), row.id))
+    if not ended:
+        return 0
+    row = session.execute(
+        update(Run).where(Run.id == parent_id, Run.status.not_in(list(TERMINAL_STATUSES)))
+        .values(last_seq=Run.last_seq + len(ended)).returning(Run.last_seq)).first()
+    if row is None:
+        return 0
+    events.record_many(session, run_id=parent_id, first=row.last_seq - len(ended) + 1,
+                       type=events.PROGRESS, data=[{
+                           "phase": "child.finished", "child_id": child.id,
+                           "name": child.child_name, "agent": child.agent,
+                           "status": child.status,
+                           "message": f"Child {child.child_name} ({child.agent}) "
+                                      f"{child.status}"} for child in ended])
+    return len(ended)
+
+
+class Reporter(Gatherer):
+    """Reports the children that ended in this process to their parents' logs shortly
+    after (every 100 ms, a transaction per parent), so that a parent's log shows its
+    children ending while it waits for the last of them. A report lost with its process
+    is made by the parent's next wait, or by the end of the child that wakes it."""
+
+    every_s = 0.1
+    thread_name = "agentq-child-reporter"
+
+    @classmethod
+    def of(cls, rt: Runtime) -> Reporter:
+        """This process's reporter."""
+        return rt.own("child-reporter", lambda: cls(rt))
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        super().__init__()
+
+    def handle(self, ids: list[str]) -> None:
+        busy = []
+        for parent_id in ids:
+            try:
+                with self._rt.db.transaction() as session:
+                    parent = session.execute(select(Run.id).where(Run.id == parent_id)
+                                             .with_for_update(skip_locked=True)).first()
+                    if parent is None:  # locked: tried again next time (unless gone)
+                        if session.scalar(select(Run.id).where(Run.id == parent_id)):
+                            busy.append(parent_id)
+                    else:  # (an ended parent's children are only marked reported)
+                        report(session, parent_id=parent_id)
+            except Exception as error:  # reported later, by its wait or its waking child
+                log.warning("could not report children's ends to their parent",
+                            extra={"run_id": parent_id,
+                                   "error": f"{type(error).__name__}: {error}"})
+        if busy:
+            self.add(*busy)
