@@ -484,8 +484,11 @@ def child_fail(ctx: RunContext, input: dict[str, Any]) -> None:
 
 @agent("test.parent.map", queue=CRASH_QUEUE)
 def parent_map(ctx: RunContext, input: dict[str, Any]) -> dict[str, Any]:
-    inputs = [{"x": i, "pause_s": input.get("pause_s", 0)} for i in range(input["n"])]
-    results = ctx.map("test.child.echo", inputs, max_concurrency=input.get("max_concurrency"))
+    """``n`` echo children each working ``pause_s`` (or one per ``pauses``)."""
+    pauses = input.get("pauses") or [input.get("pause_s", 0)] * input["n"]
+    inputs = [{"x": i, "pause_s": pause} for i, pause in enumerate(pauses)]
+    results = ctx.map("test.child.echo", inputs, max_concurrency=input.get("max_concurrency"),
+                      timeout_s=input.get("timeout_s", 3600))
     return {"echoes": [result["echo"] for result in results]}
 
 

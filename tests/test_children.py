@@ -8,7 +8,7 @@ from sqlalchemy import func, select, update
 
 from tests.conftest import ApiClient, StartWorker
 from tests.harness import wait_for
-from worker.base.models import Run
+from worker.base.models import Run, Waitpoint
 from worker.base.runtime import Runtime
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -38,6 +38,30 @@ def test_two_slots_finish_a_parent_that_maps_over_twenty_children(
     assert phases.count("child.started") == 20 and phases.count("child.finished") == 20
     statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
     assert "waiting" in statuses  # it gave its slot back while its children ran
+
+
+def test_a_gather_wakes_at_the_first_deadline_of_the_children_it_waits_for(
+        api: ApiClient, runtime: Runtime, crash_worker: StartWorker) -> None:
+    crash_worker(concurrency=4)
+    # map:0 and map:2 work long; map:1 ends soon, so map:2 starts (and its wait begins) later
+    run = api.submit("test.parent.map", {"pauses": [60, 0.5, 60], "max_concurrency": 2,
+                                         "timeout_s": 600})
+
+    def waiting_for_both() -> tuple[Run, list[Waitpoint]] | None:
+        with runtime.db.autocommit() as session:
+            parent = session.get(Run, run["id"])
+            points = list(session.scalars(select(Waitpoint).where(
+                Waitpoint.run_id == run["id"], Waitpoint.status == "waiting")))
+        names = {point.name for point in points}
+        ready = parent is not None and parent.status == "waiting"
+        return (parent, points) if ready and names == {"child:map:0", "child:map:2"} else None
+
+    parent, points = wait_for(waiting_for_both, timeout=20, what="the parent's last wait")
+    deadlines = sorted(point.deadline for point in points)
+    # It is woken by map:2's end (the last going) but at map:0's deadline, the first
+    assert deadlines[0] < deadlines[1]
+    assert parent.next_attempt_at == deadlines[0]
+    api.post(f"/v1/runs/{run['id']}/cancel")
 
 
 def test_a_failed_child_is_caught_by_its_parent(api: ApiClient, runtime: Runtime,

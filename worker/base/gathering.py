@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+
+log = logging.getLogger(__name__)
 
 
 class Gatherer:
@@ -39,4 +42,7 @@ class Gatherer:
             with self._lock:
                 ids, self._pending = sorted(self._pending), set()
             if ids:
-                self.handle(ids)
+                try:
+                    self.handle(ids)
+                except Exception:  # handle should not raise; the thread must not die of it
+                    log.exception("a gatherer's handler failed", extra={"ids": len(ids)})

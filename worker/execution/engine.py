@@ -314,7 +314,7 @@ class Engine:
             self._let_go(claim.run_id, hold)  # its next message is not a copy of this one
             rt.metrics.inc("agentq_run_retries", agent=claim.agent)
             job = Dispatch(claim.run_id, claim.queue, claim.timeout_s,
-                           countdown_s=outcome.retry_in_s, agent=claim.agent)
+                           countdown_s=outcome.retry_in_s, agent=claim.agent, held=True)
             await self._offload(lambda: dispatch.dispatch(rt, job))
         log.info("run attempt finished",
                  extra=execute.finished_fields(claim, outcome, active.started))
@@ -332,8 +332,10 @@ class Engine:
             if outcome.retry_in_s is None or outcome.retry_in_s > waits.WAKE_MESSAGE_MAX_S:
                 return None
             countdown = outcome.retry_in_s + _WAKE_MARGIN_S
+        # Held: its claim may be refused (a key, a session, a cap: the engine does not know
+        # which runs have none), so it is marked dispatched before its message is sent.
         return Dispatch(claim.run_id, claim.queue, claim.timeout_s, countdown_s=countdown,
-                        agent=claim.agent)
+                        agent=claim.agent, held=True)
 
     async def _claim_held(self, run_id: str, worker: str, hold: _Hold) -> Claim | None:
         """Claim the run held; refused, claim it again if another message for it came

@@ -194,7 +194,7 @@ def suspended(active: Active, suspend: waits.Suspend) -> Outcome:
         return Outcome(RunStatus.CANCELLED, AttemptOutcome.CANCELLED,
                        error={"type": "Cancelled", "message": "cancelled while running"})
     return Outcome(RunStatus.WAITING, AttemptOutcome.SUSPENDED,
-                   waits=tuple(suspend.waitpoint_ids))
+                   waits=tuple(suspend.waitpoint_ids), deadlines=tuple(suspend.deadline_ids))
 
 
 def succeeded(active: Active, result: Any) -> Outcome:
@@ -259,7 +259,8 @@ def record(rt: Runtime, claim: Claim, outcome: Outcome,
                 if outcome.status == RunStatus.WAITING:
                     left = waits.suspend(session, run_id=claim.run_id, epoch=claim.epoch,
                                          attempt=claim.attempt,
-                                         waitpoint_ids=list(outcome.waits))
+                                         waitpoint_ids=list(outcome.waits),
+                                         deadline_ids=list(outcome.deadlines))
                     return dataclasses.replace(outcome, status=left.status,
                                                retry_in_s=left.wake_in_s), True
                 if (outcome.status == RunStatus.SUCCEEDED and state is not None

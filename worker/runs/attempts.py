@@ -62,6 +62,7 @@ class Outcome:
     traceback: str | None = None
     retry_in_s: float | None = None  # with status RETRYING (WAITING: when it is woken)
     waits: tuple[str, ...] = ()  # with status WAITING: the waitpoints it stopped at
+    deadlines: tuple[str, ...] = ()  # ... and others whose deadlines also end the wait
     free: bool = False  # with status RETRYING: the attempt does not count (a Deferred)
 
 
@@ -268,18 +269,35 @@ def _claimed(session: Session, row: Any, worker: str) -> Claim:
     )
 
 
+# Leases renewed in one statement that never waits for a row lock: a run whose row another
+# transaction holds (its end, a parent's wait holding its children) is renewed next time, so
+# the heartbeat, which locks many rows, closes no circle of waits; its lease is still read.
 _HEARTBEAT = text("""
-    UPDATE runs SET heartbeat_at = now()
-    FROM unnest(CAST(:run_ids AS text[]), CAST(:epochs AS int[])) AS held(run_id, epoch)
-    WHERE runs.id = held.run_id AND runs.lease_epoch = held.epoch AND runs.status = 'running'
-    RETURNING runs.id, runs.cancel_requested_at IS NOT NULL AS cancel_requested
+    WITH given AS (
+        SELECT * FROM unnest(CAST(:run_ids AS text[]), CAST(:epochs AS int[]))
+            AS given(run_id, epoch)
+    ), held AS (
+        SELECT runs.id FROM runs JOIN given
+          ON runs.id = given.run_id AND runs.lease_epoch = given.epoch
+        WHERE runs.status = 'running'
+        ORDER BY runs.id FOR UPDATE OF runs SKIP LOCKED
+    ), renewed AS (
+        UPDATE runs SET heartbeat_at = now() FROM held WHERE runs.id = held.id
+        RETURNING runs.id, runs.cancel_requested_at IS NOT NULL AS cancel_requested
+    )
+    SELECT id, cancel_requested FROM renewed
+    UNION ALL
+    SELECT runs.id, runs.cancel_requested_at IS NOT NULL FROM runs JOIN given
+      ON runs.id = given.run_id AND runs.lease_epoch = given.epoch
+    WHERE runs.status = 'running' AND runs.id NOT IN (SELECT id FROM held)
 """)
 
 
 def heartbeat(session: Session, *, leases: list[tuple[str, int]]) -> dict[str, bool]:
     """Renew the leases of every attempt a process holds, (run id, epoch) each, in one
-    statement. Returns the runs still held, and whether each was asked to stop: a run
-    missing from it has lost its lease (the attempt must stop)."""
+    statement (a row locked elsewhere is renewed at the next beat). Returns the runs still
+    held, and whether each was asked to stop: a run missing from it has lost its lease (the
+    attempt must stop)."""
     if not leases:
         return {}
     rows = session.execute(_HEARTBEAT, {"run_ids": [run_id for run_id, _ in leases],

@@ -7,15 +7,16 @@ run started before (a retry, a crash between the start and going on, a wake from
 gets that child back. The child's row, its first event, the parent's ``child.started``
 event and the parent's count of children commit together, under the parent's lease.
 
-**Waiting.** A wait locks the parent's row (fenced by its lease), reads its children, and
-makes a waitpoint of kind ``child`` for each one still going; the attempt then suspends
-(``waits.Suspend``) and the run waits. A child's end completes that waitpoint and queues
-the parent in its own transaction, under the same lock (``worker.runs.tree``), so one of
-the two always sees the other. The next attempt replays the parent's steps, finds its
-children by name, and goes on. ``gather`` is woken by the end of the last child still
-going (``Waitpoint.wakes``; the others' ends, and their deadlines, are read when it looks
-again), not by each one's; with ``fail_fast``, and in ``map`` (to start the next input as a
-place frees up), by any.
+**Waiting.** A wait reads the parent's children, locks those still going (``FOR SHARE``),
+then the parent's row (fenced by its lease), and makes a waitpoint of kind ``child`` for
+each one still going; the attempt then suspends (``waits.Suspend``) and the run waits. A
+child's end, which holds the child's row, completes that waitpoint and, if it is the one
+that wakes the parent, queues the parent in its own transaction (``worker.runs.tree``), so
+one of the two always sees the other. The next attempt replays the parent's steps, finds
+its children by name, and goes on. ``gather`` is woken by the end of the last child still
+going (``Waitpoint.wakes``; the others' ends are read when it looks again), or at the first
+of their deadlines; with ``fail_fast``, and in ``map`` (to start the next input as a place
+frees up), by any one's end.
 
 **Limits.** ``AGENTQ_MAX_RUN_DEPTH`` and ``AGENTQ_MAX_CHILDREN`` are checked in the
 statement that counts the child (``RunTreeLimit``: the run fails, not the queue filling up);
@@ -199,7 +200,7 @@ def start_many(rt: Runtime, parent: Parent, specs: list[Spec]) -> list[ChildStat
     settings = rt.settings
 
     def store_children() -> list[submission.Stored]:
-        # The parent's row is locked last (its children's ends wait for that lock): read
+        # The parent's row is locked last (a waking child's end waits for that lock): read
         # how deep it is first, and count the children, under its lease, just before the
         # commit; a lease lost meanwhile, or a limit passed, takes the children back.
         with rt.db.transaction() as session:
@@ -362,7 +363,7 @@ class Children:
     def gather(self, names: list[str], *, fail_fast: bool, timeout_s: float) -> list[Any]:
         """The children's results in order, once all ended (or the first failure, with
         ``fail_fast``); else the attempt suspends until the last of those going ends (with
-        ``fail_fast``: until any ends). The first to time out ends the wait, as before."""
+        ``fail_fast``: until any ends), or the first of their deadlines passes."""
         waited = look(self._rt, self._parent, names=names, timeout_s=timeout_s,
                       wake_on_last=not fail_fast)
         states = [waited.states[name] for name in names]
@@ -373,10 +374,11 @@ class Children:
         if waited.timed_out:
             raise WaitTimeout(f"child:{waited.timed_out[0]}", timeout_s)
         going = [name for name in names if name in waited.waiting]
-        if going:  # the one whose end wakes it: the last going, or any with fail_fast
-            chosen = going if fail_fast else going[-1:]
+        if going:  # woken by the last going's end (any's, with fail_fast), or the first
+            chosen = going if fail_fast else going[-1:]  # deadline of them all
             raise waits.Suspend([waited.waiting[name] for name in chosen],
-                                [f"child:{name}" for name in chosen])
+                                [f"child:{name}" for name in chosen],
+                                deadline_ids=[waited.waiting[name] for name in going])
         return [state.outcome() for state in states]
 
     def map(self, agent: str, inputs: list[Any], *, max_concurrency: int | None,

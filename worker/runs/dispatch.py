@@ -6,7 +6,10 @@ it later. A run whose claim may be refused (a session's, a concurrency key's, an
 tenant's running cap) is marked first instead: a refused claim unmarks it, to be dispatched
 again when its place frees, and a mark written after that would leave it waiting for the
 sweeper. If publishing it then fails it is unmarked; if its process dies in between, the
-sweeper finds it missing from its queue.
+sweeper finds it missing from its queue (``AGENTQ_REDISPATCH_AFTER_S`` later). So are a
+parent's children, marked in the transaction that makes them and published by the
+process's ``Publisher`` after it (a thousand messages take it a while: the sweeper is not
+to send them meanwhile).
 
 If the broker loses messages it had (Redis restarted without its data, a message dropped
 by a task that failed), the sweeper sees the queue hold fewer messages than
@@ -138,8 +141,9 @@ class Publisher:
     the process's own, in the order they were stored, while their request is answered (or
     their parent goes on): the broker's client spends about 0.3 ms of CPU on each message,
     so their messages cost more than storing them. A run whose message is lost with its
-    process is published by the sweeper (after ``AGENTQ_DISPATCH_GRACE_S``), as any run's
-    is."""
+    process is published by the sweeper, as any run's is: ``AGENTQ_DISPATCH_GRACE_S`` after
+    it was made, or, if it was ``marked``, once its queue is found short of it
+    (``AGENTQ_REDISPATCH_AFTER_S``)."""
 
     @classmethod
     def of(cls, rt: Runtime) -> Publisher:

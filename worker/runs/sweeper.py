@@ -13,7 +13,16 @@ from datetime import timedelta
 
 from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
-from worker.runs import attempts, delays, dispatch, idempotency, retention, store, waits
+from worker.runs import (
+    attempts,
+    delays,
+    dispatch,
+    idempotency,
+    retention,
+    store,
+    tree,
+    waits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,7 @@ def sweep(rt: Runtime, *, also: Sequence[Repair] = ()) -> None:
         wake_due_waits,
         redispatch_unpublished,
         redispatch_lost,
+        tree.report_forgotten,
         idempotency.purge_expired,
         purge_old_runs,
         *also,

@@ -12,11 +12,15 @@ thousand children ending at once thus do not wait in line for their parent's row
 A parent's wait (``worker.runs.children.look``) locks the children it finds still going
 before it makes their waitpoints: a child's end, which updates the child's row first, waits
 for the wait to commit and then finds its waitpoint, or the wait waits for the end and
-finds the child ended. Lock order is child, then parent, on both sides.
+finds the child ended. Both lock the child before the parent; a waking child locks the
+parent before the waitpoint, as a cancel of the parent does; and what locks many runs'
+rows while holding another's (``report``, the workers' heartbeat) skips rows locked
+elsewhere instead of waiting, so no circle of waits closes.
 
 ``child.finished`` events reach the parent's log under its lock, a batch at a time
-(``report``): from the waking child's end, from the parent's next wait, and shortly after
-each end from this process's ``Reporter``. A child that ends while its parent is about to
+(``report``): from the waking child's end, from the parent's next wait, shortly after each
+end from this process's ``Reporter``, and by the sweeper for any a crash left
+(``report_forgotten``). A child that ends while its parent is about to
 end may find the parent ended first: its event is then not written (as for any child
 ending after its parent).
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
@@ -59,19 +64,23 @@ def child_ended(session: Session, *, run: Run) -> Woken | None:
     siblings that ended) and queue the parent, under the parent's lock."""
     assert run.parent_id is not None and run.child_name is not None
     session.execute(update(Run).where(Run.id == run.id).values(unreported=True))
+    waitpoint = (Waitpoint.run_id == run.parent_id,
+                 Waitpoint.name == waitpoint_name(run.child_name), Waitpoint.kind == CHILD,
+                 Waitpoint.status == WaitpointStatus.WAITING)
+    # Whether it wakes the parent, read before any lock: a wait changes that only with this
+    # child's row locked, which this transaction holds. A waking child locks the parent's
+    # row before the waitpoint's, in the order a cancel of the parent takes them.
+    wakes = session.scalar(select(Waitpoint.wakes).where(*waitpoint))
+    parent = None
+    if wakes:
+        parent = session.execute(select(Run.id, Run.status).where(Run.id == run.parent_id)
+                                 .with_for_update()).first()
     completed = session.execute(
-        update(Waitpoint)
-        .where(Waitpoint.run_id == run.parent_id, Waitpoint.name == waitpoint_name(
-               run.child_name), Waitpoint.kind == CHILD,
-               Waitpoint.status == WaitpointStatus.WAITING)
+        update(Waitpoint).where(*waitpoint)
         .values(status=WaitpointStatus.COMPLETED, data={"status": run.status},
                 completed_at=func.now(), completed_by=f"child {run.id}")
-        .returning(Waitpoint.name, Waitpoint.wakes)).first()
-    if completed is None or not completed.wakes:
-        return None
-    parent = session.execute(
-        select(Run.id, Run.status).where(Run.id == run.parent_id).with_for_update()).first()
-    if parent is None or RunStatus(parent.status).is_terminal:
+        .returning(Waitpoint.name)).first()
+    if completed is None or parent is None or RunStatus(parent.status).is_terminal:
         return None
     report(session, parent_id=parent.id)
     if parent.status != RunStatus.WAITING:  # it is running: its wait will find this
@@ -89,10 +98,13 @@ def child_ended(session: Session, *, run: Run) -> Woken | None:
 
 
 # The parent's children that ended since the last report, reported now (in the order they
-# ended); the caller holds the parent's row lock.
+# ended); the caller holds the parent's row lock. A child's row locked by another (a wait
+# holds its going children's) is left for the next report: it never waits for one, so it
+# cannot close a circle with a wait that waits for the parent.
 _UNREPORTED = text("""
     UPDATE runs SET unreported = false
-    WHERE parent_id = :parent_id AND unreported
+    WHERE id IN (SELECT id FROM runs WHERE parent_id = :parent_id AND unreported
+                 ORDER BY id FOR UPDATE SKIP LOCKED)
     RETURNING id, child_name, agent, status, finished_at
 """)
 
@@ -125,7 +137,8 @@ class Reporter(Gatherer):
     """Reports the children that ended in this process to their parents' logs shortly
     after (every 100 ms, a transaction per parent), so that a parent's log shows its
     children ending while it waits for the last of them. A report lost with its process
-    is made by the parent's next wait, or by the end of the child that wakes it."""
+    is made by the parent's next wait, by the end of the child that wakes it, or by the
+    sweeper (``report_forgotten``)."""
 
     every_s = 0.1
     thread_name = "agentq-child-reporter"
@@ -140,20 +153,40 @@ class Reporter(Gatherer):
         super().__init__()
 
     def handle(self, ids: list[str]) -> None:
-        busy = []
-        for parent_id in ids:
-            try:
-                with self._rt.db.transaction() as session:
-                    parent = session.execute(select(Run.id).where(Run.id == parent_id)
-                                             .with_for_update(skip_locked=True)).first()
-                    if parent is None:  # locked: tried again next time (unless gone)
-                        if session.scalar(select(Run.id).where(Run.id == parent_id)):
-                            busy.append(parent_id)
-                    else:  # (an ended parent's children are only marked reported)
-                        report(session, parent_id=parent_id)
-            except Exception as error:  # reported later, by its wait or its waking child
-                log.warning("could not report children's ends to their parent",
-                            extra={"run_id": parent_id,
-                                   "error": f"{type(error).__name__}: {error}"})
+        busy = report_parents(self._rt, ids)
         if busy:
             self.add(*busy)
+
+
+def report_parents(rt: Runtime, parent_ids: list[str]) -> list[str]:
+    """``report`` each parent, in a transaction of its own; the parents whose rows were
+    locked by another (reported by it, or to try again). Never raises."""
+    busy = []
+    for parent_id in parent_ids:
+        try:
+            with rt.db.transaction() as session:
+                parent = session.execute(select(Run.id).where(Run.id == parent_id)
+                                         .with_for_update(skip_locked=True)).first()
+                if parent is None:  # locked: tried again next time (unless gone)
+                    if session.scalar(select(Run.id).where(Run.id == parent_id)):
+                        busy.append(parent_id)
+                else:  # (an ended parent's children are only marked reported)
+                    report(session, parent_id=parent_id)
+        except Exception as error:  # reported later, by its wait or the sweeper
+            log.warning("could not report children's ends to their parent",
+                        extra={"run_id": parent_id,
+                               "error": f"{type(error).__name__}: {error}"})
+    return busy
+
+
+def report_forgotten(rt: Runtime, *, older_than_s: float = 10.0, limit: int = 100) -> int:
+    """The sweeper's repair: children that ended unreported a while ago (the process that
+    ended them died before its reporter ran, and their parent has not waited since) are
+    reported now (or, if their parent ended, marked reported); how many parents."""
+    with rt.db.autocommit() as session:
+        parents = list(session.scalars(
+            select(Run.parent_id).where(
+                Run.unreported, Run.finished_at < func.now() - timedelta(seconds=older_than_s))
+            .distinct().limit(limit)))
+    report_parents(rt, [parent_id for parent_id in parents if parent_id is not None])
+    return len(parents)

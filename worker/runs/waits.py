@@ -56,10 +56,13 @@ class Suspend(BaseException):
     ``suspended``, and the run is woken when the first of them is completed (or due). A
     BaseException, so an agent's ``except Exception`` does not eat it."""
 
-    def __init__(self, waitpoint_ids: list[str], names: list[str]) -> None:
-        super().__init__(f"waiting at {', '.join(map(repr, names))}")
+    def __init__(self, waitpoint_ids: list[str], names: list[str],
+                 deadline_ids: list[str] | None = None) -> None:
+        super().__init__(f"waiting at {', '.join(map(repr, names[:5]))}"
+                         + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
         self.waitpoint_ids = waitpoint_ids
         self.names = names
+        self.deadline_ids = deadline_ids or []  # others whose deadline also ends the wait
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class Suspended:
 
 
 def suspend(session: Session, *, run_id: str, epoch: int, attempt: int,
-            waitpoint_ids: list[str]) -> Suspended:
+            waitpoint_ids: list[str], deadline_ids: list[str] | None = None) -> Suspended:
     """End the attempt ``suspended`` under its lease: the run waits for the waitpoints it
     stopped at (or is queued again at once if one already is completed or due), the
     attempt is given back to it (``free_attempts``), and its status event (with the
@@ -162,8 +165,14 @@ def suspend(session: Session, *, run_id: str, epoch: int, attempt: int,
     assert now is not None
     ready = not points or any(point.status != WaitpointStatus.WAITING or point.deadline <= now
                               for point in points)
-    status = RunStatus.QUEUED if ready else RunStatus.WAITING
     wake_at = None if ready else points[0].deadline
+    if deadline_ids and wake_at is not None:  # the earliest deadline of them all wakes it
+        sooner = session.scalar(select(func.min(Waitpoint.deadline)).where(
+            Waitpoint.id.in_(deadline_ids), Waitpoint.run_id == run_id,
+            Waitpoint.status == WaitpointStatus.WAITING))
+        if sooner is not None and sooner < wake_at:
+            ready, wake_at = sooner <= now, None if sooner <= now else sooner
+    status = RunStatus.QUEUED if ready else RunStatus.WAITING
     run = session.execute(
         update(Run).where(Run.id == run_id)
         .values(status=status, next_attempt_at=wake_at, dispatched_at=None,
