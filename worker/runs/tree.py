@@ -27,6 +27,7 @@ ending after its parent).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,7 +36,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from worker.base.gathering import Gatherer
-from worker.base.models import TERMINAL_STATUSES, Run, RunStatus, Waitpoint, WaitpointStatus
+from worker.base.models import TERMINAL_STATUSES, Run, RunStatus
 from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.runs import events
@@ -58,28 +59,50 @@ class Woken:
     dispatch: Dispatch
 
 
+_ENDED = text("""
+    WITH flagged AS (
+        UPDATE runs SET unreported = true WHERE id = :child_id RETURNING id
+    ), point AS (
+        SELECT wakes FROM waitpoints
+        WHERE run_id = :parent_id AND name = :name AND kind = 'child' AND status = 'waiting'
+    ), completed AS (
+        UPDATE waitpoints SET status = 'completed', data = CAST(:data AS jsonb),
+            completed_at = now(), completed_by = :by
+        WHERE run_id = :parent_id AND name = :name AND kind = 'child'
+          AND status = 'waiting' AND NOT wakes
+        RETURNING id
+    )
+    SELECT coalesce((SELECT wakes FROM point), false) AS wakes,
+           (SELECT count(*) FROM flagged) + (SELECT count(*) FROM completed) AS writes
+""")
+_COMPLETE = text("""
+    UPDATE waitpoints SET status = 'completed', data = CAST(:data AS jsonb),
+        completed_at = now(), completed_by = :by
+    WHERE run_id = :parent_id AND name = :name AND kind = 'child' AND status = 'waiting'
+    RETURNING name
+""")
+
+
 def child_ended(session: Session, *, run: Run) -> Woken | None:
     """``run`` (a child) ends in this transaction: complete its parent's waitpoint for it
     and mark it unreported; if that waitpoint wakes the parent, report it (and its
     siblings that ended) and queue the parent, under the parent's lock."""
     assert run.parent_id is not None and run.child_name is not None
-    session.execute(update(Run).where(Run.id == run.id).values(unreported=True))
-    waitpoint = (Waitpoint.run_id == run.parent_id,
-                 Waitpoint.name == waitpoint_name(run.child_name), Waitpoint.kind == CHILD,
-                 Waitpoint.status == WaitpointStatus.WAITING)
-    # Whether it wakes the parent, read before any lock: a wait changes that only with this
-    # child's row locked, which this transaction holds. A waking child locks the parent's
-    # row before the waitpoint's, in the order a cancel of the parent takes them.
-    wakes = session.scalar(select(Waitpoint.wakes).where(*waitpoint))
-    parent = None
-    if wakes:
-        parent = session.execute(select(Run.id, Run.status).where(Run.id == run.parent_id)
-                                 .with_for_update()).first()
-    completed = session.execute(
-        update(Waitpoint).where(*waitpoint)
-        .values(status=WaitpointStatus.COMPLETED, data={"status": run.status},
-                completed_at=func.now(), completed_by=f"child {run.id}")
-        .returning(Waitpoint.name)).first()
+    params = {"child_id": run.id, "parent_id": run.parent_id,
+              "name": waitpoint_name(run.child_name),
+              "data": json.dumps({"status": run.status}), "by": f"child {run.id}"}
+    # One statement for most children: marked unreported, and their waitpoint (if any, and
+    # not the one that wakes the parent) completed. Whether it wakes the parent is read
+    # without a lock: a wait changes that only with this child's row locked, which this
+    # transaction holds.
+    ended = session.execute(_ENDED, params).one()
+    if not ended.wakes:
+        return None
+    # A waking child locks the parent's row before the waitpoint's, in the order a cancel
+    # of the parent takes them.
+    parent = session.execute(select(Run.id, Run.status).where(Run.id == run.parent_id)
+                             .with_for_update()).first()
+    completed = session.execute(_COMPLETE, params).first()
     if completed is None or parent is None or RunStatus(parent.status).is_terminal:
         return None
     report(session, parent_id=parent.id)
