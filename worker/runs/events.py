@@ -56,14 +56,14 @@ _RECORD_MANY = text("""
 def record_many(session: Session, *, run_id: str, first: int, type: str,
                 data: list[dict[str, Any]]) -> list[Event]:
     """``record`` for events ``first``, ``first + 1``, ... (reserved by the caller) in one
-    statement."""
+    statement; ``data`` must be plain JSON already (strings, numbers, lists, dicts)."""
     if not data:
         return []
-    texts = [json.dumps(item) for item in data]
     at = {row.seq: row.at for row in session.execute(_RECORD_MANY, {
-        "run_id": run_id, "first": first, "type": type, "data": texts})}
-    return [remember(session, Event(run_id, first + number, type, json.loads(text_), at[
-        first + number])) for number, text_ in enumerate(texts)]
+        "run_id": run_id, "first": first, "type": type,
+        "data": [json.dumps(item) for item in data]})}
+    return [remember(session, Event(run_id, first + number, type, item, at[first + number]))
+            for number, item in enumerate(data)]
 
 
 _APPEND = text(
