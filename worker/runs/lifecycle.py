@@ -50,7 +50,8 @@ _LOCK_KEYS = text("""
 def ended(session: Session, *, run: Run, event: Event,
           endpoints: list[list[str]] | None = None) -> None:
     """``run`` ends in this transaction with ``event``: make its deliveries (to
-    ``endpoints`` if the caller read them already), and free its place."""
+    ``endpoints`` if the caller read them already), and free its place. The caller has
+    updated or locked the run's row already (``tree.child_ended`` relies on it)."""
     info = session.info
     info.setdefault(_DELIVERIES, []).extend(
         outbox.enqueue(session, run=run, event=event, endpoints=endpoints))

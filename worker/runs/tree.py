@@ -72,8 +72,7 @@ _ENDED = text("""
           AND status = 'waiting' AND NOT wakes
         RETURNING id
     )
-    SELECT coalesce((SELECT wakes FROM point), false) AS wakes,
-           (SELECT count(*) FROM flagged) + (SELECT count(*) FROM completed) AS writes
+    SELECT coalesce((SELECT wakes FROM point), false) AS wakes
 """)
 _COMPLETE = text("""
     UPDATE waitpoints SET status = 'completed', data = CAST(:data AS jsonb),
@@ -86,7 +85,12 @@ _COMPLETE = text("""
 def child_ended(session: Session, *, run: Run) -> Woken | None:
     """``run`` (a child) ends in this transaction: complete its parent's waitpoint for it
     and mark it unreported; if that waitpoint wakes the parent, report it (and its
-    siblings that ended) and queue the parent, under the parent's lock."""
+    siblings that ended) and queue the parent, under the parent's lock.
+
+    The caller holds the child's row lock from an earlier statement (every ending does: it
+    updates or locks the row first). That is what makes a parent's wait and this see each
+    other: ``_ENDED`` reads the waitpoint in its own snapshot, which must be taken after any
+    wait that held the child has committed."""
     assert run.parent_id is not None and run.child_name is not None
     params = {"child_id": run.id, "parent_id": run.parent_id,
               "name": waitpoint_name(run.child_name),
