@@ -268,6 +268,8 @@ def test_webhook_endpoints_show_their_secret_once(dashboard: Dashboard) -> None:
 
 def test_a_failed_delivery_shows_its_attempts_and_can_be_retried(
         dashboard: Dashboard, receiver: Receiver) -> None:
+    from playwright.sync_api import expect
+
     # Given an endpoint that fails every attempt the schedule allows
     receiver.script("/down", [500] * 4)
     with dashboard.api() as client:
@@ -283,7 +285,7 @@ def test_a_failed_delivery_shows_its_attempts_and_can_be_retried(
     page = dashboard.page
     page.goto("/webhooks")
     page.get_by_role("link", name=delivery["id"]).click()
-    assert page.locator("tbody tr").count() == 4  # every attempt, with its answer
+    expect(page.locator("tbody tr")).to_have_count(4)  # every attempt, with its answer
     assert page.locator("td", has_text="500").count() == 4
     dashboard.shot("delivery")
     page.get_by_role("button", name="Retry now").click()
