@@ -162,6 +162,38 @@ def test_batch_completed_is_sent_once_when_the_last_run_ends(
     assert delivery["type"] == "batch.completed"
 
 
+def test_a_replayed_run_is_waited_for_and_a_complete_batch_stays_complete(
+        api: ApiClient, runtime: Runtime, settings: Settings) -> None:
+    body = api.post("/v1/runs/batch", json={"items": [{"agent": "test.fail"},
+                                                      {"agent": "test.block"}]}).get_json()
+    failed, blocked = (run["id"] for run in body["runs"])
+
+    def going() -> int:
+        with runtime.db.autocommit() as session:
+            return int(session.scalar(select(Batch.going).where(Batch.id == body["id"])) or 0)
+
+    def ended_again(attempts: int) -> bool:
+        run = api.get(f"/v1/runs/{failed}").get_json()
+        return run["status"] == "failed" and run["attempt"] > attempts
+
+    wait_for(lambda: ended_again(0), what="the first run to fail")
+    assert going() == 1
+    # When the failed run is replayed, the batch waits for it again, and hears of its end
+    attempts = api.get(f"/v1/runs/{failed}").get_json()["attempt"]
+    assert api.post(f"/v1/runs/{failed}/replay").status_code == 202
+    wait_for(lambda: ended_again(attempts), what="the replay to fail")
+    assert going() == 1 and api.get(f"/v1/batches/{body['id']}").get_json()["completed_at"] is None
+    # When the last one ends, the batch completes
+    redis.Redis.from_url(settings.redis_url).set(f"test:release:{blocked}", 1, ex=60)
+    done = completed(api, body["id"])
+    assert done["counts"] == {"failed": 1, "succeeded": 1} and going() == 0
+    # And a replay of a complete batch's run leaves the batch as it was
+    attempts = api.get(f"/v1/runs/{failed}").get_json()["attempt"]
+    assert api.post(f"/v1/runs/{failed}/replay").status_code == 202
+    wait_for(lambda: ended_again(attempts), what="the second replay to fail")
+    assert api.get(f"/v1/batches/{body['id']}").get_json() == done and going() == 0
+
+
 def test_another_tenants_batch_is_404_and_its_runs_invisible(
     api: ApiClient, other_api: ApiClient
 ) -> None:

@@ -424,6 +424,8 @@ class Batch(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     size: Mapped[int] = mapped_column(Integer)
+    # Its runs not ended yet: each end takes one off, the one that takes it to 0 completes it.
+    going: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     completed_at: Mapped[datetime | None]  # its last run ended (batch.completed sent)
 

@@ -158,7 +158,7 @@ def _store(rt: Runtime, session: Session, *, tenant_id: str, items: list[Item],
     for session_id in sorted({new.session_id for new in news if new.session_id}):
         sessions.ensure(session, tenant_id=tenant_id, session_id=session_id)
     batch = session.scalars(insert(Batch).values(
-        id=new_id("bat"), tenant_id=tenant_id, size=len(fresh),
+        id=new_id("bat"), tenant_id=tenant_id, size=len(fresh), going=len(fresh),
         completed_at=None if fresh else func.now()).returning(Batch)).one()
     created = store.create_many(
         session, tenant_id=tenant_id, ids=[ids[index] for index in fresh],

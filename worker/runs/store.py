@@ -17,7 +17,7 @@ from worker.base.db import Database
 from worker.base.errors import Conflict, NotFound
 from worker.base.models import TERMINAL_STATUSES, Run, RunStatus, new_id
 from worker.base.queues import Dispatch
-from worker.runs import admission, events, lifecycle, waits
+from worker.runs import admission, batch_end, events, lifecycle, waits
 from worker.runs.readiness import session_free, under_concurrency_limit, under_running_cap
 
 
@@ -427,6 +427,8 @@ def replay(session: Session, *, run: Run, caps: admission.Caps) -> Run:
     run.cancel_requested_at = run.discarded_at = run.expires_at = None
     run.last_seq += 1
     session.flush()
+    if run.batch_id is not None:
+        batch_end.run_replayed(session, run=run)
     events.record(session, run_id=run.id, seq=run.last_seq, type=events.STATUS,
                   data={"status": RunStatus.QUEUED, "attempt": run.attempt, "replay": True})
     return run
