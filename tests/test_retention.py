@@ -201,6 +201,28 @@ def test_a_child_run_stays_while_its_parent_or_root_does(api: ApiClient,
     assert counts["runs"] == would["runs"] >= 2
 
 
+def test_a_run_batch_goes_after_its_runs(api: ApiClient, runtime: Runtime) -> None:
+    # Given two old batches that completed: one of echoes, one with a dead letter
+    items = {"echo": [{"agent": "echo"}] * 2,
+             "dead": [{"agent": "echo"}, {"agent": "flaky", "input": {"failures": 9},
+                                          "max_attempts": 1}]}
+    made = {name: api.post("/v1/runs/batch", json={"items": batch}).get_json()
+            for name, batch in items.items()}
+    for batch in made.values():
+        wait_for(lambda b=batch: api.get(f"/v1/batches/{b['id']}").get_json()["completed_at"],
+                 timeout=30, what="the batch to complete")
+        age(runtime, *(run["id"] for run in batch["runs"]))
+    with runtime.db.transaction() as session:
+        session.execute(text("UPDATE batches SET completed_at = completed_at - interval "
+                             "'10 days' WHERE id = ANY(:ids)"),
+                        {"ids": [batch["id"] for batch in made.values()]})
+    # When retention purges, the echoes' batch goes with its runs; the other stays
+    assert purge(runtime)["batches"] >= 1
+    assert api.get(f"/v1/batches/{made['echo']['id']}").status_code == 404
+    kept = api.get(f"/v1/batches/{made['dead']['id']}").get_json()
+    assert kept["counts"] == {"dead_lettered": 1}
+
+
 def test_a_sweep_deletes_a_bounded_number_of_batches(api: ApiClient,
                                                      runtime: Runtime) -> None:
     ids = [finished(api, "echo")["id"] for _ in range(5)]

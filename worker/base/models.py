@@ -419,7 +419,11 @@ class Batch(Base):
     """Runs submitted together (``POST /v1/runs/batch``)."""
 
     __tablename__ = "batches"
-    __table_args__ = (Index("ix_batches_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_batches_tenant_id_id", "tenant_id", "id"),
+        Index("ix_batches_completed_at", "completed_at",  # retention, oldest first
+              postgresql_where=text("completed_at IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))

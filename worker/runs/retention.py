@@ -12,6 +12,8 @@ purge --older-than`` by hand; with ``dry_run``, what would):
   heard yet) stays until it is; a dead delivery (its retries spent) goes with its run.
 - inbound webhook deduplication records received before the cutoff: senders retry within
   days, so a record that old only grows the table.
+- run batches (``POST /v1/runs/batch``) that completed before the cutoff and have no run
+  left: their runs went first (one with a dead letter not dismissed stays with it).
 
 A batch locks the next ``batch`` runs that may go with ``FOR UPDATE SKIP LOCKED``, the
 oldest first by a partial index (from where the call's last batch stopped; runs held back
@@ -70,6 +72,7 @@ from sqlalchemy.orm import Session, aliased
 from worker.base.db import Database
 from worker.base.models import (
     Base,
+    Batch,
     Delivery,
     DeliveryAttempt,
     DeliveryStatus,
@@ -85,7 +88,7 @@ from worker.base.settings import Settings
 
 ENDED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.EXPIRED)
 TABLES = ("runs", "run_events", "run_attempts", "run_steps", "waitpoints", "deliveries",
-          "delivery_attempts", "inbound_events")
+          "delivery_attempts", "inbound_events", "batches")
 # Runs per transaction: 500 runs of 50 events each take 0.1-0.25 s (bench/retention.py:
 # 100 delete half as many rows a second; 2000 take three times as long, no faster, and
 # went past the 4 s statement timeout on a loaded machine).
@@ -142,13 +145,20 @@ def purge(db: Database, *, older_than: timedelta, batch: int = BATCH,
                        cursor=Cursor(), counts=counts, dry_run=dry_run)
         _in_batches(db, step, batch=batch, max_batches=max_batches)
     old = InboundEvent.received_at < _cutoff(older_than)
-    if dry_run:
+    empty = and_(Batch.completed_at < _cutoff(older_than),  # ix_batches_completed_at
+                 ~exists().where(Run.batch_id == Batch.id))  # ix_runs_batch_id_id
+    if dry_run:  # the runs counted are still there: batches they would empty are not counted
         with db.autocommit() as session:
             counts["inbound_events"] = _counted(session, InboundEvent, old)
+            counts["batches"] = _counted(session, Batch, empty)
         return counts
     chosen = (select(InboundEvent.source_id, InboundEvent.delivery_id).where(old)
               .order_by(InboundEvent.received_at).limit(batch).with_for_update(skip_locked=True))
     _in_batches(db, partial(_delete_inbound, chosen=chosen, counts=counts), batch=batch,
+                max_batches=max_batches)
+    batches = (select(Batch.id).where(empty).order_by(Batch.completed_at).limit(batch)
+               .with_for_update(skip_locked=True))
+    _in_batches(db, partial(_delete_batches, chosen=batches, counts=counts), batch=batch,
                 max_batches=max_batches)
     return counts
 
@@ -215,6 +225,13 @@ def _delete_inbound(session: Session, *, chosen: Select[str, str],
     gone = _deleted(session, InboundEvent,
                     tuple_(InboundEvent.source_id, InboundEvent.delivery_id).in_(chosen))
     counts["inbound_events"] += gone
+    return gone
+
+
+def _delete_batches(session: Session, *, chosen: Select[str], counts: Counts) -> int:
+    """Delete the batches ``chosen`` locks; how many."""
+    gone = _deleted(session, Batch, Batch.id.in_(chosen))
+    counts["batches"] += gone
     return gone
 
 
