@@ -529,6 +529,13 @@ def parent_tree(ctx: RunContext, input: dict[str, Any]) -> Any:
     return ctx.gather([kept, gone])
 
 
+@agent("test.parent.pair", queue=CRASH_QUEUE)
+def parent_pair(ctx: RunContext, input: dict[str, Any]) -> Any:
+    """Two children that work until cancelled, gathered."""
+    return ctx.gather([ctx.start("test.child.echo", {"pause_s": 60}, name=name)
+                       for name in ("a", "b")])
+
+
 @agent("test.recursive", queue=CRASH_QUEUE)
 def recursive(ctx: RunContext, input: dict[str, Any]) -> Any:
     """Starts itself, and waits for itself: a tree that would never end."""

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.conftest import ApiClient, StartWorker
-from tests.harness import wait_for
+from tests.harness import holds, wait_for
 from worker.base.models import Run, Waitpoint
 from worker.base.runtime import Runtime
 
@@ -108,6 +108,39 @@ def test_cancelling_a_parent_cancels_its_children_but_not_a_detached_one(
     assert api.run(by_name["kept"].id)["status"] == "running"
     api.post(f"/v1/runs/{by_name['kept'].id}/cancel")
     assert api.wait(by_name["kept"].id, timeout=30)["status"] == "cancelled"
+
+
+def test_a_child_replayed_after_its_end_is_waited_for_again(
+        api: ApiClient, runtime: Runtime, crash_worker: StartWorker) -> None:
+    crash_worker(concurrency=4)
+    run = api.submit("test.parent.pair", {})
+    wait_for(lambda: len([c for c in children_of(runtime, run["id"])
+                          if c.status == "running"]) == 2 and
+             api.run(run["id"])["status"] == "waiting", timeout=30,
+             what="both children running and the parent waiting")
+    by_name = {c.child_name: c.id for c in children_of(runtime, run["id"])}
+    # Given child a ended (its end does not wake a gather: b is the last going) and replayed
+    assert api.post(f"/v1/runs/{by_name['a']}/cancel").status_code in (200, 202)
+    assert api.wait(by_name["a"], timeout=30)["status"] == "cancelled"
+    assert api.post(f"/v1/runs/{by_name['a']}/replay").status_code == 202
+    wait_for(lambda: api.run(by_name["a"])["status"] == "running", timeout=30,
+             what="the replayed child to run")
+    # When b's end wakes the parent
+    assert api.post(f"/v1/runs/{by_name['b']}/cancel").status_code in (200, 202)
+
+    def waiting_for_a() -> bool:
+        with runtime.db.autocommit() as session:
+            point = session.scalar(select(Waitpoint.status).where(
+                Waitpoint.run_id == run["id"], Waitpoint.name == "child:a"))
+        return point == "waiting" and api.run(run["id"])["status"] == "waiting"
+
+    # Then it waits for a again, rather than waking at once (and again) until a ends
+    wait_for(waiting_for_a, timeout=30, what="the parent to wait for the replayed child")
+    attempt = api.run(run["id"])["attempt"]
+    holds(lambda: waiting_for_a() and api.run(run["id"])["attempt"] == attempt, seconds=1,
+          what="the parent still waiting, on the same attempt")
+    assert api.post(f"/v1/runs/{run['id']}/cancel").status_code in (200, 202)
+    assert api.wait(by_name["a"], timeout=30)["status"] == "cancelled"
 
 
 def test_the_depth_limit_stops_an_agent_that_starts_itself(

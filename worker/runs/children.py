@@ -138,7 +138,9 @@ _HOLD = text("""
 
 # The parent's waitpoints for the children it waits on (made once; a later wait keeps the
 # first deadline), and whether each is past it. Those named in :wakes wake the parent when
-# their child ends; the others' ends are read at its next look.
+# their child ends; the others' ends are read at its next look. One completed by an end
+# of its child that has since been replayed (its row is locked, going) waits again: it
+# would wake the parent at once, and again at every look, until the child ended.
 _WAITPOINTS = text("""
     WITH made AS (
         INSERT INTO waitpoints (id, run_id, tenant_id, name, kind, status, deadline, attempt,
@@ -147,8 +149,10 @@ _WAITPOINTS = text("""
                now() + make_interval(secs => :timeout_s), :attempt,
                name = ANY(CAST(:wakes AS text[]))
         FROM unnest(CAST(:names AS text[])) AS name
-        ON CONFLICT (run_id, name) DO UPDATE SET wakes = EXCLUDED.wakes
-            WHERE waitpoints.status = 'waiting' AND waitpoints.wakes <> EXCLUDED.wakes
+        ON CONFLICT (run_id, name) DO UPDATE SET wakes = EXCLUDED.wakes, status = 'waiting',
+            data = NULL, completed_at = NULL, completed_by = NULL
+            WHERE (waitpoints.status = 'waiting' AND waitpoints.wakes <> EXCLUDED.wakes)
+               OR waitpoints.status = 'completed'
         RETURNING id, name, status, deadline
     )
     SELECT id, name, status, deadline <= now() AS due FROM made
