@@ -263,7 +263,7 @@ def test_a_key_revoked_while_it_was_looked_up_is_not_remembered(
     assert api.get("/v1/runs").status_code == 401
 
 
-def stalled_socket(server: ApiServer, key: str) -> socket.socket:
+def stalled_socket(server: ApiServer, runtime: Runtime, tenant: Tenant) -> socket.socket:
     """A WebSocket client that starts runs with large results and never reads an answer:
     the server's sends to it (each run's last event carries its result) block once the
     buffers fill."""
@@ -275,20 +275,28 @@ def stalled_socket(server: ApiServer, key: str) -> socket.socket:
     conn.connect(("127.0.0.1", server.port))
     ws = WSConnection(ConnectionType.CLIENT)
     conn.sendall(ws.send(Request(host="127.0.0.1", target="/v1/ws",
-                                 extra_headers=[(b"authorization", f"Bearer {key}".encode())])))
+                                 extra_headers=[(b"authorization",
+                                                 f"Bearer {tenant.key}".encode())])))
     ws.receive_data(conn.recv(65536))
     assert any(isinstance(event, AcceptConnection) for event in ws.events())
     big = json.dumps({"type": "run", "agent": "echo", "input": {"blob": "x" * 255_000}})
     for _ in range(RATE - 1):  # the handshake was one request
         conn.sendall(ws.send(TextMessage(data=big)))
-    time.sleep(3)  # the runs end, and their results pile up unread
+
+    def ended() -> bool:  # and their results pile up unread
+        with runtime.db.autocommit() as session:
+            return session.scalar(text(
+                "SELECT count(*) FROM runs WHERE tenant_id = :tenant AND status = 'succeeded'"),
+                {"tenant": tenant.id}) == RATE - 1
+
+    wait_for(ended, timeout=30, what="the stalled client's runs to end")
     return conn
 
 
 def test_a_client_that_stops_reading_never_holds_up_revocations(strict: ApiServer,
                                                                runtime: Runtime) -> None:
     stuck, other = make_tenant(runtime), make_tenant(runtime)
-    conn = stalled_socket(strict, stuck.key)
+    conn = stalled_socket(strict, runtime, stuck)
     watcher = ws_client(strict, other.key)
     try:
         # When the stalled client's key is revoked (its socket cannot take a close frame)...
