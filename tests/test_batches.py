@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from api import create_app
 from tests.conftest import ApiClient, make_tenant
@@ -17,6 +18,7 @@ from worker.app import build_runtime
 from worker.base.models import Batch, Run
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
+from worker.runs import batch_end
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -192,6 +194,29 @@ def test_a_replayed_run_is_waited_for_and_a_complete_batch_stays_complete(
     assert api.post(f"/v1/runs/{failed}/replay").status_code == 202
     wait_for(lambda: ended_again(attempts), what="the second replay to fail")
     assert api.get(f"/v1/batches/{body['id']}").get_json() == done and going() == 0
+
+
+def test_the_sweeper_completes_a_batch_whose_count_missed_an_end(
+        api: ApiClient, runtime: Runtime, receiver: Receiver, settings: Settings) -> None:
+    api.post("/v1/webhook-endpoints", json={"url": receiver.url + "/missed",
+                                            "events": ["batch.completed"]})
+    body = api.post("/v1/runs/batch", json={"items": [{"agent": "test.block"}]}).get_json()
+    # Given a batch whose count missed an end (made by a process older than the count)
+    with runtime.db.transaction() as session:
+        session.execute(update(Batch).where(Batch.id == body["id"]).values(
+            going=Batch.going + 1, created_at=func.now() - timedelta(minutes=5)))
+    redis.Redis.from_url(settings.redis_url).set(f"test:release:{body['runs'][0]['id']}", 1,
+                                                 ex=60)
+    api.wait(body["runs"][0]["id"])
+    assert api.get(f"/v1/batches/{body['id']}").get_json()["completed_at"] is None
+    # When the sweeper's repair looks, the batch completes, and batch.completed is sent once
+    assert batch_end.complete_forgotten(runtime) >= 1
+    done = api.get(f"/v1/batches/{body['id']}").get_json()
+    assert done["completed_at"] and done["counts"] == {"succeeded": 1}
+    [request] = wait_for(lambda: receiver.at("/missed"), what="batch.completed")
+    assert json.loads(request.body)["data"] == done
+    batch_end.complete_forgotten(runtime)  # (again: nothing more for this batch)
+    holds(lambda: len(receiver.at("/missed")) == 1, seconds=0.5, what="exactly once")
 
 
 def test_another_tenants_batch_is_404_and_its_runs_invisible(

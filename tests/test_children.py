@@ -119,6 +119,13 @@ def test_a_child_replayed_after_its_end_is_waited_for_again(
              api.run(run["id"])["status"] == "waiting", timeout=30,
              what="both children running and the parent waiting")
     by_name = {c.child_name: c.id for c in children_of(runtime, run["id"])}
+
+    def point_a() -> Waitpoint:
+        with runtime.db.autocommit() as session:
+            return session.scalars(select(Waitpoint).where(
+                Waitpoint.run_id == run["id"], Waitpoint.name == "child:a")).one()
+
+    first = point_a()
     # Given child a ended (its end does not wake a gather: b is the last going) and replayed
     assert api.post(f"/v1/runs/{by_name['a']}/cancel").status_code in (200, 202)
     assert api.wait(by_name["a"], timeout=30)["status"] == "cancelled"
@@ -129,13 +136,12 @@ def test_a_child_replayed_after_its_end_is_waited_for_again(
     assert api.post(f"/v1/runs/{by_name['b']}/cancel").status_code in (200, 202)
 
     def waiting_for_a() -> bool:
-        with runtime.db.autocommit() as session:
-            point = session.scalar(select(Waitpoint.status).where(
-                Waitpoint.run_id == run["id"], Waitpoint.name == "child:a"))
-        return point == "waiting" and api.run(run["id"])["status"] == "waiting"
+        return point_a().status == "waiting" and api.run(run["id"])["status"] == "waiting"
 
-    # Then it waits for a again, rather than waking at once (and again) until a ends
+    # Then it waits for a again (from this wait on), rather than waking at once (and again)
     wait_for(waiting_for_a, timeout=30, what="the parent to wait for the replayed child")
+    again = point_a()
+    assert again.deadline > first.deadline and again.attempt > first.attempt
     attempt = api.run(run["id"])["attempt"]
     holds(lambda: waiting_for_a() and api.run(run["id"])["attempt"] == attempt, seconds=1,
           what="the parent still waiting, on the same attempt")

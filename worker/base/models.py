@@ -382,8 +382,10 @@ class Waitpoint(Base):
 
     Made by the attempt that reaches it, under its lease; completed once (by the API, a
     signed URL or a Slack button: ``status = 'waiting'`` in the ``UPDATE``), or timed out
-    at ``deadline``. The signed URL's token is not stored: it is derived from the id and
-    the deadline with the server's key (``worker.runs.waits.token``).
+    at ``deadline``. (A ``child`` one, completed by its child's end, waits again if the
+    child is replayed and its parent waits for it again: ``worker.runs.children``.) The
+    signed URL's token is not stored: it is derived from the id and the deadline with the
+    server's key (``worker.runs.waits.token``).
     """
 
     __tablename__ = "waitpoints"

@@ -1,26 +1,37 @@
 """What a batched run's end does to its batch, in the transaction that ends the run.
 
-A batch counts its runs still going (``batches.going``, its size when it is made; a replay
-of one of its runs adds one back, ``store.replay``). ``lifecycle.ended`` calls ``run_ended``
-for every run of a batch that ends: one statement takes one off and locks the batch's row
-(so of two runs that end at once, the second counts after the first has committed). The end
-that takes it to 0 counts the batch's runs by status once, marks the batch complete and
-writes the tenant's ``batch.completed`` deliveries (data: the batch and its counts) in the
-same transaction: sent once, and sent even if the process dies after the commit (the
-sweeper publishes them). Should the count ever say 0 while a run is going, that count
-corrects it and the batch waits on. A run of a complete batch that ends again (after a
-replay) sends nothing. Each delivery is filed under the run whose end completed the batch
-(``GET /v1/deliveries?run_id=``).
+A batch counts its runs still going (``batches.going``, its size when it is made).
+``lifecycle.ended`` calls ``run_ended`` for every run of a batch that ends: one statement
+takes one off and locks the batch's row (so of two runs that end at once, the second counts
+after the first has committed). The end that takes it to 0 counts the batch's runs by
+status once, marks the batch complete and writes the tenant's ``batch.completed``
+deliveries (data: the batch and its counts) in the same transaction: sent once, and sent
+even if the process dies after the commit (the sweeper publishes them). Each delivery is
+filed under the run whose end completed the batch (``GET /v1/deliveries?run_id=``).
+
+A replay of a run of a batch not complete adds one back (``run_replayed``), just before the
+commit and in batch order, after every run the transaction replays is locked: a replay of
+many dead letters and one of a single run never hold a batch and wait for each other's run.
+A run of a complete batch that ends again (after a replay) sends nothing.
+
+If the count is ever wrong, the batch's runs say so: one that says 0 while a run is going
+is corrected by that count, and the batch waits on; one left above 0 after every run ended
+(ends made by a process older than the count, during a rolling upgrade) is found by the
+sweeper (``complete_forgotten``), which completes the batch as its last end would have.
 
 Functions that take a session never commit.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from collections import Counter
+from datetime import timedelta
+
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from worker.base.models import TERMINAL_STATUSES, Batch, Run
+from worker.base.runtime import Runtime
 from worker.runs import outbox
 from worker.runs.views import batch_view
 
@@ -44,6 +55,12 @@ def run_ended(session: Session, *, run: Run) -> list[str]:
                            .values(going=Batch.going - 1).returning(Batch.going))
     if going is None or going > 0:  # complete already (or gone), or runs still going
         return []
+    return _complete(session, batch_id=batch_id, run=run)
+
+
+def _complete(session: Session, *, batch_id: str, run: Run) -> list[str]:
+    """Under the batch's row lock: complete it if none of its runs is going (else set its
+    count right); the ids of the deliveries made."""
     tally = counts(session, batch_id=batch_id)  # under the row's lock: a snapshot of its own
     still = sum(count for status, count in tally.items() if status not in TERMINAL_STATUSES)
     batch = session.scalars(update(Batch).where(Batch.id == batch_id).values(
@@ -55,7 +72,44 @@ def run_ended(session: Session, *, run: Run) -> list[str]:
                                 data=batch_view(batch, tally), at=batch.completed_at)
 
 
+_REPLAYED = "agentq.replayed_batches"  # batch id -> its runs replayed in this transaction
+
+
 def run_replayed(session: Session, *, run: Run) -> None:
-    """``run`` (of a batch) is going again: its batch, if not complete, waits for it."""
-    session.execute(update(Batch).where(Batch.id == run.batch_id, Batch.completed_at.is_(None))
-                    .values(going=Batch.going + 1))
+    """``run`` (of a batch) is going again: its batch, if not complete, waits for it (from
+    ``before_commit``)."""
+    session.info.setdefault(_REPLAYED, Counter())[run.batch_id] += 1
+
+
+def before_commit(session: Session) -> None:
+    """Add the runs replayed back to their batches' counts, in batch order."""
+    replayed: Counter[str] = session.info.pop(_REPLAYED, Counter())
+    for batch_id in sorted(replayed):
+        session.execute(update(Batch).where(Batch.id == batch_id, Batch.completed_at.is_(None))
+                        .values(going=Batch.going + replayed[batch_id]))
+
+
+def complete_forgotten(rt: Runtime, *, older_than_s: float = 60.0, limit: int = 20) -> int:
+    """The sweeper's repair: batches not complete, made a while ago, none of whose runs is
+    going, are completed now (their count missed an end); how many."""
+    going = (select(Run.id).where(Run.batch_id == Batch.id,  # ix_runs_batch_id_id
+                                  Run.status.not_in(list(TERMINAL_STATUSES))))
+    completed = 0
+    with rt.db.autocommit() as session:
+        stuck = list(session.scalars(select(Batch.id).where(
+            Batch.completed_at.is_(None), Batch.size > 0,
+            Batch.created_at < func.now() - timedelta(seconds=older_than_s),
+            ~exists(going)).limit(limit)))
+    for batch_id in stuck:
+        with rt.db.transaction() as session:
+            if session.scalar(select(Batch.id).where(
+                    Batch.id == batch_id, Batch.completed_at.is_(None))
+                    .with_for_update(skip_locked=True)) is None:
+                continue  # completed meanwhile, or being completed
+            last = session.scalars(select(Run).where(Run.batch_id == batch_id)
+                                   .order_by(Run.finished_at.desc().nulls_last())
+                                   .limit(1)).one()
+            deliveries = _complete(session, batch_id=batch_id, run=last)
+        completed += 1
+        outbox.dispatch(rt, deliveries)
+    return completed

@@ -139,8 +139,9 @@ _HOLD = text("""
 # The parent's waitpoints for the children it waits on (made once; a later wait keeps the
 # first deadline), and whether each is past it. Those named in :wakes wake the parent when
 # their child ends; the others' ends are read at its next look. One completed by an end
-# of its child that has since been replayed (its row is locked, going) waits again: it
-# would wake the parent at once, and again at every look, until the child ended.
+# of its child that has since been replayed (its row is locked, going) waits again, from
+# this wait's deadline: it would wake the parent at once, and again at every look, until
+# the child ended.
 _WAITPOINTS = text("""
     WITH made AS (
         INSERT INTO waitpoints (id, run_id, tenant_id, name, kind, status, deadline, attempt,
@@ -150,7 +151,11 @@ _WAITPOINTS = text("""
                name = ANY(CAST(:wakes AS text[]))
         FROM unnest(CAST(:names AS text[])) AS name
         ON CONFLICT (run_id, name) DO UPDATE SET wakes = EXCLUDED.wakes, status = 'waiting',
-            data = NULL, completed_at = NULL, completed_by = NULL
+            data = NULL, completed_at = NULL, completed_by = NULL,
+            deadline = CASE WHEN waitpoints.status = 'completed' THEN EXCLUDED.deadline
+                            ELSE waitpoints.deadline END,
+            attempt = CASE WHEN waitpoints.status = 'completed' THEN EXCLUDED.attempt
+                           ELSE waitpoints.attempt END
             WHERE (waitpoints.status = 'waiting' AND waitpoints.wakes <> EXCLUDED.wakes)
                OR waitpoints.status = 'completed'
         RETURNING id, name, status, deadline

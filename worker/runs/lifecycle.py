@@ -85,7 +85,9 @@ def freed(session: Session, *, run: Run) -> None:
 
 
 def before_commit(rt: Runtime, session: Session) -> None:
-    """Pick the runs the freed ones held back, to be dispatched once this commits."""
+    """Count the runs replayed back into their batches, and pick the runs the freed ones
+    held back, to be dispatched once this commits."""
+    batch_end.before_commit(session)
     held_back = session.info.get(_FREED, {})
     cap = rt.settings.tenant_max_running
     picked: list[Dispatch] = []

@@ -156,10 +156,8 @@ def purge(db: Database, *, older_than: timedelta, batch: int = BATCH,
               .order_by(InboundEvent.received_at).limit(batch).with_for_update(skip_locked=True))
     _in_batches(db, partial(_delete_inbound, chosen=chosen, counts=counts), batch=batch,
                 max_batches=max_batches)
-    batches = (select(Batch.id).where(empty).order_by(Batch.completed_at).limit(batch)
-               .with_for_update(skip_locked=True))
-    _in_batches(db, partial(_delete_batches, chosen=batches, counts=counts), batch=batch,
-                max_batches=max_batches)
+    _in_batches(db, partial(_take_batches, empty=empty, batch=batch, cursor=Cursor(),
+                            counts=counts), batch=batch, max_batches=max_batches)
     return counts
 
 
@@ -228,11 +226,20 @@ def _delete_inbound(session: Session, *, chosen: Select[str, str],
     return gone
 
 
-def _delete_batches(session: Session, *, chosen: Select[str], counts: Counts) -> int:
-    """Delete the batches ``chosen`` locks; how many."""
-    gone = _deleted(session, Batch, Batch.id.in_(chosen))
-    counts["batches"] += gone
-    return gone
+def _take_batches(session: Session, *, empty: ColumnElement[bool], batch: int,
+                  cursor: Cursor, counts: Counts) -> int:
+    """Lock the next ``batch`` old run batches with no run left, oldest first after
+    ``cursor`` (those a run keeps are read past once a call), and delete them; how many."""
+    chosen = select(Batch.id, Batch.completed_at).where(empty)
+    if cursor.after is not None:
+        chosen = chosen.where(tuple_(Batch.completed_at, Batch.id) > tuple_(*cursor.after))
+    taken = session.execute(chosen.order_by(Batch.completed_at, Batch.id).limit(batch)
+                            .with_for_update(skip_locked=True)).all()
+    if not taken:
+        return 0
+    cursor.after = (taken[-1][1], taken[-1][0])
+    counts["batches"] += _deleted(session, Batch, Batch.id.in_([row[0] for row in taken]))
+    return len(taken)
 
 
 def _counted(session: Session, model: type[Base], where: ColumnElement[bool]) -> int:

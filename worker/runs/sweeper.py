@@ -15,6 +15,7 @@ from worker.base.queues import Dispatch
 from worker.base.runtime import Runtime
 from worker.runs import (
     attempts,
+    batch_end,
     delays,
     dispatch,
     idempotency,
@@ -41,6 +42,7 @@ def sweep(rt: Runtime, *, also: Sequence[Repair] = ()) -> None:
         redispatch_unpublished,
         redispatch_lost,
         tree.report_forgotten,
+        batch_end.complete_forgotten,
         idempotency.purge_expired,
         purge_old_runs,
         *also,
