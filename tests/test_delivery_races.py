@@ -326,11 +326,13 @@ class Proxy:
         self.server.server_close()
 
 
-def test_deliveries_go_through_the_configured_proxy(settings: Settings,
-                                                    receiver: Receiver) -> None:
+@pytest.mark.parametrize("named", [False, True])
+def test_deliveries_go_through_the_configured_proxy(settings: Settings, receiver: Receiver,
+                                                    named: bool) -> None:
     proxy = Proxy()
     try:
-        sender = Sender(settings.model_copy(update={"webhook_proxy": proxy.url}))
+        url = proxy.url.replace("127.0.0.1", "localhost") if named else proxy.url
+        sender = Sender(settings.model_copy(update={"webhook_proxy": url}))
         response = sender.post(receiver.url + "/proxied", {"content-type": "application/json"},
                                b"{}")
         assert response.status_code == 200, response.error

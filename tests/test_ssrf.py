@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
+import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -87,3 +91,24 @@ def test_the_connection_goes_to_the_checked_address_with_the_original_host(
     assert response.status_code == 200
     [request] = receiver.at("/named")
     assert request.headers["host"] == f"localhost:{port}"
+
+
+def test_a_name_whose_lookup_never_answers_is_given_up_at_the_deadline(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    released = threading.Event()
+
+    def never_answers(*args: Any, **kwargs: Any) -> Any:
+        released.wait(30)
+        raise socket.gaierror("released")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+    try:
+        began = time.monotonic()
+        response = Sender(settings).post("http://hooks.example.test/slow",  # 2 s in the tests
+                                         {"content-type": "application/json"}, b"{}")
+        took = time.monotonic() - began
+    finally:
+        released.set()
+    assert response.status_code is None and response.error is not None
+    assert response.error.startswith("timed out after 2 s: looking up 'hooks.example.test'")
+    assert took < 10  # the deadline, not the resolver's (which here never answers)

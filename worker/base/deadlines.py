@@ -9,12 +9,22 @@ ends in time, with ``httpx.TimeoutException``.
 
 The deadline is a context variable: it belongs to the thread (or greenlet) making the
 request, so one client serves many threads, each with its own deadline.
+
+Name lookups are bounded too (``lookup``): ``getaddrinfo`` cannot be interrupted, so it runs
+on one of a few threads of the process's, and the caller stops waiting for it when the
+deadline passes (a resolver that never answers holds that thread until the system's own
+resolver timeout, not the caller).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -23,6 +33,8 @@ import httpcore
 import httpx
 
 _ENDS: ContextVar[float | None] = ContextVar("agentq_http_deadline", default=None)
+_LOOKUP_THREADS = 8  # lookups at once in a process; more wait their turn (within deadline)
+_lookups: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): none survives a fork
 
 
 @contextmanager
@@ -33,6 +45,29 @@ def within(seconds: float) -> Iterator[None]:
         yield
     finally:
         _ENDS.reset(token)
+
+
+def left() -> float | None:
+    """Seconds left of the deadline set with ``within`` (0 if it passed), or None."""
+    ends = _ENDS.get()
+    return None if ends is None else max(0.0, ends - time.monotonic())
+
+
+def lookup(host: str, port: int, *, timeout: float | None) -> list[tuple[Any, ...]]:
+    """``socket.getaddrinfo(host, port)`` for a TCP connection, given up after ``timeout``
+    seconds or what is left of the deadline, if less (``TimeoutError``). ``socket.gaierror``
+    as ``getaddrinfo`` raises it."""
+    global _lookups
+    timeout = _left(timeout, TimeoutError)
+    if _lookups is None or _lookups[0] != os.getpid():
+        _lookups = (os.getpid(), ThreadPoolExecutor(_LOOKUP_THREADS,
+                                                    thread_name_prefix="agentq-lookup"))
+    future = _lookups[1].submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        future.cancel()  # if it has not started; else its thread finishes on its own
+        raise TimeoutError(f"looking up {host!r} took longer than {timeout:g} s") from None
 
 
 def _left(timeout: float | None, error: type[Exception]) -> float | None:
@@ -72,7 +107,28 @@ class _Backend(httpcore.SyncBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return _Stream(super().connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
+        """Connect to ``host`` (a name is looked up within the deadline first, and its
+        addresses tried in turn) within what is left of the deadline."""
+        try:
+            ipaddress.ip_address(host)
+            addresses = [host]
+        except ValueError:
+            try:
+                infos = lookup(host, port, timeout=_left(timeout, httpcore.ConnectTimeout))
+            except TimeoutError as error:
+                raise httpcore.ConnectTimeout(str(error)) from None
+            except OSError as error:
+                raise httpcore.ConnectError(str(error)) from None
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses[:-1]:
+            try:
+                return _Stream(super().connect_tcp(
+                    address, port, _left(timeout, httpcore.ConnectTimeout), local_address,
+                    socket_options))
+            except httpcore.ConnectError:
+                continue  # the next address, in what is left
+        return _Stream(super().connect_tcp(addresses[-1], port,
+                                           _left(timeout, httpcore.ConnectTimeout),
                                            local_address, socket_options))
 
 

@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from worker.base import deadlines
 from worker.base.errors import InvalidRequest
 from worker.base.settings import Settings
 
@@ -25,6 +26,10 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 class Refused(Exception):
     """The target is on a network webhooks may not reach."""
+
+
+class Unresolved(Exception):
+    """The target's name was not looked up in time."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,9 @@ class Guard:
             return  # a name: checked when it is resolved, at every delivery
         self.check_address(address)
 
-    def resolve(self, url: str) -> Target:
-        """Resolve the URL's host once and check every address it has."""
+    def resolve(self, url: str, *, timeout_s: float | None = None) -> Target:
+        """Resolve the URL's host once (given up after ``timeout_s``, or what is left of the
+        request's deadline: ``Unresolved``) and check every address it has."""
         try:
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -95,7 +101,9 @@ class Guard:
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise Refused(f"{url!r} is not an http(s) URL")
         try:
-            infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            infos = deadlines.lookup(parts.hostname, port, timeout=timeout_s)
+        except TimeoutError as error:
+            raise Unresolved(str(error)) from None
         except (socket.gaierror, UnicodeError) as error:  # UnicodeError: a label too long
             raise Refused(f"cannot resolve {parts.hostname!r}: {error}") from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from worker.base import deadlines, retry, signing, tracing
 from worker.base.runtime import Runtime
 from worker.base.settings import Settings
-from worker.base.ssrf import Guard, Refused
+from worker.base.ssrf import Guard, Refused, Unresolved
 from worker.delivery import webhooks
 from worker.runs import outbox, waits
 from worker.runs.dispatch import SWEEP_BATCH
@@ -60,16 +60,18 @@ class Sender:
             return webhooks.Response(None, _ms(started), started_at, error=error)
 
         timeout = self._settings.webhook_timeout_s
-        try:
-            target = self.guard.resolve(url)
-        except Refused as refused:
-            return failed(f"refused: {refused}")
-        original = httpx.URL(url)
-        request = self._client.build_request(
-            "POST", original.copy_with(host=str(target.address)), content=body,
-            headers={**headers, "host": original.netloc.decode()},
-            extensions={"sni_hostname": target.host})
-        with deadlines.within(timeout):
+        with deadlines.within(timeout):  # the name's lookup too
+            try:
+                target = self.guard.resolve(url, timeout_s=timeout)
+            except Refused as refused:
+                return failed(f"refused: {refused}")
+            except Unresolved as unresolved:
+                return failed(f"timed out after {timeout:g} s: {unresolved}")
+            original = httpx.URL(url)
+            request = self._client.build_request(
+                "POST", original.copy_with(host=str(target.address)), content=body,
+                headers={**headers, "host": original.netloc.decode()},
+                extensions={"sni_hostname": target.host})
             try:
                 response = self._client.send(request, stream=True)
             except httpx.TimeoutException:
