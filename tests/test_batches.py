@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from api import create_app
 from tests.conftest import ApiClient, make_tenant
@@ -217,6 +217,15 @@ def test_the_sweeper_completes_a_batch_whose_count_missed_an_end(
     assert json.loads(request.body)["data"] == done
     batch_end.complete_forgotten(runtime)  # (again: nothing more for this batch)
     holds(lambda: len(receiver.at("/missed")) == 1, seconds=0.5, what="exactly once")
+    # And one whose runs were purged before it was completed is completed, with nothing sent
+    gone = api.post("/v1/runs/batch", json={"items": [{"agent": "echo"}]}).get_json()
+    api.wait(gone["runs"][0]["id"])
+    with runtime.db.transaction() as session:
+        session.execute(update(Batch).where(Batch.id == gone["id"]).values(
+            going=1, completed_at=None, created_at=func.now() - timedelta(minutes=5)))
+        session.execute(text("DELETE FROM runs WHERE batch_id = :id"), {"id": gone["id"]})
+    assert batch_end.complete_forgotten(runtime) >= 1
+    assert api.get(f"/v1/batches/{gone['id']}").get_json()["completed_at"]
 
 
 def test_another_tenants_batch_is_404_and_its_runs_invisible(

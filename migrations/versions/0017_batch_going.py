@@ -10,6 +10,8 @@ Create Date: 2026-12-07 23:30:00
   drain in O(n²)). Set here from the runs of the batches not complete yet.
 - ix_batches_completed_at: retention deletes the batches that completed before its cutoff
   and have no run left, oldest first.
+- ix_batches_going: the sweeper completes batches not complete whose runs have all ended
+  (a count that missed an end: one made by a process older than the count), oldest first.
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ def upgrade() -> None:
     """)
     op.create_index("ix_batches_completed_at", "batches", ["completed_at"],
                     postgresql_where=sa.text("completed_at IS NOT NULL"))
+    op.create_index("ix_batches_going", "batches", ["created_at"],
+                    postgresql_where=sa.text("completed_at IS NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_batches_going", table_name="batches")
     op.drop_index("ix_batches_completed_at", table_name="batches")
     op.drop_column("batches", "going")

@@ -11,9 +11,11 @@ The deadline is a context variable: it belongs to the thread (or greenlet) makin
 request, so one client serves many threads, each with its own deadline.
 
 Name lookups are bounded too (``lookup``): ``getaddrinfo`` cannot be interrupted, so it runs
-on one of a few threads of the process's, and the caller stops waiting for it when the
-deadline passes (a resolver that never answers holds that thread until the system's own
-resolver timeout, not the caller).
+on a daemon thread of its own, and the caller stops waiting for it when the deadline passes
+(a resolver that never answers holds that thread until the system's own resolver timeout,
+not the caller). Callers looking up one name at once share one lookup, so a name that never
+resolves holds one thread however many deliveries wait for it, and no other name waits
+behind it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,8 +36,18 @@ import httpcore
 import httpx
 
 _ENDS: ContextVar[float | None] = ContextVar("agentq_http_deadline", default=None)
-_LOOKUP_THREADS = 8  # lookups at once in a process; more wait their turn (within deadline)
-_lookups: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): none survives a fork
+_Lookup = Future[list[tuple[Any, ...]]]
+_lookups: dict[tuple[str, int], _Lookup] = {}  # (host, port) -> the lookup under way
+_lookups_lock = threading.Lock()
+
+
+def _forked() -> None:  # the child has none of the parent's lookup threads
+    global _lookups_lock
+    _lookups.clear()
+    _lookups_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 @contextmanager
@@ -57,17 +70,29 @@ def lookup(host: str, port: int, *, timeout: float | None) -> list[tuple[Any, ..
     """``socket.getaddrinfo(host, port)`` for a TCP connection, given up after ``timeout``
     seconds or what is left of the deadline, if less (``TimeoutError``). ``socket.gaierror``
     as ``getaddrinfo`` raises it."""
-    global _lookups
     timeout = _left(timeout, TimeoutError)
-    if _lookups is None or _lookups[0] != os.getpid():
-        _lookups = (os.getpid(), ThreadPoolExecutor(_LOOKUP_THREADS,
-                                                    thread_name_prefix="agentq-lookup"))
-    future = _lookups[1].submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    key = (host, port)
+    with _lookups_lock:
+        future = _lookups.get(key)
+        if future is None:
+            future = _lookups[key] = Future()
+            threading.Thread(target=_look_up, args=(key, future), daemon=True,
+                             name="agentq-lookup").start()
     try:
         return future.result(timeout=timeout)
     except FutureTimeout:
-        future.cancel()  # if it has not started; else its thread finishes on its own
         raise TimeoutError(f"looking up {host!r} took longer than {timeout:g} s") from None
+
+
+def _look_up(key: tuple[str, int], future: _Lookup) -> None:
+    try:
+        future.set_result(socket.getaddrinfo(*key, type=socket.SOCK_STREAM))
+    except BaseException as error:  # handed to every caller waiting
+        future.set_exception(error)
+    finally:
+        with _lookups_lock:
+            if _lookups.get(key) is future:
+                del _lookups[key]
 
 
 def _left(timeout: float | None, error: type[Exception]) -> float | None:

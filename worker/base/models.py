@@ -425,6 +425,8 @@ class Batch(Base):
         Index("ix_batches_tenant_id_id", "tenant_id", "id"),
         Index("ix_batches_completed_at", "completed_at",  # retention, oldest first
               postgresql_where=text("completed_at IS NOT NULL")),
+        Index("ix_batches_going", "created_at",  # the sweeper's batch_end.complete_forgotten
+              postgresql_where=text("completed_at IS NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

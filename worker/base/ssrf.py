@@ -101,6 +101,13 @@ class Guard:
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise Refused(f"{url!r} is not an http(s) URL")
         try:
+            literal = ipaddress.ip_address(parts.hostname)
+        except ValueError:
+            pass
+        else:  # no lookup
+            self.check_address(literal)
+            return Target(address=literal, host=parts.hostname, port=port)
+        try:
             infos = deadlines.lookup(parts.hostname, port, timeout=timeout_s)
         except TimeoutError as error:
             raise Unresolved(str(error)) from None

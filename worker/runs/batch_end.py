@@ -24,6 +24,7 @@ Functions that take a session never commit.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from datetime import timedelta
 
@@ -34,6 +35,8 @@ from worker.base.models import TERMINAL_STATUSES, Batch, Run
 from worker.base.runtime import Runtime
 from worker.runs import outbox
 from worker.runs.views import batch_view
+
+log = logging.getLogger(__name__)
 
 EVENT = "batch.completed"
 
@@ -91,25 +94,42 @@ def before_commit(session: Session) -> None:
 
 def complete_forgotten(rt: Runtime, *, older_than_s: float = 60.0, limit: int = 20) -> int:
     """The sweeper's repair: batches not complete, made a while ago, none of whose runs is
-    going, are completed now (their count missed an end); how many."""
+    going, are completed now (their count missed an end), oldest first; how many."""
     going = (select(Run.id).where(Run.batch_id == Batch.id,  # ix_runs_batch_id_id
                                   Run.status.not_in(list(TERMINAL_STATUSES))))
-    completed = 0
     with rt.db.autocommit() as session:
-        stuck = list(session.scalars(select(Batch.id).where(
-            Batch.completed_at.is_(None), Batch.size > 0,
+        stuck = list(session.scalars(select(Batch.id).where(  # ix_batches_going
+            Batch.completed_at.is_(None),
             Batch.created_at < func.now() - timedelta(seconds=older_than_s),
-            ~exists(going)).limit(limit)))
+            ~exists(going)).order_by(Batch.created_at).limit(limit)))
+    completed = 0
     for batch_id in stuck:
-        with rt.db.transaction() as session:
-            if session.scalar(select(Batch.id).where(
-                    Batch.id == batch_id, Batch.completed_at.is_(None))
-                    .with_for_update(skip_locked=True)) is None:
-                continue  # completed meanwhile, or being completed
-            last = session.scalars(select(Run).where(Run.batch_id == batch_id)
-                                   .order_by(Run.finished_at.desc().nulls_last())
-                                   .limit(1)).one()
-            deliveries = _complete(session, batch_id=batch_id, run=last)
-        completed += 1
-        outbox.dispatch(rt, deliveries)
+        try:
+            deliveries = _complete_stuck(rt, batch_id)
+        except Exception as error:  # the next sweep tries again; the others go on
+            log.warning("could not complete a batch", extra={
+                "batch_id": batch_id, "error": f"{type(error).__name__}: {error}"})
+            continue
+        if deliveries is not None:
+            completed += 1
+            outbox.dispatch(rt, deliveries)
     return completed
+
+
+def _complete_stuck(rt: Runtime, batch_id: str) -> list[str] | None:
+    """Complete the batch, under its lock, if none of its runs is going; the deliveries made
+    (None if it was not completed)."""
+    with rt.db.transaction() as session:
+        if session.scalar(select(Batch.id).where(Batch.id == batch_id,
+                                                 Batch.completed_at.is_(None))
+                          .with_for_update(skip_locked=True)) is None:
+            return None  # completed meanwhile, or being completed
+        last = session.scalars(select(Run).where(Run.batch_id == batch_id)
+                               .order_by(Run.finished_at.desc().nulls_last()).limit(1)).first()
+        if last is None:  # its runs were purged (retention) before it was completed
+            session.execute(update(Batch).where(Batch.id == batch_id).values(
+                going=0, completed_at=func.now()))
+            return []
+        deliveries = _complete(session, batch_id=batch_id, run=last)
+        completed = session.scalar(select(Batch.completed_at).where(Batch.id == batch_id))
+    return deliveries if completed is not None else None
