@@ -43,7 +43,7 @@ BENCHMARKS = {  # name -> module with figures(quick) -> list[Figure]
     "tokens": "bench.tokens",  # LLM chunk written -> SSE client, 100 streams
     "claims": "bench.claims",  # runs started/s with 1,000 concurrency keys vs none
     "batch": "bench.batch",  # 1,000 runs in one POST /v1/runs/batch vs 1,000 POSTs
-    "fanout": "bench.fanout",  # a parent's ctx.map over 1,000 children vs 1,000 POSTs
+    "fanout": "bench.fanout",  # ctx.map over 1,000 children, a batch of 1,000: vs 1,000 POSTs
     "retention": "bench.retention",  # submit p99 while 1,000,000 old events are purged
 }
 
