@@ -7,7 +7,8 @@ Baseline: ``--children`` ``bench.noop`` runs sent to ``POST /v1/runs`` from 16 c
 threads; the figure is from the first POST to the last run's end. agentq: one
 ``bench.fanout`` run, which does ``ctx.map("bench.noop", ...)`` over as many inputs (all at
 once) and waits for them as a run ``waiting``; the figure is from its POST to its end.
-Target: the parent within 1.3x of the independent submissions. And a batch: the same runs
+Target: the parent within 1.3x of the independent submissions. Each figure is the median
+of 3 rounds, interleaved (one cluster; a fresh tenant each round). And a batch: the same runs
 as the items of one ``POST /v1/runs/batch``, from the POST to the batch's ``completed_at``
 (its last run's end counted down by each end), beside the same baseline; target 1.3x.
 """
@@ -15,6 +16,7 @@ as the items of one ``POST /v1/runs/batch``, from the POST to the batch's ``comp
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -146,19 +148,30 @@ def _phases(cluster: Cluster, run_id: str) -> None:
           f"{', '.join(at(r) for r in attempts[:12])}", file=sys.stderr)
 
 
-def measure(count: int) -> tuple[float, float, float]:
-    """The parent's seconds, the batch's, and the baseline's."""
+ROUNDS = 3  # interleaved rounds of each; the figures are their medians
+
+
+def measure(count: int, rounds: int = ROUNDS) -> tuple[float, float, float]:
+    """The parent's seconds, the batch's, and the baseline's: each the median of ``rounds``
+    rounds, interleaved (baseline, parent, batch, baseline, ...), so that a machine that
+    slows down or speeds up meanwhile weighs on all three alike."""
+    taken: dict[str, list[float]] = {"parent": [], "batch": [], "baseline": []}
     with tempfile.TemporaryDirectory(prefix="agentq-fanout-") as tmp:
         cluster = _cluster(Path(tmp))
         try:
             assert cluster.api is not None
-            independent(cluster, cluster.api.url, 50)  # warm up: pools, imports
-            baseline = independent(cluster, cluster.api.url, count)
-            fanned = parent(cluster, cluster.api.url, count)
-            drained = batched(cluster, cluster.api.url, count)
+            url = cluster.api.url
+            independent(cluster, url, 50)  # warm up: pools, imports
+            for _ in range(rounds):
+                taken["baseline"].append(independent(cluster, url, count))
+                taken["parent"].append(parent(cluster, url, count))
+                taken["batch"].append(batched(cluster, url, count))
         finally:
             cluster.close()
-    return fanned, drained, baseline
+    print("  rounds (s): " + "; ".join(f"{name} {', '.join(f'{t:.1f}' for t in times)}"
+                                       for name, times in taken.items()), file=sys.stderr)
+    return (statistics.median(taken["parent"]), statistics.median(taken["batch"]),
+            statistics.median(taken["baseline"]))
 
 
 def _rows(count: int, fanned: float, drained: float, baseline: float) -> list[Figure]:
@@ -170,7 +183,7 @@ def _rows(count: int, fanned: float, drained: float, baseline: float) -> list[Fi
 
 def figures(quick: bool) -> list[Figure]:
     count = 300 if quick else 1000
-    return _rows(count, *measure(count))
+    return _rows(count, *measure(count, rounds=1 if quick else ROUNDS))
 
 
 def main(argv: list[str] | None = None) -> int:
