@@ -24,11 +24,14 @@ Functions that take a session never commit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections import Counter
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from worker.base.models import TERMINAL_STATUSES, Batch, Run
@@ -92,21 +95,41 @@ def before_commit(session: Session) -> None:
                         .values(going=Batch.going + replayed[batch_id]))
 
 
-def complete_forgotten(rt: Runtime, *, older_than_s: float = 60.0, limit: int = 20) -> int:
+_LOOKS = 100  # batches not complete looked at a sweep, at most
+
+
+@dataclass
+class _Round:
+    """Where the repair's last look stopped in this process: (created_at, id)."""
+
+    pid: int = dataclasses.field(default_factory=os.getpid)
+    after: tuple[datetime, str] | None = None
+
+
+def complete_forgotten(rt: Runtime, *, older_than_s: float = 60.0, looks: int = _LOOKS) -> int:
     """The sweeper's repair: batches not complete, made a while ago, none of whose runs is
-    going, are completed now (their count missed an end), oldest first; how many."""
-    going = (select(Run.id).where(Run.batch_id == Batch.id,  # ix_runs_batch_id_id
+    going, are completed now (their count missed an end); how many. Each sweep looks at
+    the next ``looks`` of them, oldest first (``ix_batches_going``), from where the last
+    one stopped, and starts again from the oldest after the newest."""
+    round_ = rt.own("batch-repair", _Round)
+    candidates = select(Batch.id, Batch.created_at).where(
+        Batch.completed_at.is_(None),
+        Batch.created_at < func.now() - timedelta(seconds=older_than_s))
+    if round_.after is not None:
+        candidates = candidates.where(tuple_(Batch.created_at, Batch.id) > tuple_(*round_.after))
+    looked = candidates.order_by(Batch.created_at, Batch.id).limit(looks).subquery()
+    going = (select(Run.id).where(Run.batch_id == looked.c.id,  # ix_runs_batch_id_id
                                   Run.status.not_in(list(TERMINAL_STATUSES))))
     with rt.db.autocommit() as session:
-        stuck = list(session.scalars(select(Batch.id).where(  # ix_batches_going
-            Batch.completed_at.is_(None),
-            Batch.created_at < func.now() - timedelta(seconds=older_than_s),
-            ~exists(going)).order_by(Batch.created_at).limit(limit)))
+        rows = session.execute(select(looked.c.id, looked.c.created_at,
+                                      (~exists(going)).label("stuck"))
+                               .order_by(looked.c.created_at, looked.c.id)).all()
+    round_.after = (rows[-1].created_at, rows[-1].id) if len(rows) == looks else None
     completed = 0
-    for batch_id in stuck:
+    for batch_id in (row.id for row in rows if row.stuck):
         try:
             deliveries = _complete_stuck(rt, batch_id)
-        except Exception as error:  # the next sweep tries again; the others go on
+        except Exception as error:  # the next round tries again; the others go on
             log.warning("could not complete a batch", extra={
                 "batch_id": batch_id, "error": f"{type(error).__name__}: {error}"})
             continue
