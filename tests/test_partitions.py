@@ -223,13 +223,14 @@ def test_a_worker_cut_from_postgres_mid_run_loses_its_runs_to_another_and_rejoin
     for run_id in ids:
         api.wait(run_id, statuses={"running"})
         assert _worker(runtime, run_id).startswith(f"{cut.name}@")
+    pg_link.cut()  # before the other worker starts: that can take longer than the runs' 6 s
     other = crash_worker(4)
-    pg_link.cut()
     # Its leases lapse (AGENTQ_LEASE_TIMEOUT_S, 3 s): the sweeper re-queues the runs, the
     # other worker finishes them, and whatever the cut worker writes later is refused
     done = [api.wait(run_id, timeout=60) for run_id in ids]
     assert [run["status"] for run in done] == ["succeeded"] * 3, done
-    assert all(_worker(runtime, run_id).startswith(f"{other.name}@") for run_id in ids)
+    workers = [_worker(runtime, run_id) for run_id in ids]
+    assert all(worker.startswith(f"{other.name}@") for worker in workers), workers
     pg_link.heal()
     other.stop(timeout=10)
     later = [api.submit("test.crash.sleep", {"seconds": 0.1})["id"] for _ in range(3)]
@@ -626,13 +627,13 @@ def test_on_rabbitmq_a_worker_cut_from_postgres_loses_its_runs_to_another_and_re
             ids = [submit(seconds=6, later_s=0.2) for _ in range(3)]
             wait_for(lambda: _statuses(rabbit.runtime, ids) == {"running"}, timeout=30,
                      what="the cut worker to take the runs")
+            pg_link.cut()  # before the other starts: that can take longer than the runs' 6 s
             other = start("amqp-pg-other")
-            pg_link.cut()
             # Its leases lapse; the sweeper re-queues the runs and the other worker takes
             # them from RabbitMQ (the cut worker still holds the first messages, unacked)
             _wait_succeeded(rabbit.runtime, ids, timeout=60)
-            assert all(_worker(rabbit.runtime, run_id).startswith(f"{other.name}@")
-                       for run_id in ids)
+            workers = [_worker(rabbit.runtime, run_id) for run_id in ids]
+            assert all(worker.startswith(f"{other.name}@") for worker in workers), workers
             pg_link.heal()
             other.stop(timeout=10)
             later = [submit(seconds=0.1) for _ in range(3)]
