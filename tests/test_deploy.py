@@ -72,17 +72,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def submit_until_accepted(client: httpx.Client, body: dict[str, Any]) -> str:
     """POST with an Idempotency-Key, repeating it through restarts (at most 60 s)."""
-    key, deadline = str(uuid.uuid4()), time.monotonic() + 60
-    while True:
+    key = str(uuid.uuid4())
+
+    def accepted() -> str | None:
         try:
             response = client.post("/v1/runs", json=body, headers={"Idempotency-Key": key})
-            if response.status_code in {200, 202}:
-                return str(response.json()["id"])
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not accepted within 60 s: {body}")
-        time.sleep(0.1)
+            return None
+        return str(response.json()["id"]) if response.status_code in {200, 202} else None
+
+    return wait_for(accepted, timeout=60, interval=0.1, what=f"{body} to be accepted")
 
 
 def follow_through_drops(client: httpx.Client, run_id: str) -> list[int]:

@@ -7,7 +7,6 @@ gunicorn) because they stop its servers.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from sqlalchemy import func, select
 from agentq import migrate
 from agentq.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.conftest import FAST, TEST_AGENTS, make_tenant
-from tests.harness import ROOT, ApiServer, Worker, wait_for
+from tests.harness import ROOT, ApiServer, Worker, holds, wait_for
 from worker.app import build_runtime
 from worker.base.models import TERMINAL_STATUSES, Run, RunEvent
 from worker.base.runtime import Runtime
@@ -115,7 +114,8 @@ def test_postgres_restart_under_load(cluster: Cluster) -> None:
             assert response.status_code == 503, response.text
             assert response.headers["content-type"] == "application/problem+json"
             assert response.headers["Retry-After"]
-        time.sleep(3)
+        holds(lambda: client.get(f"/v1/runs/{ids[0]}").status_code == 503, seconds=3,
+              interval=0.5, what="503s while Postgres is down")
         cluster.postgres.start()
         # And it recovers by itself: new runs are accepted, and every run ends once
         ids += submit(client, 5)
@@ -139,7 +139,8 @@ def test_redis_restart_under_load_loses_no_run(cluster: Cluster) -> None:
         # Then runs are still accepted and stored
         assert [r.status_code for r in results] == [202, 202, 202]
         ids += [r.json()["id"] for r in results]
-        time.sleep(2)
+        holds(lambda: client.get(f"/v1/runs/{ids[0]}").status_code == 200, seconds=2,
+              interval=0.5, what="runs read from Postgres while Redis is down")
         cluster.redis.start()
     # And once Redis is back every run ends, once
     statuses = all_finished_once(cluster.runtime, ids, timeout=180)
