@@ -20,6 +20,14 @@ def children_of(runtime: Runtime, run_id: str) -> list[Run]:
                                     .order_by(Run.id)))
 
 
+def waiting_on_two(api: ApiClient, runtime: Runtime, run_id: str) -> None:
+    """Wait until the parent's two children run and it waits for them."""
+    wait_for(lambda: len([c for c in children_of(runtime, run_id)
+                          if c.status == "running"]) == 2 and
+             api.run(run_id)["status"] == "waiting", timeout=30,
+             what="both children running and the parent waiting")
+
+
 @pytest.mark.parametrize("agent", ["test.parent.map", "test.parent.async_map"])
 def test_two_slots_finish_a_parent_that_maps_over_twenty_children(
         agent: str, api: ApiClient, runtime: Runtime, crash_worker: StartWorker) -> None:
@@ -94,10 +102,7 @@ def test_cancelling_a_parent_cancels_its_children_but_not_a_detached_one(
         api: ApiClient, runtime: Runtime, crash_worker: StartWorker) -> None:
     crash_worker(concurrency=4)
     run = api.submit("test.parent.tree", {})
-    wait_for(lambda: len([c for c in children_of(runtime, run["id"])
-                          if c.status == "running"]) == 2 and
-             api.run(run["id"])["status"] == "waiting", timeout=30,
-             what="both children running and the parent waiting")
+    waiting_on_two(api, runtime, run["id"])
     refused = api.post(f"/v1/runs/{run['id']}/waitpoints/child:kept", json={"data": {}})
     assert refused.status_code == 409  # only its child's end completes it
     assert "completes when that run ends" in refused.get_json()["detail"]
@@ -114,10 +119,7 @@ def test_a_child_replayed_after_its_end_is_waited_for_again(
         api: ApiClient, runtime: Runtime, crash_worker: StartWorker) -> None:
     crash_worker(concurrency=4)
     run = api.submit("test.parent.pair", {})
-    wait_for(lambda: len([c for c in children_of(runtime, run["id"])
-                          if c.status == "running"]) == 2 and
-             api.run(run["id"])["status"] == "waiting", timeout=30,
-             what="both children running and the parent waiting")
+    waiting_on_two(api, runtime, run["id"])
     by_name = {c.child_name: c.id for c in children_of(runtime, run["id"])}
 
     def point_a() -> Waitpoint:

@@ -24,11 +24,10 @@ Functions that take a session never commit.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, func, select, tuple_, update
@@ -61,18 +60,18 @@ def run_ended(session: Session, *, run: Run) -> list[str]:
                            .values(going=Batch.going - 1).returning(Batch.going))
     if going is None or going > 0:  # complete already (or gone), or runs still going
         return []
-    return _complete(session, batch_id=batch_id, run=run)
+    return _complete(session, batch_id=batch_id, run=run) or []
 
 
-def _complete(session: Session, *, batch_id: str, run: Run) -> list[str]:
+def _complete(session: Session, *, batch_id: str, run: Run) -> list[str] | None:
     """Under the batch's row lock: complete it if none of its runs is going (else set its
-    count right); the ids of the deliveries made."""
+    count right, and None); the ids of the deliveries made."""
     tally = counts(session, batch_id=batch_id)  # under the row's lock: a snapshot of its own
     still = sum(count for status, count in tally.items() if status not in TERMINAL_STATUSES)
     batch = session.scalars(update(Batch).where(Batch.id == batch_id).values(
         going=still, completed_at=None if still else func.now()).returning(Batch)).one()
     if still:
-        return []
+        return None
     assert batch.completed_at is not None
     return outbox.enqueue_event(session, run=run, event_type=EVENT,
                                 data=batch_view(batch, tally), at=batch.completed_at)
@@ -102,7 +101,7 @@ _LOOKS = 100  # batches not complete looked at a sweep, at most
 class _Round:
     """Where the repair's last look stopped in this process: (created_at, id)."""
 
-    pid: int = dataclasses.field(default_factory=os.getpid)
+    pid: int = field(default_factory=os.getpid)
     after: tuple[datetime, str] | None = None
 
 
@@ -153,6 +152,4 @@ def _complete_stuck(rt: Runtime, batch_id: str) -> list[str] | None:
             session.execute(update(Batch).where(Batch.id == batch_id).values(
                 going=0, completed_at=func.now()))
             return []
-        deliveries = _complete(session, batch_id=batch_id, run=last)
-        completed = session.scalar(select(Batch.completed_at).where(Batch.id == batch_id))
-    return deliveries if completed is not None else None
+        return _complete(session, batch_id=batch_id, run=last)
